@@ -1,0 +1,27 @@
+"""Attribution methods behind one contract (:class:`Attribution`), found through the registry."""
+
+from cnnlens.attribution import cam, gradient, perturbation  # noqa: F401  (registers the methods)
+from cnnlens.attribution.base import Attributed, Attribution, check_inputs, target_scores
+from cnnlens.attribution.explanation import Explanation
+from cnnlens.attribution.registry import (
+    create,
+    get_method,
+    method_names,
+    methods_markdown,
+    register,
+)
+from cnnlens.attribution.targets import resolve_targets
+
+__all__ = [
+    "Attributed",
+    "Attribution",
+    "Explanation",
+    "check_inputs",
+    "create",
+    "get_method",
+    "method_names",
+    "methods_markdown",
+    "register",
+    "resolve_targets",
+    "target_scores",
+]

@@ -1,0 +1,247 @@
+"""The one contract every attribution method follows.
+
+A method is a subclass of :class:`Attribution` that sets a few class attributes and implements
+:meth:`Attribution._attribute`. Everything else is shared by :meth:`Attribution.explain`: input
+checks, target resolution, eval mode set and restored, gradients switched off for the parameters,
+device, batching, upsampling to the input resolution, timing, and the :class:`Explanation`.
+"""
+
+from __future__ import annotations
+
+import inspect
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from cnnlens.attribution.explanation import Explanation
+from cnnlens.attribution.hooks import preserved_state
+from cnnlens.attribution.targets import Target, resolve_targets
+from cnnlens.models.layers import default_cam_layer, resolve_layer
+from cnnlens.models.loaded import LoadedModel
+
+ModelLike = nn.Module | LoadedModel
+LayerSpec = str | nn.Module | None
+
+SCORES = ("logit", "probability")
+
+
+@dataclass
+class Attributed:
+    """What :meth:`Attribution._attribute` may return instead of a bare tensor."""
+
+    maps: torch.Tensor
+    extras: dict[str, Any] = field(default_factory=dict)
+
+
+def target_scores(logits: torch.Tensor, targets: torch.Tensor, kind: str = "logit") -> torch.Tensor:
+    """Pick each row's target output, as a logit or a softmax probability: ``(N,)``."""
+    values = logits.float().softmax(dim=1) if kind == "probability" else logits.float()
+    return values.gather(1, targets.view(-1, 1).to(values.device)).squeeze(1)
+
+
+def check_inputs(inputs: torch.Tensor, channels: int | None = None) -> torch.Tensor:
+    """Validate a preprocessed image batch: a float ``(N, C, H, W)`` (or one ``(C, H, W)``) tensor."""
+    if not isinstance(inputs, torch.Tensor):
+        raise TypeError(
+            f"inputs must be a preprocessed image tensor, got {type(inputs).__name__}; "
+            "use LoadedModel.prepare(image) to make one"
+        )
+    if inputs.ndim == 3:
+        inputs = inputs.unsqueeze(0)
+    if inputs.ndim != 4:
+        raise ValueError(f"inputs must have shape (N, C, H, W) or (C, H, W), got {tuple(inputs.shape)}")
+    if not inputs.is_floating_point():
+        raise TypeError(f"inputs must be a float tensor, got {inputs.dtype}")
+    if inputs.shape[0] == 0:
+        raise ValueError("inputs is an empty batch")
+    if channels is not None and inputs.shape[1] != channels:
+        raise ValueError(f"the model expects {channels} input channels, got {inputs.shape[1]}")
+    if not torch.isfinite(inputs).all():
+        raise ValueError("inputs contain NaN or infinite values")
+    return inputs
+
+
+def _first_conv_channels(module: nn.Module) -> int | None:
+    for m in module.modules():
+        if isinstance(m, nn.Conv2d):
+            return m.in_channels
+    return None
+
+
+class Attribution(ABC):
+    """Base class of every attribution method.
+
+    Subclasses store their hyper-parameters in ``__init__`` (keyword-only, with defaults, each kept
+    under the same attribute name) and implement :meth:`_attribute`.
+
+    Class attributes:
+        name: Registry name (``"gradcam"``).
+        family: ``"gradient"``, ``"cam"``, ``"perturbation"``, ``"surrogate"`` or ``"layer"``.
+        summary: One line for ``cnnlens methods`` and the docs.
+        reference: The paper.
+        needs_gradients: Whether the method back-propagates.
+        uses_layer: Whether the method works on an intermediate layer (``layer=``).
+        signed: Whether negative attributions are meaningful.
+    """
+
+    name: ClassVar[str]
+    family: ClassVar[str]
+    summary: ClassVar[str]
+    reference: ClassVar[str]
+    needs_gradients: ClassVar[bool] = False
+    uses_layer: ClassVar[bool] = False
+    signed: ClassVar[bool] = False
+    default_batch_size: ClassVar[int] = 32
+
+    def __init__(self, model: ModelLike, *, layer: LayerSpec = None, batch_size: int | None = None):
+        if not isinstance(model, (nn.Module, LoadedModel)):
+            raise TypeError(f"model must be an nn.Module or a LoadedModel, got {type(model).__name__}")
+        if layer is not None and not self.uses_layer:
+            raise ValueError(f"method {self.name!r} does not use a layer, but layer={layer!r} was given")
+        if batch_size is not None and batch_size < 1:
+            raise ValueError(f"batch_size must be a positive integer, got {batch_size}")
+        self.model = model
+        self.layer = layer
+        self.batch_size = batch_size
+
+    # -- what the model carries ------------------------------------------------------------------
+
+    @property
+    def module(self) -> nn.Module:
+        return self.model.module if isinstance(self.model, LoadedModel) else self.model
+
+    @property
+    def class_names(self) -> list[str] | None:
+        return self.model.class_names if isinstance(self.model, LoadedModel) else None
+
+    def target_layer(self, inputs: torch.Tensor) -> tuple[str, nn.Module]:
+        """The layer this method works on: ``layer=`` or the model's default CAM layer."""
+        if self.layer is not None:
+            return resolve_layer(self.module, self.layer)
+        if isinstance(self.model, LoadedModel):
+            return self.model.layer(None)
+        name = default_cam_layer(self.module, tuple(inputs.shape[-2:]), inputs.shape[1])  # type: ignore[arg-type]
+        if name is None:
+            raise ValueError(f"{type(self.module).__name__} has no spatial layer; pass layer=")
+        return resolve_layer(self.module, name)
+
+    @classmethod
+    def hyperparameters(cls) -> dict[str, inspect.Parameter]:
+        """The keyword parameters of the method's ``__init__`` (besides the model)."""
+        params: dict[str, inspect.Parameter] = {}
+        for klass in reversed(cls.__mro__):
+            init = klass.__dict__.get("__init__")
+            if init is None or klass is object:
+                continue
+            for p in list(inspect.signature(init).parameters.values())[2:]:
+                if p.kind is inspect.Parameter.KEYWORD_ONLY:
+                    params[p.name] = p
+        if not cls.uses_layer:
+            params.pop("layer", None)
+        return params
+
+    def get_params(self) -> dict[str, Any]:
+        """Current values of the hyper-parameters (layers shown by name)."""
+        out: dict[str, Any] = {}
+        for key in self.hyperparameters():
+            value = getattr(self, key, None)
+            out[key] = type(value).__name__ if isinstance(value, nn.Module) else value
+        return out
+
+    # -- the shared template -----------------------------------------------------------------------
+
+    def explain(
+        self, inputs: torch.Tensor, target: Target = None, *, batch_size: int | None = None
+    ) -> Explanation:
+        """Explain the model's output for a batch of preprocessed images.
+
+        Args:
+            inputs: ``(N, C, H, W)`` or ``(C, H, W)`` preprocessed images.
+            target: ``None`` (each input's top-1 class), a class index or name, or one per input.
+            batch_size: How many perturbed inputs one forward pass evaluates (perturbation methods).
+
+        Returns:
+            An :class:`Explanation` whose maps have shape ``(N, H, W)``.
+
+        Raises:
+            TypeError, ValueError: Bad inputs, target, layer or hyper-parameters.
+        """
+        module = self.module
+        x = check_inputs(inputs, _first_conv_channels(module))
+        param = next(module.parameters(), None)
+        x = x.detach().to(param.device if param is not None else x.device)
+        if batch_size is not None and batch_size < 1:
+            raise ValueError(f"batch_size must be a positive integer, got {batch_size}")
+        chunk = batch_size or self.batch_size or self.default_batch_size
+        start = time.perf_counter()
+        with preserved_state(module, freeze_parameters=True):
+            logits = self.forward(x, chunk)
+            targets = resolve_targets(target, logits, self.class_names)
+            layer_name = self.target_layer(x)[0] if self.uses_layer else None
+            result = self._attribute(x, targets.to(x.device), chunk)
+        out = result if isinstance(result, Attributed) else Attributed(result)
+        maps = self._to_input_resolution(out.maps, x)
+        return Explanation(
+            attributions=maps,
+            targets=targets,
+            scores=target_scores(logits, targets, "probability").cpu(),
+            method=self.name,
+            layer=layer_name,
+            seconds=time.perf_counter() - start,
+            params=self.get_params(),
+            class_names=self.class_names,
+            signed=self.signed,
+            extras=out.extras,
+        )
+
+    __call__ = explain
+
+    @abstractmethod
+    def _attribute(
+        self, inputs: torch.Tensor, targets: torch.Tensor, batch_size: int
+    ) -> torch.Tensor | Attributed:
+        """Compute one ``(h, w)`` map per input: ``(N, h, w)``, upsampled by :meth:`explain`.
+
+        Called in eval mode with parameter gradients off. ``targets`` holds one class index per input
+        on the inputs' device; ``batch_size`` bounds how many inputs one forward pass may take.
+        """
+
+    # -- helpers for subclasses ------------------------------------------------------------------
+
+    def forward(self, inputs: torch.Tensor, batch_size: int) -> torch.Tensor:
+        """Model outputs for ``inputs`` in chunks of ``batch_size``, without autograd: ``(N, K)``."""
+        with torch.inference_mode():
+            return torch.cat([self.module(c).float() for c in inputs.split(batch_size)])
+
+    def scores_of(
+        self, batches: Iterator[torch.Tensor], targets: torch.Tensor | int, kind: str = "logit"
+    ) -> torch.Tensor:
+        """Evaluate a stream of perturbed batches and return the target score of every sample."""
+        out = []
+        with torch.inference_mode():
+            for batch in batches:
+                logits = self.module(batch)
+                t = torch.full((len(batch),), targets) if isinstance(targets, int) else targets
+                out.append(target_scores(logits, t, kind))
+        return torch.cat(out) if out else torch.empty(0)
+
+    def _to_input_resolution(self, maps: torch.Tensor, inputs: torch.Tensor) -> torch.Tensor:
+        maps = maps.detach().float()
+        if maps.ndim != 3 or maps.shape[0] != inputs.shape[0]:
+            raise RuntimeError(
+                f"method {self.name!r} returned maps of shape {tuple(maps.shape)}, expected (N, h, w)"
+            )
+        size = tuple(inputs.shape[-2:])
+        if tuple(maps.shape[-2:]) != size:
+            maps = F.interpolate(maps[:, None], size=size, mode="bilinear", align_corners=False)[:, 0]
+        return maps.cpu().contiguous()
+
+    def __repr__(self) -> str:
+        args = ", ".join(f"{k}={v!r}" for k, v in self.get_params().items())
+        return f"{type(self).__name__}({args})"

@@ -1,0 +1,110 @@
+"""Arguments and helpers shared by the sub-commands."""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import inspect
+import os
+from typing import Any
+
+from rich.console import Console
+
+from cnnlens.attribution.base import Attribution
+from cnnlens.attribution.registry import create, get_method, method_names
+from cnnlens.models import DEFAULT_MODEL, LoadedModel, load_model
+
+console = Console()
+error_console = Console(stderr=True)
+
+
+def setup_runtime() -> None:
+    """Process-wide settings for command-line runs (allocator tuning may go here)."""
+    os.environ.setdefault("TQDM_DISABLE", "1")
+
+
+def add_model_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--model",
+        default=DEFAULT_MODEL,
+        help=f"model name (see `cnnlens models`), checkpoint file or run folder (default: {DEFAULT_MODEL})",
+    )
+    parser.add_argument("--weights", help="local state-dict file to load into the named architecture")
+    parser.add_argument(
+        "--no-pretrained",
+        action="store_true",
+        help="random weights instead of downloading pretrained ones",
+    )
+    parser.add_argument("--device", default=None, help="torch device, e.g. cpu or cuda (default: cpu)")
+
+
+def model_from_args(args: argparse.Namespace) -> LoadedModel:
+    with console.status(f"loading {args.model}"):
+        return load_model(
+            args.model, weights=args.weights, pretrained=not args.no_pretrained, device=args.device
+        )
+
+
+def split_list(values: list[str] | None) -> list[str]:
+    """Flatten repeated and comma-separated option values: ``-m a,b -m c`` -> ``[a, b, c]``."""
+    out: list[str] = []
+    for v in values or []:
+        out += [p.strip() for p in v.split(",") if p.strip()]
+    return out
+
+
+def parse_params(pairs: list[str] | None) -> dict[str, Any]:
+    """Parse ``KEY=VALUE`` pairs; values are Python literals when they parse, strings otherwise."""
+    params: dict[str, Any] = {}
+    for pair in pairs or []:
+        key, sep, raw = pair.partition("=")
+        if not sep or not key.strip():
+            raise ValueError(f"--param expects KEY=VALUE, got {pair!r}")
+        try:
+            value: Any = ast.literal_eval(raw)
+        except (ValueError, SyntaxError):
+            value = raw
+        params[key.strip()] = value
+    return params
+
+
+def build_methods(
+    model: LoadedModel, names: list[str], params: dict[str, Any], layer: str | None
+) -> list[Attribution]:
+    """Create each named method with the parameters it accepts; unused parameters are an error."""
+    classes = [get_method(n) for n in names]
+    used: set[str] = set()
+    methods = []
+    for cls in classes:
+        accepted = cls.hyperparameters()
+        kwargs = {k: v for k, v in params.items() if k in accepted}
+        if layer is not None and cls.uses_layer:
+            kwargs["layer"] = layer
+        for k, v in kwargs.items():
+            default = accepted[k].default
+            if isinstance(default, float) and isinstance(v, int):
+                kwargs[k] = float(v)
+        used |= set(kwargs)
+        methods.append(create(cls.name, model, **kwargs))
+    unused = set(params) - used
+    if unused:
+        raise ValueError(
+            f"no selected method takes the parameter(s) {', '.join(sorted(unused))}; "
+            "see `cnnlens methods` for each method's parameters"
+        )
+    if layer is not None and not any(c.uses_layer for c in classes):
+        raise ValueError(f"--layer {layer} given, but none of {', '.join(names)} uses a layer")
+    if layer is not None:
+        model.layer(layer)  # fail early on an unknown layer
+    return methods
+
+
+def method_choices_help() -> str:
+    return "comma-separated methods, or 'all': " + ", ".join(method_names())
+
+
+def signature_text(cls: type[Attribution]) -> str:
+    parts = []
+    for name, p in cls.hyperparameters().items():
+        parts.append(name if p.default is inspect.Parameter.empty else f"{name}={p.default!r}")
+    return ", ".join(parts)

@@ -1,0 +1,59 @@
+"""``cnnlens demo``: the main job on the offline default model and the sample photos."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from cnnlens.attribution import method_names
+from cnnlens.cli.common import build_methods, console
+from cnnlens.cli.explain import print_results
+from cnnlens.data.samples import SAMPLE_NAMES, load_sample
+from cnnlens.models import DEFAULT_MODEL, load_model
+from cnnlens.pipeline import explain_images, summarize, write_summary
+from cnnlens.report import demo_report
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "demo",
+        help="explain the sample photos with the offline default model and every method",
+        description="Writes OUT/index.html (self-contained report), OUT/summary.json and the maps.",
+    )
+    p.add_argument("-o", "--out", type=Path, default=Path("demo-out"), help="output folder")
+    p.add_argument(
+        "--samples", default=",".join(SAMPLE_NAMES), help="comma-separated sample photos to explain"
+    )
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    names = [s.strip() for s in args.samples.split(",") if s.strip()]
+    images = [(n, f"sample:{n}", load_sample(n)) for n in names]
+    with console.status(f"loading {DEFAULT_MODEL}"):
+        model = load_model(DEFAULT_MODEL)
+    methods = build_methods(model, method_names(), {}, None)
+    args.out.mkdir(parents=True, exist_ok=True)
+    columns = (
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+    )
+    with Progress(*columns, console=console) as bar:
+        task = bar.add_task("explaining", total=len(images) * len(methods))
+        results = explain_images(
+            model,
+            images,
+            methods,
+            args.out,
+            progress=lambda what: bar.update(task, advance=1, description=what),
+        )
+    print_results(results, 5)
+    summary = summarize(model, results, [], args.out)
+    write_summary(summary, args.out)
+    report = demo_report(results, summary, [m.name for m in methods], args.out)
+    console.print(f"wrote {report} and {args.out / 'summary.json'}")
+    return 1 if any(r.errors for r in results) else 0

@@ -1,0 +1,110 @@
+"""``cnnlens explain``: attribution maps for image files."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from rich.table import Table
+
+from cnnlens.attribution import method_names
+from cnnlens.cli.common import (
+    add_model_arguments,
+    build_methods,
+    console,
+    error_console,
+    method_choices_help,
+    model_from_args,
+    parse_params,
+    split_list,
+)
+from cnnlens.pipeline import (
+    ImageResult,
+    check_targets,
+    explain_images,
+    load_images,
+    summarize,
+    write_summary,
+)
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "explain",
+        help="explain the model's decision on image files",
+        description="Writes OUT/<image>/<method>.png and .npz for each image and method, and "
+        "OUT/summary.json. Unreadable images are reported and skipped.",
+    )
+    p.add_argument("images", nargs="+", metavar="IMAGE", help="image files")
+    add_model_arguments(p)
+    p.add_argument("-m", "--method", action="append", help=method_choices_help() + " (default: all)")
+    p.add_argument(
+        "-t",
+        "--target",
+        action="append",
+        help="class index or name to explain (repeatable; default: top-1)",
+    )
+    p.add_argument("--layer", help="layer for CAM methods (dotted name; default: the model's)")
+    p.add_argument(
+        "-p",
+        "--param",
+        action="append",
+        metavar="KEY=VALUE",
+        help="method parameter, e.g. window=48",
+    )
+    p.add_argument("--top", type=int, default=5, help="how many predictions to print (default 5)")
+    p.add_argument("-o", "--out", required=True, type=Path, help="output folder")
+    p.set_defaults(func=run)
+
+
+def selected_methods(values: list[str] | None) -> list[str]:
+    names = split_list(values)
+    return method_names() if not names or names == ["all"] else names
+
+
+def print_results(results: list[ImageResult], top: int) -> None:
+    for r in results:
+        table = Table(title=f"{r.stem}: top-{top}", title_justify="left")
+        table.add_column("class")
+        table.add_column("probability", justify="right")
+        for _, name, prob in r.predictions:
+            table.add_row(name, f"{prob:.3f}")
+        console.print(table)
+    timing = Table(title="explanations", title_justify="left")
+    for col in ("image", "method", "target", "layer", "seconds"):
+        timing.add_column(col)
+    for r in results:
+        for e, _, _ in r.explanations:
+            timing.add_row(r.stem, e.method, e.target_name(), e.layer or "", f"{e.seconds:.2f}")
+    console.print(timing)
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.top < 1:
+        raise ValueError(f"--top must be at least 1, got {args.top}")
+    names = selected_methods(args.method)
+    model = model_from_args(args)
+    methods = build_methods(model, names, parse_params(args.param), args.layer)
+    targets = check_targets(model, split_list(args.target))
+    images, errors = load_images(args.images)
+    for e in errors:
+        error_console.print(f"[red]error:[/] {e['error']}", highlight=False)
+    args.out.mkdir(parents=True, exist_ok=True)
+    with console.status("explaining") as status:
+        results = explain_images(
+            model,
+            images,
+            methods,
+            args.out,
+            targets=targets,
+            top=args.top,
+            progress=lambda what: status.update(f"explaining {what}"),
+        )
+    print_results(results, args.top)
+    summary = summarize(model, results, errors, args.out)
+    console.print(f"wrote {write_summary(summary, args.out)}")
+    failed = bool(errors) or any(r.errors for r in results)
+    if not images:
+        error_console.print("[red]error:[/] no image could be read")
+        return 2
+    return 1 if failed else 0

@@ -1,0 +1,179 @@
+"""Explaining many images with several methods and writing the results: the engine behind
+``cnnlens explain`` and ``cnnlens demo``.
+
+For each image and method it writes ``<out>/<image-stem>/<method>.png`` (overlay) and ``.npz``
+(attribution), and returns a summary (predictions, timings, errors) that is also written as
+``<out>/summary.json``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from PIL import Image
+
+from cnnlens.attribution.base import Attribution
+from cnnlens.attribution.explanation import Explanation
+from cnnlens.attribution.targets import class_index
+from cnnlens.data.images import load_image
+from cnnlens.errors import CnnlensError
+from cnnlens.models.loaded import LoadedModel
+
+log = logging.getLogger(__name__)
+
+Progress = Callable[[str], None]
+
+
+@dataclass
+class ImageResult:
+    """Everything produced for one image."""
+
+    stem: str
+    source: str
+    image: Image.Image
+    predictions: list[tuple[int, str, float]]
+    explanations: list[tuple[Explanation, Path, Path]] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
+
+
+def load_images(
+    paths: Sequence[str | os.PathLike[str]],
+) -> tuple[list[tuple[str, str, Image.Image]], list[dict[str, str]]]:
+    """Load image files, keeping going past bad ones.
+
+    Returns:
+        ``(stem, path, image)`` for each readable file (stems made unique), and one
+        ``{"path", "error"}`` record per file that could not be read.
+    """
+    loaded: list[tuple[str, str, Image.Image]] = []
+    errors: list[dict[str, str]] = []
+    used: set[str] = set()
+    for path in paths:
+        try:
+            image = load_image(path)
+        except CnnlensError as err:
+            log.error("%s", err)
+            errors.append({"path": str(path), "error": str(err)})
+            continue
+        loaded.append((unique_stem(Path(path).stem, used), str(path), image))
+    return loaded, errors
+
+
+def unique_stem(stem: str, used: set[str]) -> str:
+    """A file-system-safe version of ``stem`` not in ``used`` (``name``, ``name-2``...); adds it."""
+    base = re.sub(r"[^A-Za-z0-9._-]+", "_", stem).strip("._") or "image"
+    candidate, i = base, 2
+    while candidate in used:
+        candidate, i = f"{base}-{i}", i + 1
+    used.add(candidate)
+    return candidate
+
+
+def check_targets(model: LoadedModel, targets: Sequence[int | str]) -> list[int]:
+    """Resolve user-given targets to class indices once, before any work is done."""
+    return [class_index(t, model.class_names, model.num_classes) for t in targets]
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9]+", "_", text).strip("_").lower() or "class"
+
+
+def explain_images(
+    model: LoadedModel,
+    images: Sequence[tuple[str, str, Image.Image]],
+    methods: Sequence[Attribution],
+    out: str | os.PathLike[str],
+    *,
+    targets: Sequence[int] = (),
+    top: int = 5,
+    progress: Progress | None = None,
+) -> list[ImageResult]:
+    """Explain each image with each method and write PNG overlays and NPZ maps under ``out``.
+
+    Args:
+        model: The classifier.
+        images: ``(stem, source, image)`` triples, e.g. from :func:`load_images`.
+        methods: Attribution methods built on ``model``.
+        out: Output folder (created).
+        targets: Class indices to explain; empty means each image's top-1 class.
+        top: How many predictions to record.
+        progress: Called with a short description after each explanation.
+
+    A method that fails on one image is recorded in that image's errors; the rest go on.
+    """
+    root = Path(out)
+    results: list[ImageResult] = []
+    for stem, source, image in images:
+        x = model.prepare(image)
+        result = ImageResult(stem, source, image, model.top_k(x, top)[0])
+        folder = root / stem
+        folder.mkdir(parents=True, exist_ok=True)
+        wanted: list[int | None] = list(targets) or [None]
+        for target in wanted:
+            for method in methods:
+                suffix = ""
+                if len(wanted) > 1 and target is not None:
+                    suffix = f"-{_slug(model.class_names[target])}"
+                try:
+                    exp = method.explain(x, target)
+                except (CnnlensError, ValueError, TypeError, RuntimeError) as err:
+                    msg = f"{source}: {method.name} failed: {err}"
+                    log.error("%s", msg)
+                    result.errors.append(msg)
+                    continue
+                png = folder / f"{method.name}{suffix}.png"
+                npz = exp.save(folder / f"{method.name}{suffix}.npz")
+                exp.render(image, preprocessing=model.preprocessing).save(png)
+                result.explanations.append((exp, png, npz))
+                if progress is not None:
+                    progress(f"{stem}: {method.name}")
+        results.append(result)
+    return results
+
+
+def summarize(
+    model: LoadedModel, results: Sequence[ImageResult], errors: Sequence[dict[str, str]], out: Path
+) -> dict[str, Any]:
+    """The JSON summary of a run: model, predictions and per-method timings per image, errors."""
+    return {
+        "model": {"name": model.name, "arch": model.arch, "source": model.source},
+        "images": [
+            {
+                "stem": r.stem,
+                "source": r.source,
+                "predictions": [
+                    {"index": i, "class_name": n, "probability": round(p, 6)} for i, n, p in r.predictions
+                ],
+                "explanations": [
+                    {
+                        "method": e.method,
+                        "layer": e.layer,
+                        "target": int(e.targets[0]),
+                        "class_name": e.target_name(),
+                        "score": round(float(e.scores[0]), 6),
+                        "seconds": round(e.seconds, 4),
+                        "params": e.params,
+                        "png": str(png.relative_to(out)),
+                        "npz": str(npz.relative_to(out)),
+                    }
+                    for e, png, npz in r.explanations
+                ],
+                "errors": r.errors,
+            }
+            for r in results
+        ],
+        "errors": list(errors),
+    }
+
+
+def write_summary(summary: dict[str, Any], out: str | os.PathLike[str]) -> Path:
+    path = Path(out) / "summary.json"
+    path.write_text(json.dumps(summary, indent=2, default=str) + "\n")
+    return path

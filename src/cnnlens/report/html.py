@@ -1,0 +1,81 @@
+"""Self-contained HTML: every image is embedded as a data URI, no external files or scripts."""
+
+from __future__ import annotations
+
+import base64
+import io
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from jinja2 import Environment, PackageLoader, select_autoescape
+from PIL import Image
+
+from cnnlens.pipeline import ImageResult
+
+
+def _env() -> Environment:
+    return Environment(
+        loader=PackageLoader("cnnlens.report", "templates"),
+        autoescape=select_autoescape(["html", "j2"]),
+    )
+
+
+def image_data_uri(image: Image.Image, max_side: int = 320, fmt: str = "JPEG") -> str:
+    """An image as a ``data:`` URI, scaled down to ``max_side`` pixels."""
+    im = image.convert("RGB")
+    if max(im.size) > max_side:
+        scale = max_side / max(im.size)
+        im = im.resize((round(im.width * scale), round(im.height * scale)), Image.Resampling.BILINEAR)
+    buf = io.BytesIO()
+    im.save(buf, format=fmt, quality=85)
+    mime = "jpeg" if fmt.upper() == "JPEG" else fmt.lower()
+    return f"data:image/{mime};base64,{base64.b64encode(buf.getvalue()).decode('ascii')}"
+
+
+def demo_report(
+    results: Sequence[ImageResult],
+    summary: dict[str, Any],
+    methods: Sequence[str],
+    out: str | os.PathLike[str],
+    *,
+    title: str = "cnnlens: why the model decided",
+) -> Path:
+    """Write ``index.html``: predictions, an image x method grid of overlays and the timings."""
+    rows: list[dict[str, Any]] = []
+    totals = dict.fromkeys(methods, 0.0)
+    for r in results:
+        by_method = {e.method: (e, png) for e, png, _ in r.explanations}
+        cells: list[dict[str, Any] | None] = []
+        for m in methods:
+            if m in by_method:
+                e, png = by_method[m]
+                totals[m] += e.seconds
+                cells.append(
+                    {
+                        "uri": image_data_uri(Image.open(png)),
+                        "seconds": e.seconds,
+                        "target": e.target_name(),
+                        "layer": e.layer,
+                    }
+                )
+            else:
+                cells.append(None)
+        rows.append(
+            {
+                "stem": r.stem,
+                "original": image_data_uri(r.image),
+                "predictions": r.predictions,
+                "cells": cells,
+                "errors": r.errors,
+            }
+        )
+    html = (
+        _env()
+        .get_template("demo.html.j2")
+        .render(title=title, rows=rows, methods=methods, totals=totals, summary=summary)
+    )
+    path = Path(out) / "index.html"
+    path.write_text(html, encoding="utf-8")
+    return path
