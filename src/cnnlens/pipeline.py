@@ -59,7 +59,7 @@ def load_images(
         try:
             image = load_image(path)
         except CnnlensError as err:
-            log.error("%s", err)
+            log.info("%s", err)
             errors.append({"path": str(path), "error": str(err)})
             continue
         loaded.append((unique_stem(Path(path).stem, used), str(path), image))
@@ -125,7 +125,7 @@ def explain_images(
                     exp = method.explain(x, target)
                 except (CnnlensError, ValueError, TypeError, RuntimeError) as err:
                     msg = f"{source}: {method.name} failed: {err}"
-                    log.error("%s", msg)
+                    log.info("%s", msg)
                     result.errors.append(msg)
                     continue
                 png = folder / f"{method.name}{suffix}.png"

@@ -72,7 +72,9 @@ def test_hooks_removed_and_state_restored_after_an_exception(name: str, images: 
     inner = tiny_loaded().module
     failing = FailOnCall(inner, fail_at=2)
     before = snapshot(failing)
-    method = create(name, failing, **small(name), **({"layer": "inner.features"} if get_method(name).uses_layer else {}))
+    method = create(
+        name, failing, **small(name), **({"layer": "inner.features"} if get_method(name).uses_layer else {})
+    )
     with pytest.raises(RuntimeError, match="injected failure"):
         method.explain(images)
     assert_same(before, snapshot(failing))

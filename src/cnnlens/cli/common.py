@@ -15,7 +15,7 @@ from cnnlens.attribution.registry import create, get_method, method_names
 from cnnlens.models import DEFAULT_MODEL, LoadedModel, load_model
 
 console = Console()
-error_console = Console(stderr=True)
+error_console = Console(stderr=True, soft_wrap=True)
 
 
 def setup_runtime() -> None:

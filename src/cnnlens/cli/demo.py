@@ -8,7 +8,7 @@ from pathlib import Path
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from cnnlens.attribution import method_names
-from cnnlens.cli.common import build_methods, console
+from cnnlens.cli.common import build_methods, console, error_console
 from cnnlens.cli.explain import print_results
 from cnnlens.data.samples import SAMPLE_NAMES, load_sample
 from cnnlens.models import DEFAULT_MODEL, load_model
@@ -52,6 +52,9 @@ def run(args: argparse.Namespace) -> int:
             progress=lambda what: bar.update(task, advance=1, description=what),
         )
     print_results(results, 5)
+    for r in results:
+        for msg in r.errors:
+            error_console.print(f"[red]error:[/] {msg}", highlight=False)
     summary = summarize(model, results, [], args.out)
     write_summary(summary, args.out)
     report = demo_report(results, summary, [m.name for m in methods], args.out)

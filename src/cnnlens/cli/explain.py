@@ -101,6 +101,9 @@ def run(args: argparse.Namespace) -> int:
             progress=lambda what: status.update(f"explaining {what}"),
         )
     print_results(results, args.top)
+    for r in results:
+        for msg in r.errors:
+            error_console.print(f"[red]error:[/] {msg}", highlight=False)
     summary = summarize(model, results, errors, args.out)
     console.print(f"wrote {write_summary(summary, args.out)}")
     failed = bool(errors) or any(r.errors for r in results)

@@ -218,10 +218,10 @@ def _timm_module(arch: str, pretrained: bool) -> tuple[nn.Module, Preprocessing,
     import timm
 
     if pretrained and not _network_reachable("huggingface.co"):
-        try:
-            module = timm.create_model(arch, pretrained=True, pretrained_cfg_overlay={})
-        except Exception as err:  # not in the local cache either
-            raise _offline_error(arch, f"no network and not cached: {type(err).__name__}") from None
+        cached = _timm_cached_file(arch)
+        if cached is None:
+            raise _offline_error(arch, "no network, and the weights are not in the local cache")
+        module = timm.create_model(arch, pretrained=True, pretrained_cfg_overlay={"file": cached})
     else:
         try:
             module = timm.create_model(arch, pretrained=pretrained)
@@ -231,6 +231,22 @@ def _timm_module(arch: str, pretrained: bool) -> tuple[nn.Module, Preprocessing,
     names = list(imagenet_classes()) if k == 1000 else [f"class_{i}" for i in range(k)]
     source = "timm pretrained weights" if pretrained else "random initialisation"
     return module, _timm_preprocessing(module), names, source
+
+
+def _timm_cached_file(arch: str) -> str | None:
+    """The locally cached weights file of a timm model, if the Hugging Face cache has one."""
+    import timm
+    from huggingface_hub import try_to_load_from_cache
+
+    cfg: dict[str, Any] = dict(getattr(timm.create_model(arch, pretrained=False), "pretrained_cfg", {}))
+    repo = cfg.get("hf_hub_id")
+    if not repo:
+        return None
+    for filename in ("model.safetensors", "pytorch_model.bin"):
+        path = try_to_load_from_cache(repo, filename)
+        if isinstance(path, str):
+            return path
+    return None
 
 
 def _timm_preprocessing(module: nn.Module) -> Preprocessing:

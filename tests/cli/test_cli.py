@@ -1,0 +1,138 @@
+"""The command line, run for real (in-process through ``main`` and once as a console script)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from cnnlens.cli import main
+from cnnlens.data import load_sample
+
+FAST = ["-m", "saliency,gradcam,occlusion", "-p", "window=64", "-p", "stride=64"]
+
+
+@pytest.fixture(scope="module")
+def chelsea(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("img") / "chelsea.jpg"
+    load_sample("chelsea").save(path)
+    return path
+
+
+def test_explain_chelsea(chelsea: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "out"
+    assert main(["explain", str(chelsea), *FAST, "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "top-5" in printed and "seconds" in printed
+    summary = json.loads((out / "summary.json").read_text())
+    image = summary["images"][0]
+    assert image["predictions"][0]["class_name"] in {"Egyptian cat", "tabby", "tiger cat"}
+    assert len(image["predictions"]) == 5
+    assert {e["method"] for e in image["explanations"]} == {"saliency", "gradcam", "occlusion"}
+    for method in ("saliency", "gradcam", "occlusion"):
+        with np.load(out / "chelsea" / f"{method}.npz") as f:
+            assert f["attribution"].shape == (224, 224) and f["attribution"].dtype == np.float32
+            assert int(f["target"]) == image["predictions"][0]["index"]
+            assert 0 < float(f["score"]) <= 1
+        assert Image.open(out / "chelsea" / f"{method}.png").size[0] > 0
+    assert summary["images"][0]["explanations"][1]["layer"] == "bn2"
+
+
+def test_explain_keeps_going_past_bad_images(
+    chelsea: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    bad = tmp_path / "broken.png"
+    bad.write_bytes(b"\x89PNG\r\n\x1a\nrubbish")
+    missing = tmp_path / "missing.jpg"
+    out = tmp_path / "out"
+    code = main(["explain", str(bad), str(missing), str(chelsea), "-m", "gradcam", "--out", str(out)])
+    assert code == 1
+    err = capsys.readouterr().err
+    assert "broken.png" in err and "missing.jpg: no such file" in err
+    summary = json.loads((out / "summary.json").read_text())
+    assert [i["stem"] for i in summary["images"]] == ["chelsea"]
+    assert len(summary["errors"]) == 2
+    assert (out / "chelsea" / "gradcam.npz").is_file()
+
+
+def test_explain_several_targets_and_names(chelsea: Path, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    code = main(
+        ["explain", str(chelsea), "-m", "gradcam", "-t", "tabby", "-t", "281,espresso", "--out", str(out)]
+    )
+    assert code == 0
+    files = sorted(p.name for p in (out / "chelsea").glob("*.npz"))
+    assert files == ["gradcam-espresso.npz", "gradcam-tabby.npz"]
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["-m", "gradcm"], "unknown method 'gradcm'; closest: gradcam"),
+        (["-t", "tabbby"], "unknown class 'tabbby'; closest: tabby"),
+        (["-t", "1000"], "out of range"),
+        (["-m", "gradcam", "--layer", "conv_hed"], "closest: conv_head"),
+        (["-m", "saliency", "--layer", "bn2"], "none of saliency uses a layer"),
+        (["-m", "saliency", "-p", "window=3"], "no selected method takes the parameter"),
+        (["-m", "occlusion", "-p", "window"], "KEY=VALUE"),
+        (["-m", "occlusion", "-p", "window=0"], "window and stride must be positive"),
+        (["--model", "nosuchmodel"], "unknown model 'nosuchmodel'"),
+        (["--model", "missing/ckpt.pt"], "no such checkpoint"),
+    ],
+)
+def test_explain_errors(
+    chelsea: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], args: list[str], message: str
+) -> None:
+    out = tmp_path / "out"
+    assert main(["explain", str(chelsea), *args, "--out", str(out)]) == 2
+    assert message in capsys.readouterr().err
+    assert not out.exists()
+
+
+def test_methods_and_models_list(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["methods"]) == 0
+    printed = capsys.readouterr().out
+    for name in ("saliency", "gradcam", "occlusion"):
+        assert name in printed
+    assert main(["models"]) == 0
+    printed = capsys.readouterr().out
+    assert "efficientnet_lite0" in printed and "resnet50" in printed
+
+
+def test_models_show(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["models", "--show", "efficientnet_lite0"]) == 0
+    printed = capsys.readouterr().out
+    assert "default CAM layer: bn2" in printed and "conv_head" in printed
+
+
+def test_docs_methods_table_is_generated_from_the_registry() -> None:
+    from cnnlens.attribution import methods_markdown
+
+    docs = Path(__file__).resolve().parents[2] / "docs" / "methods.md"
+    assert methods_markdown() in docs.read_text(), "regenerate: cnnlens methods --markdown"
+
+
+def test_demo_writes_report(tmp_path: Path) -> None:
+    out = tmp_path / "demo"
+    assert main(["demo", "--samples", "coffee", "--out", str(out)]) == 0
+    html = (out / "index.html").read_text()
+    assert html.count("data:image/") >= 2 and "espresso" in html
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["images"][0]["predictions"][0]["class_name"] == "espresso"
+
+
+def test_console_script_runs() -> None:
+    exe = shutil.which("cnnlens", path=str(Path(sys.executable).parent))
+    assert exe is not None
+    result = subprocess.run([exe, "methods"], capture_output=True, text=True, check=False, timeout=120)
+    assert result.returncode == 0 and "gradcam" in result.stdout
+    result = subprocess.run(
+        [sys.executable, "-m", "cnnlens", "--version"], capture_output=True, text=True, check=False
+    )
+    assert result.stdout.startswith("cnnlens ")

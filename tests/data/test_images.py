@@ -1,0 +1,126 @@
+"""Image loading: formats, modes, orientation, and every way a file can be bad."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from cnnlens.data import Preprocessing, load_image, load_sample
+from cnnlens.data.samples import available_samples
+from cnnlens.errors import ImageLoadError
+
+
+def gradient_rgb(w: int = 40, h: int = 30) -> Image.Image:
+    x = np.linspace(0, 255, w, dtype=np.uint8)[None, :, None].repeat(h, 0)
+    y = np.linspace(0, 255, h, dtype=np.uint8)[:, None, None].repeat(w, 1)
+    return Image.fromarray(np.concatenate([x, y, 255 - x], axis=2))
+
+
+@pytest.mark.parametrize("ext", ["jpg", "png", "bmp", "tiff", "webp"])
+def test_formats(tmp_path: Path, ext: str) -> None:
+    path = tmp_path / f"img.{ext}"
+    gradient_rgb().save(path)
+    im = load_image(path)
+    assert im.mode == "RGB" and im.size == (40, 30)
+
+
+def test_exif_orientation(tmp_path: Path) -> None:
+    path = tmp_path / "rotated.jpg"
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90 degrees clockwise on display
+    gradient_rgb(40, 30).save(path, exif=exif)
+    assert load_image(path).size == (30, 40)
+
+
+@pytest.mark.parametrize(
+    ("mode", "value", "expected"),
+    [("L", 128, 128), ("1", 1, 255), ("I;16", 65535, 255), ("I;16", 32768, 128), ("F", None, None)],
+)
+def test_gray_modes(tmp_path: Path, mode: str, value: int | None, expected: int | None) -> None:
+    if mode == "F":
+        arr = np.linspace(-3.0, 5.0, 100, dtype=np.float32).reshape(10, 10)
+        im = Image.fromarray(arr, mode="F")
+        path = tmp_path / "f.tiff"
+    else:
+        im = Image.new(mode, (10, 10), value)
+        path = tmp_path / f"g_{mode.replace(';', '')}.{'png' if mode != '1' else 'bmp'}"
+    im.save(path)
+    out = np.asarray(load_image(path))
+    assert out.shape == (10, 10, 3)
+    if expected is not None:
+        assert abs(int(out[0, 0, 0]) - expected) <= 1
+    else:
+        assert out.min() == 0 and out.max() == 255
+
+
+def test_rgba_composited_on_white(tmp_path: Path) -> None:
+    path = tmp_path / "a.png"
+    Image.new("RGBA", (5, 5), (255, 0, 0, 0)).save(path)
+    assert tuple(np.asarray(load_image(path))[0, 0]) == (255, 255, 255)
+
+
+def test_palette_with_transparency(tmp_path: Path) -> None:
+    path = tmp_path / "p.png"
+    im = Image.new("P", (4, 4), 1)
+    im.putpalette([0, 0, 0, 10, 200, 30] + [0] * 762)
+    im.info["transparency"] = 0
+    im.save(path, transparency=0)
+    assert tuple(np.asarray(load_image(path))[0, 0]) == (10, 200, 30)
+
+
+def test_missing_file(tmp_path: Path) -> None:
+    with pytest.raises(ImageLoadError, match=r"nope\.jpg: no such file"):
+        load_image(tmp_path / "nope.jpg")
+
+
+def test_directory(tmp_path: Path) -> None:
+    with pytest.raises(ImageLoadError, match="is a directory"):
+        load_image(tmp_path)
+
+
+def test_not_an_image(tmp_path: Path) -> None:
+    path = tmp_path / "notes.jpg"
+    path.write_text("hello")
+    with pytest.raises(ImageLoadError, match=r"notes\.jpg: not an image"):
+        load_image(path)
+
+
+def test_truncated(tmp_path: Path) -> None:
+    path = tmp_path / "cut.jpg"
+    gradient_rgb(200, 200).save(path, quality=95)
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    with pytest.raises(ImageLoadError, match=r"cut\.jpg: corrupt or truncated"):
+        load_image(path)
+
+
+def test_decompression_bomb(tmp_path: Path) -> None:
+    path = tmp_path / "big.png"
+    Image.new("L", (300, 300)).save(path)
+    with pytest.raises(ImageLoadError, match="decompression bomb"):
+        load_image(path, max_pixels=10_000)
+
+
+def test_samples_ship_offline() -> None:
+    for name in available_samples():
+        im = load_sample(name)
+        assert im.mode == "RGB" and min(im.size) >= 200
+    with pytest.raises(KeyError, match="closest: chelsea"):
+        load_sample("chelsee")
+
+
+def test_preprocessing_round_trip() -> None:
+    pre = Preprocessing(resize=256, crop=224)
+    t = pre(gradient_rgb(400, 300))
+    assert t.shape == (3, 224, 224)
+    back = pre.denormalize(t)
+    assert float(back.min()) >= 0 and float(back.max()) <= 1
+    assert Preprocessing.from_dict(pre.to_dict()) == pre
+    # the crop box covers the central square the model sees: side = 300 * 224 / 256
+    left, top, right, bottom = pre.crop_box((400, 300))
+    assert (right - left, bottom - top) == (262, 262) and left == 69
+    with pytest.raises(ValueError, match="resize >= crop"):
+        Preprocessing(resize=100, crop=224)
