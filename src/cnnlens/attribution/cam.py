@@ -188,7 +188,7 @@ class CAM(Attribution):
                 logits = self.module(x).float()
                 acts = feature_map(store, name).float()
             head = self._head(name, acts, logits)
-            cam = torch.einsum("nk,nkhw->nhw", head.weight.float()[t], acts)
+            cam = torch.einsum("nk,nkhw->nhw", head.weight.detach().float()[t], acts)
             self._check_identity(name, cam, head, t, logits)
             maps.append(cam)
         return torch.cat(maps)
@@ -208,7 +208,7 @@ class CAM(Attribution):
     def _check_identity(
         self, name: str, cam: torch.Tensor, head: nn.Linear, targets: torch.Tensor, logits: torch.Tensor
     ) -> None:
-        bias = head.bias.float()[targets] if head.bias is not None else 0.0
+        bias = head.bias.detach().float()[targets] if head.bias is not None else 0.0
         predicted = cam.mean(dim=(1, 2)) + bias
         actual = logits.gather(1, targets.view(-1, 1)).squeeze(1)
         error = (predicted - actual).abs().max()
