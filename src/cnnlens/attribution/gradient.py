@@ -1,4 +1,9 @@
-"""Gradient methods: the derivative of the target score with respect to the input pixels."""
+"""Gradient methods: the derivative of the target score with respect to the input pixels.
+
+Saliency and gradient x input take one gradient per image; SmoothGrad and Integrated Gradients take
+gradients at many points derived from each image, streamed through :func:`point_gradients` so that
+only one batch of points is in memory at a time.
+"""
 
 from __future__ import annotations
 
@@ -32,6 +37,15 @@ def input_gradient(
     return torch.cat(grads)
 
 
+def saliency_reduction(grads: torch.Tensor) -> torch.Tensor:
+    """The per-pixel map of a gradient-like tensor: the largest absolute value over the channels.
+
+    Shape:
+        ``(N, C, H, W)`` in, ``(N, H, W)`` out.
+    """
+    return grads.abs().amax(dim=1)
+
+
 @register
 class Saliency(Attribution):
     """Vanilla gradient saliency: the largest absolute gradient over the colour channels.
@@ -55,15 +69,6 @@ class Saliency(Attribution):
 
     def _attribute(self, inputs: torch.Tensor, targets: torch.Tensor, batch_size: int) -> torch.Tensor:
         return saliency_reduction(input_gradient(self.module, inputs, targets, batch_size))
-
-
-def saliency_reduction(grads: torch.Tensor) -> torch.Tensor:
-    """The per-pixel map of a gradient-like tensor: the largest absolute value over the channels.
-
-    Shape:
-        ``(N, C, H, W)`` in, ``(N, H, W)`` out.
-    """
-    return grads.abs().amax(dim=1)
 
 
 Point = tuple[int, float, torch.Tensor]

@@ -1,4 +1,4 @@
-"""Modified backpropagation rules through the rectifiers: Guided Backpropagation, Deconvnet, Guided Grad-CAM.
+"""Modified backpropagation through the rectifiers: Guided Backpropagation, Deconvnet, Guided Grad-CAM.
 
 The rules are applied by :func:`backprop_rule`, a context manager that hooks every ``nn.ReLU`` and
 ``nn.ReLU6`` module for the duration of the block only. On each call of such a module (a module
@@ -9,9 +9,11 @@ whose backward pass sends the rule's signal straight to the pre-activation. No m
 no flag (``inplace``) changed, and every hook is removed on exit, also after an error.
 
 Rectifiers called as functions (``F.relu`` inside a ``forward``) cannot be hooked and keep their
-ordinary gradient. A network without any ``nn.ReLU``/``nn.ReLU6`` module (SiLU, GELU,
-Hardswish...) has nothing to apply the rule to: the methods raise a ``ValueError`` instead of
-silently returning the plain gradient.
+ordinary gradient, and so do other activations (SiLU, GELU, LeakyReLU...) in a network that also
+has ReLU modules: the rule is applied at the ReLU/ReLU6 modules only. A network without any
+``nn.ReLU``/``nn.ReLU6`` module (SiLU, GELU, Hardswish...) has nothing to apply the rule to: the
+methods raise a ``ValueError`` instead of silently returning the plain gradient; so do networks
+whose ReLU modules never run (``rule_gradient`` counts the calls).
 """
 
 from __future__ import annotations
