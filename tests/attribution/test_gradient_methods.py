@@ -193,3 +193,17 @@ def test_model_without_preprocessing_reads_pixels_in_0_1() -> None:
     lo, hi = pixel_bounds(model, torch.zeros(1, 3, 4, 4))
     assert lo.sum() == 0
     assert hi.sum() == 3
+
+
+def test_integrated_gradients_batching_and_per_image_baselines(images: torch.Tensor) -> None:
+    model = tiny_loaded()
+    baselines = torch.randn(3, 3, 32, 32, generator=torch.Generator().manual_seed(6))
+    ig = create("integrated_gradients", model, baseline=baselines, steps=6)
+    whole = ig.explain(images, target=2, batch_size=18)
+    odd = ig.explain(images, target=2, batch_size=5)  # chunks that straddle two images
+    assert torch.allclose(whole.attributions, odd.attributions, atol=1e-6)
+    for i in range(3):
+        one = create("integrated_gradients", model, baseline=baselines[i], steps=6).explain(
+            images[i], target=2
+        )
+        assert torch.allclose(one.attributions[0], whole.attributions[i], atol=1e-6)
