@@ -62,7 +62,7 @@ class _RectifierRule(torch.autograd.Function):
 
 def rectifiers(model: nn.Module) -> list[nn.Module]:
     """The ``nn.ReLU`` and ``nn.ReLU6`` modules of ``model`` (each once, however often it is called)."""
-    return [m for m in model.modules() if type(m) in RECTIFIERS]
+    return [m for m in model.modules() if isinstance(m, RECTIFIERS)]
 
 
 def _activation_types(model: nn.Module) -> list[str]:
