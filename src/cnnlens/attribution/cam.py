@@ -1,12 +1,33 @@
-"""Class activation maps: weighted sums of a convolutional layer's feature maps."""
+"""Class activation maps: weighted sums of a convolutional layer's feature maps.
+
+Most methods here differ only in how they weight the feature maps ``A_k`` by functions of the
+gradient ``dy/dA_k``: each is one :meth:`GradientCAM.weights` override of the shared
+``ReLU(sum_k w_k * A_k)``. CAM reads its weights from the linear head instead.
+"""
 
 from __future__ import annotations
 
+from abc import abstractmethod
+
 import torch
+from torch import nn
 
 from cnnlens.attribution.base import Attribution, LayerSpec, ModelLike
 from cnnlens.attribution.hooks import capture_outputs
 from cnnlens.attribution.registry import register
+
+
+def feature_map(store: dict[str, torch.Tensor], name: str) -> torch.Tensor:
+    """The recorded ``(N, C, h, w)`` output of layer ``name``, or a clear error."""
+    if name not in store:
+        raise RuntimeError(f"layer {name!r} did not run in the forward pass")
+    a = store[name]
+    if a.ndim != 4:
+        raise ValueError(
+            f"layer {name!r} outputs shape {tuple(a.shape)}; CAM methods need a (N, C, H, W) "
+            "feature map, choose a convolutional layer"
+        )
+    return a
 
 
 def layer_gradient(
@@ -21,22 +42,37 @@ def layer_gradient(
     for x, t in zip(inputs.split(batch_size), targets.split(batch_size)):
         with capture_outputs({name: layer}) as store, torch.enable_grad():
             logits = attribution.module(x.detach().requires_grad_(True))
-            if name not in store:
-                raise RuntimeError(f"layer {name!r} did not run in the forward pass")
-            a = store[name]
-            if a.ndim != 4:
-                raise ValueError(
-                    f"layer {name!r} outputs shape {tuple(a.shape)}; CAM methods need a (N, C, H, W) "
-                    "feature map, choose a convolutional layer"
-                )
+            a = feature_map(store, name)
             (g,) = torch.autograd.grad(logits.float().gather(1, t.view(-1, 1)).sum(), a)
         acts.append(a.detach())
         grads.append(g.detach())
     return torch.cat(acts), torch.cat(grads)
 
 
+class GradientCAM(Attribution):
+    """Base of the gradient-weighted CAMs: ``ReLU(sum_k w_k * A_k)`` with ``w = weights(A, dy/dA)``.
+
+    Subclasses implement :meth:`weights` only.
+    """
+
+    family = "cam"
+    needs_gradients = True
+    uses_layer = True
+
+    def __init__(self, model: ModelLike, *, layer: LayerSpec = None, batch_size: int | None = None):
+        super().__init__(model, layer=layer, batch_size=batch_size)
+
+    @abstractmethod
+    def weights(self, acts: torch.Tensor, grads: torch.Tensor) -> torch.Tensor:
+        """Weights of the feature maps, ``(N, C, 1, 1)`` or per position ``(N, C, h, w)``."""
+
+    def _attribute(self, inputs: torch.Tensor, targets: torch.Tensor, batch_size: int) -> torch.Tensor:
+        acts, grads = layer_gradient(self, inputs, targets, batch_size)
+        return torch.relu((self.weights(acts, grads) * acts).sum(dim=1))
+
+
 @register
-class GradCAM(Attribution):
+class GradCAM(GradientCAM):
     """Grad-CAM: feature maps weighted by the spatial mean of their gradients, then ReLU.
 
     Shape:
@@ -48,16 +84,138 @@ class GradCAM(Attribution):
     """
 
     name = "gradcam"
-    family = "cam"
     summary = "ReLU(sum_k mean(dy/dA_k) A_k) at a conv layer"
     reference = "Selvaraju et al. 2017"
-    needs_gradients = True
+
+    def weights(self, acts: torch.Tensor, grads: torch.Tensor) -> torch.Tensor:
+        return grads.mean(dim=(2, 3), keepdim=True)
+
+
+@register
+class GradCAMPlusPlus(GradientCAM):
+    """Grad-CAM++: positive gradients weighted per position by the closed-form ``alpha`` of the paper.
+
+    With the exponential of the logit as score, ``alpha = g^2 / (2 g^2 + sum_ab A_ab g^3)`` where
+    ``g = dy/dA`` (``alpha = 0`` where that denominator vanishes), and
+    ``w_k = sum_ij alpha_kij ReLU(g_kij)``.
+
+    Shape:
+        A ``(N, H, W)`` non-negative map, computed at the layer's resolution and upsampled.
+
+    References:
+        Chattopadhay, Sarkar, Howlader, Balasubramanian. Grad-CAM++: Generalized Gradient-Based
+        Visual Explanations for Deep Convolutional Networks. WACV 2018.
+    """
+
+    name = "gradcampp"
+    summary = "Grad-CAM with per-position weights alpha on the positive gradients"
+    reference = "Chattopadhay et al. 2018"
+
+    def weights(self, acts: torch.Tensor, grads: torch.Tensor) -> torch.Tensor:
+        g2 = grads.pow(2)
+        denominator = 2 * g2 + acts.sum(dim=(2, 3), keepdim=True) * g2 * grads
+        safe = torch.where(denominator != 0, denominator, torch.ones_like(denominator))
+        alpha = torch.where(denominator != 0, g2 / safe, torch.zeros_like(g2))
+        return (alpha * grads.clamp(min=0)).sum(dim=(2, 3), keepdim=True)
+
+
+@register
+class LayerCAM(GradientCAM):
+    """Layer-CAM: each position of each feature map weighted by its own positive gradient.
+
+    The per-layer map of the paper (its ``tanh`` rescaling is for fusing shallow layers and is not
+    applied).
+
+    Shape:
+        A ``(N, H, W)`` non-negative map, computed at the layer's resolution and upsampled.
+
+    References:
+        Jiang, Zhang, Hou, Cheng, Wei. LayerCAM: Exploring Hierarchical Class Activation Maps for
+        Localization. IEEE TIP 2021.
+    """
+
+    name = "layercam"
+    summary = "ReLU(sum_k ReLU(dy/dA_k) * A_k), positionwise"
+    reference = "Jiang et al. 2021"
+
+    def weights(self, acts: torch.Tensor, grads: torch.Tensor) -> torch.Tensor:
+        return grads.clamp(min=0)
+
+
+def linear_head(model: nn.Module, channels: int, classes: int) -> nn.Linear | None:
+    """The last ``nn.Linear(channels -> classes)`` of ``model``, if any."""
+    heads = [
+        m
+        for m in model.modules()
+        if isinstance(m, nn.Linear) and m.in_features == channels and m.out_features == classes
+    ]
+    return heads[-1] if heads else None
+
+
+@register
+class CAM(Attribution):
+    """CAM: the feature maps weighted by the linear classifier's weights of the target class.
+
+    Only for networks whose logits are ``W @ global_average_pool(A) + b`` for the layer's output
+    ``A``: the head is found as the model's last ``nn.Linear(C -> K)`` and the identity is checked
+    on every batch, so any other head (VGG's three-layer classifier, a conv layer after ``A``, ...)
+    raises a ``ValueError``. As in the paper the map is not rectified: its mean plus the bias is the
+    target logit, and on such networks ``ReLU(CAM)`` is ``h * w`` times Grad-CAM.
+
+    Shape:
+        A ``(N, H, W)`` signed map, computed at the layer's resolution and upsampled.
+
+    References:
+        Zhou, Khosla, Lapedriza, Oliva, Torralba. Learning Deep Features for Discriminative
+        Localization. CVPR 2016.
+    """
+
+    name = "cam"
+    family = "cam"
+    summary = "sum_k W[c, k] A_k for global-average-pool + linear heads"
+    reference = "Zhou et al. 2016"
     uses_layer = True
+    signed = True
 
     def __init__(self, model: ModelLike, *, layer: LayerSpec = None, batch_size: int | None = None):
         super().__init__(model, layer=layer, batch_size=batch_size)
 
     def _attribute(self, inputs: torch.Tensor, targets: torch.Tensor, batch_size: int) -> torch.Tensor:
-        acts, grads = layer_gradient(self, inputs, targets, batch_size)
-        weights = grads.mean(dim=(2, 3), keepdim=True)
-        return torch.relu((weights * acts).sum(dim=1))
+        name, layer = self.target_layer(inputs)
+        maps = []
+        for x, t in zip(inputs.split(batch_size), targets.split(batch_size)):
+            with capture_outputs({name: layer}) as store, torch.inference_mode():
+                logits = self.module(x).float()
+                acts = feature_map(store, name).float()
+            head = self._head(name, acts, logits)
+            cam = torch.einsum("nk,nkhw->nhw", head.weight.detach().float()[t], acts)
+            self._check_identity(name, cam, head, t, logits)
+            maps.append(cam)
+        return torch.cat(maps)
+
+    def _head(self, name: str, acts: torch.Tensor, logits: torch.Tensor) -> nn.Linear:
+        head = linear_head(self.module, acts.shape[1], logits.shape[1])
+        if head is None:
+            raise ValueError(
+                f"CAM needs layer {name!r} ({acts.shape[1]} channels) to reach the {logits.shape[1]} "
+                f"logits through global average pooling and one linear layer, but "
+                f"{type(self.module).__name__} has no nn.Linear({acts.shape[1]} -> {logits.shape[1]}); "
+                "use gradcam (equal to CAM up to scale where CAM applies), or pass layer= the last "
+                "feature map before the pooling"
+            )
+        return head
+
+    def _check_identity(
+        self, name: str, cam: torch.Tensor, head: nn.Linear, targets: torch.Tensor, logits: torch.Tensor
+    ) -> None:
+        bias = head.bias.detach().float()[targets] if head.bias is not None else 0.0
+        predicted = cam.mean(dim=(1, 2)) + bias
+        actual = logits.gather(1, targets.view(-1, 1)).squeeze(1)
+        error = (predicted - actual).abs().max()
+        if error > 1e-4 + 1e-3 * actual.abs().max():
+            raise ValueError(
+                f"CAM needs logits = W @ global_average_pool(A) + b for the output A of layer {name!r}, "
+                f"but {type(self.module).__name__}'s logits differ from that by up to {float(error):.3g} "
+                "(a multi-layer head, or more layers between A and the classifier); use gradcam, or "
+                "pass layer= the last feature map before the global pooling"
+            )

@@ -1,0 +1,220 @@
+"""Modified backpropagation through the rectifiers: Guided Backpropagation, Deconvnet, Guided Grad-CAM.
+
+The rules are applied by :func:`backprop_rule`, a context manager that hooks every ``nn.ReLU`` and
+``nn.ReLU6`` module for the duration of the block only. On each call of such a module (a module
+used several times is hooked on every call) a forward pre-hook keeps the pre-activation and hands
+the module a copy of it, so an in-place rectifier cannot overwrite it; a forward hook then replaces
+the module's output by the same values produced by :class:`_RectifierRule`, an autograd function
+whose backward pass sends the rule's signal straight to the pre-activation. No module is swapped,
+no flag (``inplace``) changed, and every hook is removed on exit, also after an error.
+
+Rectifiers called as functions (``F.relu`` inside a ``forward``) cannot be hooked and keep their
+ordinary gradient, and so do other activations (SiLU, GELU, LeakyReLU...) in a network that also
+has ReLU modules: the rule is applied at the ReLU/ReLU6 modules only. A network without any
+``nn.ReLU``/``nn.ReLU6`` module (SiLU, GELU, Hardswish...) has nothing to apply the rule to: the
+methods raise a ``ValueError`` instead of silently returning the plain gradient; so do networks
+whose ReLU modules never run (``rule_gradient`` counts the calls).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from cnnlens.attribution.base import Attribution, LayerSpec, ModelLike
+from cnnlens.attribution.cam import GradCAM
+from cnnlens.attribution.gradient import input_gradient, saliency_reduction
+from cnnlens.attribution.hooks import Handles
+from cnnlens.attribution.registry import register
+
+RULES = ("guided", "deconvnet")
+RECTIFIERS = (nn.ReLU, nn.ReLU6)
+
+
+class _RectifierRule(torch.autograd.Function):
+    """Identity on the rectifier's output in the forward pass; the rule's signal in the backward pass.
+
+    ``guided``: ``relu(g) * 1[lower < x < upper]`` (the ordinary gradient with negative signals
+    removed). ``deconvnet``: ``relu(g)`` (the signal is rectified, the forward mask is ignored).
+    """
+
+    @staticmethod
+    def forward(ctx: Any, pre: torch.Tensor, out: torch.Tensor, rule: str, upper: float) -> torch.Tensor:
+        ctx.rule = rule
+        if rule == "guided":
+            ctx.save_for_backward((out > 0) & (out < upper))
+        return out.detach().clone()
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+        signal = grad.clamp(min=0)
+        if ctx.rule == "guided":
+            (mask,) = ctx.saved_tensors
+            signal = signal * mask
+        return signal, None, None, None
+
+
+def rectifiers(model: nn.Module) -> list[nn.Module]:
+    """The ``nn.ReLU`` and ``nn.ReLU6`` modules of ``model`` (each once, however often it is called)."""
+    return [m for m in model.modules() if isinstance(m, RECTIFIERS)]
+
+
+def _activation_types(model: nn.Module) -> list[str]:
+    names = {
+        type(m).__name__
+        for m in model.modules()
+        if "activation" in type(m).__module__ and not list(m.children())
+    }
+    return sorted(names)
+
+
+@contextmanager
+def backprop_rule(model: nn.Module, rule: str) -> Iterator[list[int]]:
+    """Apply a backpropagation rule at every ReLU/ReLU6 module of ``model`` inside the block.
+
+    Args:
+        model: The network. It is not modified; hooks exist only inside the block.
+        rule: ``"guided"`` (Springenberg et al.) or ``"deconvnet"`` (Zeiler and Fergus).
+
+    Returns:
+        A one-element list counting the rectifier calls the rule was applied to (check it after a
+        forward pass: 0 means the rectifiers were bypassed, e.g. called functionally).
+
+    Raises:
+        ValueError: Unknown rule, or no ReLU/ReLU6 module in the model.
+    """
+    if rule not in RULES:
+        raise ValueError(f"rule must be one of {', '.join(RULES)}, got {rule!r}")
+    modules = rectifiers(model)
+    if not modules:
+        found = ", ".join(_activation_types(model)) or "none found"
+        raise ValueError(
+            f"the {rule} rule is defined for ReLU activations, but {type(model).__name__} has no "
+            f"nn.ReLU or nn.ReLU6 module (activations: {found}); use saliency, smoothgrad, "
+            "integrated_gradients or gradcam for this model"
+        )
+    calls = [0]
+    pending: dict[int, list[torch.Tensor]] = {}
+    handles = Handles()
+
+    def keep_input(module: nn.Module, args: tuple[Any, ...]) -> tuple[Any, ...]:
+        pending.setdefault(id(module), []).append(args[0])
+        return (args[0].clone(), *args[1:]) if getattr(module, "inplace", False) else args
+
+    def apply_rule(module: nn.Module, _args: Any, out: torch.Tensor) -> torch.Tensor:
+        pre = pending[id(module)].pop()
+        calls[0] += 1
+        return _RectifierRule.apply(pre, out, rule, float(getattr(module, "max_val", math.inf)))
+
+    try:
+        for m in modules:
+            handles.add(m.register_forward_pre_hook(keep_input))
+            handles.add(m.register_forward_hook(apply_rule))
+        yield calls
+    finally:
+        handles.remove()
+        pending.clear()
+
+
+def rule_gradient(
+    attribution: Attribution, rule: str, inputs: torch.Tensor, targets: torch.Tensor, batch_size: int
+) -> torch.Tensor:
+    """The input "gradient" of the target logit under a backpropagation rule: ``(N, C, H, W)``."""
+    with backprop_rule(attribution.module, rule) as calls:
+        grads = input_gradient(attribution.module, inputs, targets, batch_size)
+    if calls[0] == 0:
+        raise ValueError(
+            f"no ReLU module of {type(attribution.module).__name__} ran in the forward pass (its "
+            f"rectifiers are called as functions?), so the {rule} rule could not be applied"
+        )
+    return grads
+
+
+class _RuleMethod(Attribution):
+    """A backpropagation rule, reduced to a per-pixel map like saliency (max |.| over channels)."""
+
+    family = "gradient"
+    needs_gradients = True
+    rule: str
+
+    def __init__(self, model: ModelLike, *, batch_size: int | None = None):
+        super().__init__(model, batch_size=batch_size)
+
+    def _attribute(self, inputs: torch.Tensor, targets: torch.Tensor, batch_size: int) -> torch.Tensor:
+        return saliency_reduction(rule_gradient(self, self.rule, inputs, targets, batch_size))
+
+
+@register
+class GuidedBackprop(_RuleMethod):
+    """Guided Backpropagation: at each ReLU only positive signals pass, and only where the unit fired.
+
+    Works with in-place ReLU, ReLU6 and ReLU modules used several times; the model is not modified.
+    A model without ReLU/ReLU6 modules raises ``ValueError`` (see :func:`backprop_rule`).
+
+    Shape:
+        A ``(N, H, W)`` non-negative map (max of the absolute value over the channels).
+
+    References:
+        Springenberg, Dosovitskiy, Brox, Riedmiller. Striving for Simplicity: The All Convolutional
+        Net. ICLR workshop 2015.
+    """
+
+    name = "guided_backprop"
+    summary = "gradient with negative signals stopped at every ReLU"
+    reference = "Springenberg et al. 2015"
+    rule = "guided"
+
+
+@register
+class Deconvnet(_RuleMethod):
+    """Deconvnet: the signal is rectified at each ReLU, whatever the unit did in the forward pass.
+
+    For ReLU6 the rule is the same (the reconstruction passes through a plain rectifier). Works with
+    in-place ReLU and ReLU modules used several times; the model is not modified.
+
+    Shape:
+        A ``(N, H, W)`` non-negative map (max of the absolute value over the channels).
+
+    References:
+        Zeiler, Fergus. Visualizing and Understanding Convolutional Networks. ECCV 2014.
+    """
+
+    name = "deconvnet"
+    summary = "backward pass that rectifies the signal at every ReLU"
+    reference = "Zeiler & Fergus 2014"
+    rule = "deconvnet"
+
+
+@register
+class GuidedGradCAM(GradCAM):
+    """Guided Grad-CAM: the Guided Backpropagation map times the Grad-CAM map upsampled to the input.
+
+    Grad-CAM uses the ordinary gradient at the layer; Guided Backpropagation the guided rule.
+
+    Shape:
+        A ``(N, H, W)`` non-negative map at the input resolution.
+
+    References:
+        Selvaraju et al. Grad-CAM: Visual Explanations from Deep Networks via Gradient-based
+        Localization. ICCV 2017.
+    """
+
+    name = "guided_gradcam"
+    family = "cam"
+    summary = "guided backprop map times the upsampled Grad-CAM"
+    reference = "Selvaraju et al. 2017"
+
+    def __init__(self, model: ModelLike, *, layer: LayerSpec = None, batch_size: int | None = None):
+        super().__init__(model, layer=layer, batch_size=batch_size)
+
+    def _attribute(self, inputs: torch.Tensor, targets: torch.Tensor, batch_size: int) -> torch.Tensor:
+        cam = super()._attribute(inputs, targets, batch_size)
+        cam = F.interpolate(cam[:, None], size=inputs.shape[-2:], mode="bilinear", align_corners=False)[:, 0]
+        guided = saliency_reduction(rule_gradient(self, "guided", inputs, targets, batch_size))
+        return guided * cam
