@@ -262,7 +262,7 @@ class LayerSplit:
         with torch.inference_mode():
             ref = self.module(x).float()
             head = self.head(x)
-            got = self.tail(head.activation.expand(2, *head.activation.shape[1:]), head).float()
+            got = self.tail(head.activation.expand(2, *head.activation.shape[1:]).clone(), head).float()
         if got.shape != (2, *ref.shape[1:]) or not torch.allclose(
             got, ref.expand_as(got), rtol=1e-4, atol=1e-4
         ):
@@ -275,7 +275,9 @@ class LayerSplit:
         if not self.split:
             store: dict[str, torch.Tensor] = {}
             handles = Handles()
-            handles.add(self.layer.register_forward_hook(lambda _m, _i, out: store.__setitem__("a", out)))
+            handles.add(
+                self.layer.register_forward_hook(lambda _m, _i, out: store.__setitem__("a", out.clone()))
+            )
             try:
                 self.module(x)
             finally:

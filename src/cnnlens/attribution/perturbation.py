@@ -133,8 +133,9 @@ class DoubleOcclusion(Occlusion):
         the sliding windows ``b`` covering it, ``a`` being the fixed window. ``extras`` holds
         ``"single"`` (the ordinary occlusion map of the sliding window, ``f(x) - f(x without b)``),
         ``"interaction"`` (``f(x) - f(x without a) - f(x without b) + f(x without a and b)``: zero
-        where the evidence under ``b`` adds to that under ``a``, negative where it is redundant with
-        it), ``"fixed"`` (``(N, 4)`` windows as top, left, height, width) and ``"fixed_drop"``.
+        where the evidence under ``b`` adds to that under ``a``, negative where the two are
+        redundant (either one suffices), positive where they are needed together), ``"fixed"``
+        (``(N, 4)`` windows as top, left, height, width) and ``"fixed_drop"``.
 
     References:
         Fang. Convolutional Neural Network Interpretability Analysis for Image Classification (the
@@ -201,7 +202,7 @@ class DoubleOcclusion(Occlusion):
             both = fixed_drop + self.drops(hidden, t, windows, batch_size)
             maps.append(self.paint(both, windows, size))
             singles.append(self.paint(single, windows, size))
-            interactions.append(self.paint(both - single - fixed_drop, windows, size))
+            interactions.append(self.paint(single + fixed_drop - both, windows, size))
             boxes.append(box)
             fixed_drops.append(fixed_drop)
         extras = {
@@ -220,9 +221,10 @@ class RISE(Attribution):
     Each mask is a random ``cells x cells`` binary grid (a cell is kept with probability ``p1``),
     upsampled bilinearly to ``(cells + 1) * cell_size`` and cropped at a random shift, as in the
     paper. The map is ``sum_i f(x * M_i) M_i / (n_masks * p1)``, ``f`` the target's softmax
-    probability (``score=``). Masks are drawn from a local generator seeded with ``seed`` and made
-    ``batch_size`` at a time, so memory does not grow with ``n_masks``; every image of a batch sees
-    the same masks. Hidden pixels are blended towards ``fill`` (0 is the dataset mean colour in
+    probability (``score=``). The grids and shifts are drawn from a local generator seeded with
+    ``seed`` (a few bytes per mask); the full-size masks are made ``batch_size`` at a time, so memory
+    stays bounded at any ``n_masks``. Every image of a batch, and every batch size, sees the same
+    masks. Hidden pixels are blended towards ``fill`` (0 is the dataset mean colour in
     normalised inputs).
 
     Shape:
@@ -263,27 +265,42 @@ class RISE(Attribution):
         self.score = check_score(score)
         self.seed = seed
 
-    def masks(self, count: int, size: tuple[int, int], generator: torch.Generator) -> torch.Tensor:
-        """``count`` RISE masks of ``size``: ``(count, 1, H, W)`` in ``[0, 1]``."""
+    def draws(self, size: tuple[int, int], generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        """The random part of every mask: ``(n_masks, cells, cells)`` grids and ``(n_masks, 2)`` shifts.
+
+        Small (a few bytes per mask), drawn once so the masks do not depend on the batch size.
+        """
+        cell_h, cell_w = -(-size[0] // self.cells), -(-size[1] // self.cells)
+        grids = torch.rand(self.n_masks, self.cells, self.cells, generator=generator) < self.p1
+        shifts = torch.stack(
+            [
+                torch.randint(0, cell_h, (self.n_masks,), generator=generator),
+                torch.randint(0, cell_w, (self.n_masks,), generator=generator),
+            ],
+            dim=1,
+        )
+        return grids, shifts
+
+    def masks(self, grids: torch.Tensor, shifts: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+        """RISE masks of ``size`` from grids and shifts (:meth:`draws`): ``(n, 1, H, W)`` in ``[0, 1]``."""
         height, width = size
         cell_h, cell_w = -(-height // self.cells), -(-width // self.cells)
-        grid = (torch.rand(count, 1, self.cells, self.cells, generator=generator) < self.p1).float()
         up = F.interpolate(
-            grid,
+            grids[:, None].float(),
             size=((self.cells + 1) * cell_h, (self.cells + 1) * cell_w),
             mode="bilinear",
             align_corners=False,
         )
-        dy = torch.randint(0, cell_h, (count,), generator=generator).tolist()
-        dx = torch.randint(0, cell_w, (count,), generator=generator).tolist()
-        return torch.stack([up[i, :, y : y + height, x : x + width] for i, (y, x) in enumerate(zip(dy, dx))])
+        return torch.stack(
+            [up[i, :, y : y + height, x : x + width] for i, (y, x) in enumerate(shifts.tolist())]
+        )
 
     def _attribute(self, inputs: torch.Tensor, targets: torch.Tensor, batch_size: int) -> torch.Tensor:
         size = (inputs.shape[2], inputs.shape[3])
-        generator = torch.Generator().manual_seed(self.seed)
+        grids, shifts = self.draws(size, torch.Generator().manual_seed(self.seed))
         maps = torch.zeros(len(inputs), *size, device=inputs.device)
-        for start in range(0, self.n_masks, batch_size):
-            masks = self.masks(min(batch_size, self.n_masks - start), size, generator).to(inputs.device)
+        for g, s in zip(grids.split(batch_size), shifts.split(batch_size)):
+            masks = self.masks(g, s, size).to(inputs.device)
             for i, (image, t) in enumerate(zip(inputs, targets.tolist())):
                 batch = self.fill + (image - self.fill) * masks
                 scores = self.scores_of(iter([batch]), t, self.score)
