@@ -6,10 +6,11 @@ from collections.abc import Iterator
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from cnnlens.attribution.base import SCORES, Attributed, Attribution, LayerSpec, ModelLike
 from cnnlens.attribution.engine import LayerSplit
-from cnnlens.attribution.hooks import capture_outputs
+from cnnlens.attribution.hooks import Handles
 from cnnlens.attribution.registry import register
 
 
@@ -309,16 +310,28 @@ class RISE(Attribution):
 
 
 def _layer_activations(method: Attribution, inputs: torch.Tensor, batch_size: int) -> torch.Tensor:
-    """The method's target layer output for ``inputs``, without autograd: ``(N, C, h, w)``."""
+    """The method's target layer output for ``inputs``, without autograd: ``(N, C, h, w)``.
+
+    The output is copied when the layer returns it, so a later in-place operation cannot change it.
+    """
     name, layer = method.target_layer(inputs)
-    out = []
-    with torch.inference_mode():
-        for chunk in inputs.split(batch_size):
-            with capture_outputs({name: layer}) as store:
+    out: list[torch.Tensor] = []
+    handles = Handles()
+
+    def keep(_m: nn.Module, _i: object, a: object) -> None:
+        if not isinstance(a, torch.Tensor):
+            raise TypeError(f"layer {name!r} returns {type(a).__name__}, not a tensor; choose a conv layer")
+        out.append(a.clone())
+
+    try:
+        handles.add(layer.register_forward_hook(keep))
+        with torch.inference_mode():
+            for chunk in inputs.split(batch_size):
                 method.module(chunk)
-            if name not in store:
-                raise RuntimeError(f"layer {name!r} did not run in the forward pass")
-            out.append(store[name])
+    finally:
+        handles.remove()
+    if len(out) != len(inputs.split(batch_size)):
+        raise RuntimeError(f"layer {name!r} did not run exactly once per forward pass")
     acts = torch.cat(out)
     if acts.ndim != 4:
         raise ValueError(
