@@ -133,3 +133,12 @@ def test_bf16_path_runs_and_stays_close(images: torch.Tensor) -> None:
     assert bf16.params["precision"] == "bf16"
     corr = torch.corrcoef(torch.stack([fp32.attributions.flatten(), bf16.attributions.flatten()]))[0, 1]
     assert corr > 0.9
+
+
+def test_auto_batch_size_gives_the_same_maps(images: torch.Tensor) -> None:
+    from cnnlens.attribution import create
+
+    model = tiny_loaded()
+    auto = create("rise", model, n_masks=24, batch_size="auto").explain(images)
+    fixed = create("rise", model, n_masks=24, batch_size=5).explain(images)
+    assert torch.allclose(auto.attributions, fixed.attributions, atol=1e-5)

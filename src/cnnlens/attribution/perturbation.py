@@ -245,7 +245,7 @@ class RISE(Attribution):
         self,
         model: ModelLike,
         *,
-        n_masks: int = 2000,
+        n_masks: int = 1000,
         cells: int = 7,
         p1: float = 0.5,
         fill: float = 0.0,
