@@ -79,21 +79,28 @@ class Occlusion(Attribution):
         ]
 
     def _batches(
-        self, image: torch.Tensor, windows: list[tuple[int, int, int, int]], batch_size: int
+        self, image: torch.Tensor, windows: list[tuple[int, int, int, int] | None], batch_size: int
     ) -> Iterator[torch.Tensor]:
+        """``image`` with each window filled (``None``: nothing filled), ``batch_size`` at a time."""
         for i in range(0, len(windows), batch_size):
             chunk = windows[i : i + batch_size]
             batch = image.expand(len(chunk), *image.shape).clone()
-            for j, (y, x, h, w) in enumerate(chunk):
-                batch[j, :, y : y + h, x : x + w] = self.fill
+            for j, box in enumerate(chunk):
+                if box is not None:
+                    y, x, h, w = box
+                    batch[j, :, y : y + h, x : x + w] = self.fill
             yield batch
 
     def drops(
         self, image: torch.Tensor, target: int, windows: list[tuple[int, int, int, int]], batch_size: int
     ) -> torch.Tensor:
-        """Target score of ``image`` minus its score with each window hidden: ``(len(windows),)``."""
-        base = self.scores_of(iter([image[None]]), target, self.score)
-        return base - self.scores_of(self._batches(image, windows, batch_size), target, self.score)
+        """Target score of ``image`` minus its score with each window hidden: ``(len(windows),)``.
+
+        The intact image rides along in the first batch (no separate forward pass for it).
+        """
+        boxes: list[tuple[int, int, int, int] | None] = [None, *windows]
+        scores = self.scores_of(self._batches(image, boxes, batch_size), target, self.score)
+        return scores[0] - scores[1:]
 
     @staticmethod
     def paint(
