@@ -329,7 +329,7 @@ def bench_model(model_name: str, methods: list[str], args: argparse.Namespace) -
     module = model.module.eval()
     x = model.prepare(load_sample("chelsea"))
     target = int(model.logits(x).argmax())
-    t_f, t_fb = floor_times(module, x, args.batch_size)
+    t_f, t_fb = floor_times(module, x, args.batch_size, max(args.repeats, 2))
     print(
         f"\n## {model_name}: forward {t_f * 1e3:.1f} ms/img, forward+backward {t_fb * 1e3:.1f} ms/img "
         f"(batch {args.batch_size}, best of {args.repeats})"

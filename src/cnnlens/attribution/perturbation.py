@@ -48,6 +48,7 @@ class Occlusion(Attribution):
     summary = "score drop when a sliding window is hidden"
     reference = "Zeiler & Fergus 2014"
     signed = True
+    bf16_faithful = True
 
     def __init__(
         self,
@@ -58,7 +59,7 @@ class Occlusion(Attribution):
         fill: float = 0.0,
         score: str = "logit",
         batch_size: int | str | None = None,
-        precision: str = "fp32",
+        precision: str = "auto",
     ):
         super().__init__(model, batch_size=batch_size, precision=precision)
         if window < 1 or stride < 1:
@@ -154,6 +155,7 @@ class DoubleOcclusion(Occlusion):
     name = "double_occlusion"
     summary = "score drop with a fixed window and a second sliding window hidden"
     reference = "Zeiler & Fergus 2014; seed 002 (Fang)"
+    bf16_faithful = False
 
     def __init__(
         self,
@@ -247,6 +249,7 @@ class RISE(Attribution):
     family = "perturbation"
     summary = "average of random smooth masks weighted by the score"
     reference = "Petsiuk et al. 2018"
+    bf16_faithful = True
 
     def __init__(
         self,
@@ -259,7 +262,7 @@ class RISE(Attribution):
         score: str = "probability",
         seed: int = 0,
         batch_size: int | str | None = None,
-        precision: str = "fp32",
+        precision: str = "auto",
     ):
         super().__init__(model, batch_size=batch_size, precision=precision)
         if n_masks < 1 or cells < 1:
@@ -370,6 +373,7 @@ class ScoreCAM(Attribution):
     summary = "ReLU(sum_k softmax(score of x masked by A_k) A_k)"
     reference = "Wang et al. 2020"
     uses_layer = True
+    bf16_faithful = True
 
     def __init__(
         self,
@@ -379,7 +383,7 @@ class ScoreCAM(Attribution):
         fill: float = 0.0,
         score: str = "probability",
         batch_size: int | str | None = None,
-        precision: str = "fp32",
+        precision: str = "auto",
     ):
         super().__init__(model, layer=layer, batch_size=batch_size, precision=precision)
         self.fill = fill
@@ -427,6 +431,7 @@ class AblationCAM(Attribution):
     summary = "ReLU(sum_k (y - y without A_k) / y * A_k)"
     reference = "Desai & Ramaswamy 2020"
     uses_layer = True
+    bf16_faithful = True
 
     def __init__(
         self,
@@ -434,7 +439,7 @@ class AblationCAM(Attribution):
         *,
         layer: LayerSpec = None,
         batch_size: int | str | None = None,
-        precision: str = "fp32",
+        precision: str = "auto",
     ):
         super().__init__(model, layer=layer, batch_size=batch_size, precision=precision)
 

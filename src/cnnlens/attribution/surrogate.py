@@ -182,6 +182,7 @@ class LIME(SuperpixelSurrogate):
     name = "lime"
     summary = "weighted ridge fit of the score on superpixel on/off switches"
     reference = "Ribeiro et al. 2016"
+    bf16_faithful = True
 
     def __init__(
         self,
@@ -197,7 +198,7 @@ class LIME(SuperpixelSurrogate):
         score: str = "probability",
         seed: int = 0,
         batch_size: int | str | None = None,
-        precision: str = "fp32",
+        precision: str = "auto",
     ):
         super().__init__(
             model,
