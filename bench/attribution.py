@@ -284,7 +284,6 @@ def peer_runners(
                 segmentation_fn=lambda img: superpixels(
                     torch.from_numpy(img).permute(2, 0, 1), "slic", params["n_segments"]
                 ).numpy(),
-                progress_bar=False,
             )
 
         out.setdefault("lime", {})["lime"] = lime_peer
@@ -415,6 +414,7 @@ def main() -> None:
     parser.add_argument("--no-malloc-tuning", action="store_true", help="keep glibc's default thresholds")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    os.environ.setdefault("TQDM_DISABLE", "1")
     tuned = False if args.no_malloc_tuning else tune_malloc()
     print(f"torch {torch.__version__}, {args.threads} threads, malloc tuned: {tuned}, pid {os.getpid()}")
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
