@@ -30,9 +30,11 @@ def tune_allocator() -> bool:
     With glibc's defaults every large tensor is an ``mmap`` that is unmapped when freed, so each
     batched forward page-faults its activations back in (about 1.2 GB per ResNet-50 batch of 16).
     ``mallopt(M_MMAP_MAX, 0)`` serves large blocks from the heap and ``M_TRIM_THRESHOLD`` = 1 GiB stops
-    the heap being trimmed after each batch. Measured on the 2-core machine (``bench/attribution.py``
-    notes): minor page faults per 4 forwards 1.07 M -> 3 k, system time 3.2 s -> 0.0 s. Set
-    ``CNNLENS_MALLOC_TUNING=0`` to keep the defaults.
+    the heap being trimmed after each batch. Measured on the 2-core machine, ResNet-50, batch 16,
+    4 forwards: minor page faults 1.24 M -> 3 k, system time 4.2 s -> 0.0 s, forward 1.9 s -> 1.2-1.3 s,
+    same peak RSS (the environment variables ``MALLOC_MMAP_THRESHOLD_``/``MALLOC_TRIM_THRESHOLD_``
+    cap the mmap threshold at 32 MiB and left 143 k faults). Set ``CNNLENS_MALLOC_TUNING=0`` to keep
+    the defaults.
 
     Returns:
         Whether the allocator was tuned.
