@@ -36,7 +36,9 @@ def small(name: str) -> dict[str, object]:
     """Settings that keep each method fast on 32 px inputs."""
     params = get_method(name).hyperparameters()
     out: dict[str, object] = {}
-    for key, value in {"window": 8, "stride": 4, "n_samples": 64, "n_masks": 64, "steps": 8}.items():
+    small_values = {"window": 8, "stride": 4, "n_samples": 64, "n_masks": 64, "steps": 8}
+    small_values |= {"fixed_window": 16, "n_segments": 16}
+    for key, value in small_values.items():
         if key in params:
             out[key] = value
     return out

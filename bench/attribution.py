@@ -1,0 +1,427 @@
+"""Time every registered attribution method against its forward-pass floor and against the peers.
+
+Not a test: it prints ratios. For each model (ResNet-50 with random weights, the offline
+EfficientNet-Lite0) on one 224 px sample photo, and each method, it prints:
+
+* ``wall``: seconds of one ``explain`` call;
+* ``evals``: images that went through the whole network, and ``tail``: activations that went through
+  only the part after a layer (Ablation-CAM's split network);
+* ``floor``: ``evals`` times the per-image time of a batched forward (forward + backward for methods
+  that need gradients) measured in the same run, and ``x floor`` = wall / floor;
+* for every installed peer (captum, pytorch-grad-cam, lime, shap) run on identical settings, its wall
+  time, its evaluations and ``speed-up`` = peer wall / cnnlens wall. A peer whose estimated time
+  (its evaluations at the floor) exceeds ``--peer-budget`` seconds is not run; its estimate is printed.
+
+``--precision`` instead compares bfloat16 with fp32 for every method that offers ``precision=``:
+wall times and the Spearman rank correlation of the maps on the sample photos.
+
+Usage::
+
+    python bench/attribution.py [--models resnet50,efficientnet_lite0] [--methods rise,lime] [--quick]
+    python bench/attribution.py --precision --models efficientnet_lite0
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from cnnlens.attribution import create, get_method, method_names
+from cnnlens.attribution.surrogate import superpixels
+from cnnlens.data import load_sample
+from cnnlens.models import LoadedModel, load_model
+
+# Identical settings for cnnlens and the peers; modest so the whole bench runs in minutes on 2 cores.
+SETTINGS: dict[str, dict[str, Any]] = {
+    "occlusion": {"window": 56, "stride": 28},
+    "double_occlusion": {"window": 56, "stride": 56, "fixed_window": 112},
+    "rise": {"n_masks": 256},
+    "lime": {"n_samples": 256, "n_segments": 50},
+    "kernelshap": {"n_samples": 256, "n_segments": 50},
+    "smoothgrad": {"n_samples": 16},
+    "integrated_gradients": {"steps": 16},
+}
+QUICK: dict[str, dict[str, Any]] = {
+    "occlusion": {"window": 112, "stride": 56},
+    "double_occlusion": {"window": 112, "stride": 112, "fixed_window": 112},
+    "rise": {"n_masks": 64},
+    "lime": {"n_samples": 64, "n_segments": 30},
+    "kernelshap": {"n_samples": 64, "n_segments": 30},
+    "smoothgrad": {"n_samples": 4},
+    "integrated_gradients": {"steps": 4},
+}
+# Score-CAM costs one evaluation per channel: a layer with few channels keeps the bench short.
+LAYERS = {
+    "resnet50": {"scorecam": "layer1", "ablationcam": "layer4"},
+    "efficientnet_lite0": {"scorecam": "blocks.6"},
+}
+SAMPLES = ("chelsea", "coffee", "rocket", "motorcycle", "grace_hopper")
+
+
+def tune_malloc() -> bool:
+    """Raise glibc's mmap and trim thresholds (what ``cnnlens.cli.common.setup_runtime`` does)."""
+    try:
+        from cnnlens.cli.common import tune_allocator
+    except ImportError:
+        return False
+    return tune_allocator()
+
+
+# -- counting evaluations ----------------------------------------------------------------------------
+
+
+def last_leaf(module: nn.Module, x: torch.Tensor) -> nn.Module:
+    """The leaf module that runs last in a forward pass (it runs in full and in tail passes)."""
+    order: list[nn.Module] = []
+    handles = [
+        m.register_forward_hook(lambda m, _i, _o: order.append(m))
+        for m in module.modules()
+        if not list(m.children())
+    ]
+    try:
+        with torch.inference_mode():
+            module(x)
+    finally:
+        for h in handles:
+            h.remove()
+    return order[-1]
+
+
+@dataclass
+class Count:
+    full: int = 0
+    total: int = 0
+
+
+class Counter:
+    """Counts images through the whole network and through its last layer while inside ``with``."""
+
+    def __init__(self, module: nn.Module, last: nn.Module) -> None:
+        self.module, self.last, self.count = module, last, Count()
+
+    def __enter__(self) -> Count:
+        self.count = Count()
+
+        def full(_m: nn.Module, args: Any) -> None:
+            self.count.full += len(args[0])
+
+        def total(_m: nn.Module, args: Any) -> None:
+            self.count.total += len(args[0])
+
+        self.handles = [
+            self.module.register_forward_pre_hook(full),
+            self.last.register_forward_pre_hook(total),
+        ]
+        return self.count
+
+    def __exit__(self, *exc: object) -> None:
+        for h in self.handles:
+            h.remove()
+
+
+def timed(fn: Callable[[], Any], counter: Counter, repeats: int = 1) -> tuple[float, Count, Any]:
+    """Best wall time of ``repeats`` calls (the machine is shared), the evaluations of one call."""
+    best = float("inf")
+    for _ in range(repeats):
+        with counter as count:
+            start = time.perf_counter()
+            out = fn()
+            best = min(best, time.perf_counter() - start)
+    return best, count, out
+
+
+# -- the floor --------------------------------------------------------------------------------------
+
+
+def floor_times(module: nn.Module, x: torch.Tensor, batch: int, repeats: int = 3) -> tuple[float, float]:
+    """Seconds per image of a batched forward, and of a batched forward + backward to the input."""
+    xb = x.expand(batch, -1, -1, -1).contiguous()
+    fwd, fwd_bwd = [], []
+    with torch.inference_mode():
+        module(x)  # first calls at each batch shape pay one-off set-up costs
+        module(xb)
+    for _ in range(repeats):  # forwards back to back, then forward + backward (less cache churn)
+        start = time.perf_counter()
+        with torch.inference_mode():
+            module(xb)
+        fwd.append(time.perf_counter() - start)
+    for _ in range(repeats):
+        start = time.perf_counter()
+        xg = xb.clone().requires_grad_(True)
+        module(xg)[:, 0].sum().backward()
+        fwd_bwd.append(time.perf_counter() - start)
+    return min(fwd) / batch, min(fwd_bwd) / batch
+
+
+# -- peers ------------------------------------------------------------------------------------------
+
+
+def installed(name: str) -> bool:
+    return importlib.util.find_spec(name) is not None
+
+
+def _segments(x: torch.Tensor, params: dict[str, Any]) -> torch.Tensor:
+    return superpixels(x[0], "slic", params["n_segments"])
+
+
+def peer_runners(
+    model: LoadedModel, x: torch.Tensor, target: int, params: dict[str, Any], batch: int, layer: nn.Module
+) -> dict[str, dict[str, Callable[[], Any]]]:
+    """For each cnnlens method name, the peers' calls on identical settings."""
+    module = model.module
+    out: dict[str, dict[str, Callable[[], Any]]] = {}
+    if installed("captum"):
+        import captum.attr as ca
+
+        def occ() -> Any:
+            w, s = params["window"], params["stride"]
+            return ca.Occlusion(module).attribute(
+                x,
+                sliding_window_shapes=(3, w, w),
+                strides=(3, s, s),
+                target=target,
+                perturbations_per_eval=batch,
+            )
+
+        def shap_captum() -> Any:
+            mask = _segments(x, params)[None, None].expand_as(x[:, :1])
+            return ca.KernelShap(module).attribute(
+                x,
+                target=target,
+                feature_mask=mask,
+                n_samples=params["n_samples"],
+                perturbations_per_eval=batch,
+            )
+
+        def lime_captum() -> Any:
+            mask = _segments(x, params)[None, None].expand_as(x[:, :1])
+            return ca.Lime(module).attribute(
+                x,
+                target=target,
+                feature_mask=mask,
+                n_samples=params["n_samples"],
+                perturbations_per_eval=batch,
+            )
+
+        out.setdefault("occlusion", {})["captum"] = occ
+        out.setdefault("kernelshap", {})["captum"] = shap_captum
+        out.setdefault("lime", {})["captum"] = lime_captum
+        out.setdefault("saliency", {})["captum"] = lambda: ca.Saliency(module).attribute(x, target=target)
+        out.setdefault("gradxinput", {})["captum"] = lambda: ca.InputXGradient(module).attribute(
+            x, target=target
+        )
+        out.setdefault("guided_backprop", {})["captum"] = lambda: ca.GuidedBackprop(module).attribute(
+            x, target=target
+        )
+        out.setdefault("deconvnet", {})["captum"] = lambda: ca.Deconvolution(module).attribute(
+            x, target=target
+        )
+        out.setdefault("gradcam", {})["captum"] = lambda: ca.LayerGradCam(module, layer).attribute(
+            x, target=target
+        )
+        out.setdefault("guided_gradcam", {})["captum"] = lambda: ca.GuidedGradCam(module, layer).attribute(
+            x, target=target
+        )
+        if "steps" in params:
+            out.setdefault("integrated_gradients", {})["captum"] = lambda: ca.IntegratedGradients(
+                module
+            ).attribute(x, target=target, n_steps=params["steps"], internal_batch_size=batch)
+        if "n_samples" in params:
+            out.setdefault("smoothgrad", {})["captum"] = lambda: ca.NoiseTunnel(
+                ca.Saliency(module)
+            ).attribute(
+                x,
+                target=target,
+                nt_type="smoothgrad",
+                nt_samples=params["n_samples"],
+                nt_samples_batch_size=batch,
+            )
+    if installed("pytorch_grad_cam"):
+        import pytorch_grad_cam as pgc
+        from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+
+        def cam(cls: Any, **kw: Any) -> Callable[[], Any]:
+            def run() -> Any:
+                with cls(model=module, target_layers=[layer], **kw) as c:
+                    return c(input_tensor=x, targets=[ClassifierOutputTarget(target)])
+
+            return run
+
+        out.setdefault("gradcam", {})["grad-cam"] = cam(pgc.GradCAM)
+        out.setdefault("gradcampp", {})["grad-cam"] = cam(pgc.GradCAMPlusPlus)
+        out.setdefault("layercam", {})["grad-cam"] = cam(pgc.LayerCAM)
+        out.setdefault("scorecam", {})["grad-cam"] = cam(pgc.ScoreCAM)
+        out.setdefault("ablationcam", {})["grad-cam"] = cam(pgc.AblationCAM, batch_size=batch)
+    if installed("lime") and "n_samples" in params:
+        from lime import lime_image
+
+        def lime_peer() -> Any:
+            mean = torch.tensor(model.preprocessing.mean).view(1, 3, 1, 1)
+            std = torch.tensor(model.preprocessing.std).view(1, 3, 1, 1)
+            image = (x * std + mean)[0].permute(1, 2, 0).clamp(0, 1).double().numpy()
+
+            def classify(images: np.ndarray) -> np.ndarray:
+                t = (torch.from_numpy(images).permute(0, 3, 1, 2).float() - mean) / std
+                with torch.inference_mode():
+                    return module(t).softmax(1).numpy()
+
+            explainer = lime_image.LimeImageExplainer(random_state=0)
+            return explainer.explain_instance(
+                image,
+                classify,
+                labels=(target,),
+                top_labels=None,
+                num_samples=params["n_samples"],
+                batch_size=batch,
+                segmentation_fn=lambda img: superpixels(
+                    torch.from_numpy(img).permute(2, 0, 1), "slic", params["n_segments"]
+                ).numpy(),
+            )
+
+        out.setdefault("lime", {})["lime"] = lime_peer
+    if installed("shap") and "n_samples" in params:
+        import shap
+
+        def shap_peer() -> Any:
+            segments = _segments(x, params)
+            d = int(segments.max()) + 1
+            from cnnlens.attribution.surrogate import fill_image
+
+            base = fill_image(x[0], segments, "mean")
+
+            def f(z: np.ndarray) -> np.ndarray:
+                scores = []
+                for chunk in torch.from_numpy(z).float().split(batch):
+                    m = chunk[:, segments][:, None]
+                    with torch.inference_mode():
+                        scores.append(module(base + (x[0] - base) * m).softmax(1)[:, target])
+                return torch.cat(scores).numpy()
+
+            explainer = shap.KernelExplainer(f, np.zeros((1, d)))
+            return explainer.shap_values(np.ones((1, d)), nsamples=params["n_samples"], silent=True)
+
+        out.setdefault("kernelshap", {})["shap"] = shap_peer
+    return out
+
+
+# -- the bench --------------------------------------------------------------------------------------
+
+
+def method_params(name: str, model_name: str, quick: bool) -> dict[str, Any]:
+    params = dict((QUICK if quick else SETTINGS).get(name, {}))
+    cls = get_method(name)
+    if cls.uses_layer:
+        params["layer"] = LAYERS.get(model_name, {}).get(name)
+    return {k: v for k, v in params.items() if k in cls.hyperparameters() and v is not None}
+
+
+def bench_model(model_name: str, methods: list[str], args: argparse.Namespace) -> None:
+    model = load_model(model_name, pretrained=model_name == "efficientnet_lite0")
+    module = model.module.eval()
+    x = model.prepare(load_sample("chelsea"))
+    target = int(model.logits(x).argmax())
+    t_f, t_fb = floor_times(module, x, args.batch_size, max(args.repeats, 2))
+    print(
+        f"\n## {model_name}: forward {t_f * 1e3:.1f} ms/img, forward+backward {t_fb * 1e3:.1f} ms/img "
+        f"(batch {args.batch_size}, best of {args.repeats})"
+    )
+    header = f"{'method':<22}{'wall s':>8}{'evals':>7}{'tail':>7}{'floor s':>9}{'x floor':>8}"
+    print(header + "   peers (wall s, evals, speed-up)")
+    counter = Counter(module, last_leaf(module, x))
+    for name in methods:
+        params = method_params(name, model_name, args.quick)
+        method = create(name, model, batch_size=args.batch_size, **params)
+        seconds, count, exp = timed(
+            lambda method=method: method.explain(x, target=target), counter, args.repeats
+        )
+        per = t_fb if get_method(name).needs_gradients else t_f
+        floor = count.full * per
+        ratio = f"{seconds / floor:8.2f}" if count.total == count.full else f"{'-':>8}"
+        peers = []
+        layer_name = exp.layer or model.default_layer
+        layer = dict(module.named_modules())[layer_name]
+        runners = peer_runners(
+            model,
+            x,
+            target,
+            dict(SETTINGS if not args.quick else QUICK).get(name, {}) | params,
+            args.batch_size,
+            layer,
+        )
+        for peer, run in runners.get(name, {}).items():
+            estimate = count.full * per if count.total == count.full else count.total * t_f
+            if estimate > args.peer_budget:
+                peers.append(f"{peer}: skipped (est. {estimate:.0f} s at the floor)")
+                continue
+            with torch.enable_grad():
+                p_seconds, p_count, _ = timed(run, counter, args.repeats)
+            peers.append(f"{peer} {p_seconds:.2f} s, {p_count.full} evals, {p_seconds / seconds:.1f}x")
+        print(
+            f"{name:<22}{seconds:8.2f}{count.full:7d}{count.total - count.full:7d}{floor:9.2f}{ratio}   "
+            + ("; ".join(peers) or "-")
+        )
+
+
+def spearman(a: torch.Tensor, b: torch.Tensor) -> float:
+    from scipy.stats import spearmanr
+
+    return float(spearmanr(a.flatten().numpy(), b.flatten().numpy())[0])
+
+
+def bench_precision(model_name: str, methods: list[str], args: argparse.Namespace) -> None:
+    model = load_model(model_name, pretrained=model_name == "efficientnet_lite0")
+    x = torch.cat([model.prepare(load_sample(s)) for s in SAMPLES[: args.images]])
+    print(f"\n## {model_name}: bf16 vs fp32 on {len(x)} sample photos (min Spearman over photos)")
+    print(f"{'method':<22}{'fp32 s':>8}{'bf16 s':>8}{'speed-up':>9}{'spearman':>10}")
+    for name in methods:
+        if "precision" not in get_method(name).hyperparameters():
+            continue
+        params = method_params(name, model_name, args.quick)
+        times, maps = {}, {}
+        for precision in ("fp32", "bf16"):
+            method = create(name, model, batch_size=args.batch_size, precision=precision, **params)
+            start = time.perf_counter()
+            maps[precision] = method.explain(x).attributions
+            times[precision] = time.perf_counter() - start
+        rho = min(spearman(a, b) for a, b in zip(maps["fp32"], maps["bf16"]))
+        speed = times["fp32"] / times["bf16"]
+        print(f"{name:<22}{times['fp32']:8.2f}{times['bf16']:8.2f}{speed:9.2f}{rho:10.4f}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--models", default="resnet50,efficientnet_lite0")
+    parser.add_argument("--methods", default=",".join(method_names()))
+    parser.add_argument("--quick", action="store_true", help="fewer samples, masks and windows")
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=1, help="report the best of this many runs")
+    parser.add_argument(
+        "--peer-budget", type=float, default=60.0, help="skip a peer estimated to take longer (s)"
+    )
+    parser.add_argument("--precision", action="store_true", help="compare bf16 with fp32 instead")
+    parser.add_argument("--images", type=int, default=5, help="sample photos for --precision")
+    parser.add_argument("--no-malloc-tuning", action="store_true", help="keep glibc's default thresholds")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    os.environ.setdefault("TQDM_DISABLE", "1")
+    tuned = False if args.no_malloc_tuning else tune_malloc()
+    print(f"torch {torch.__version__}, {args.threads} threads, malloc tuned: {tuned}, pid {os.getpid()}")
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    for model_name in [m.strip() for m in args.models.split(",") if m.strip()]:
+        (bench_precision if args.precision else bench_model)(model_name, methods, args)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,144 @@
+"""The evaluation engine: splitting a network at a layer, precision and batch-size choices."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+import torch
+from torch import nn
+
+from cnnlens.attribution.engine import LayerSplit, auto_batch_size, resolve_precision
+from cnnlens.models.layers import resolve_layer
+from tests.conftest import tiny_loaded
+
+
+def swapped_reference(
+    module: nn.Module, layer: nn.Module, x: torch.Tensor, acts: torch.Tensor
+) -> torch.Tensor:
+    """The whole network run on ``x`` repeated, with the layer's output replaced by ``acts``."""
+    handle = layer.register_forward_hook(lambda _m, _i, _o: acts)
+    try:
+        return module(x.expand(len(acts), *x.shape[1:]))
+    finally:
+        handle.remove()
+
+
+def check_split(module: nn.Module, name: str, size: int) -> LayerSplit:
+    module.eval()
+    x = torch.randn(1, 3, size, size, generator=torch.Generator().manual_seed(0))
+    _, layer = resolve_layer(module, name)
+    split = LayerSplit(module, name, layer, check=x)
+    assert split.split, f"{type(module).__name__} could not be split at {name}"
+    with torch.inference_mode():
+        head = split.head(x)
+        assert torch.allclose(split.tail(head.activation.clone(), head), module(x), atol=1e-4)
+        noise = torch.randn(4, *head.activation.shape[1:], generator=torch.Generator().manual_seed(1))
+        acts = head.activation * (noise > 0)  # a batch of different modified activations
+        expected = swapped_reference(module, layer, x, acts.clone())
+        assert torch.allclose(split.tail(acts.clone(), head), expected, atol=1e-4, rtol=1e-4)
+    return split
+
+
+def test_split_tiny() -> None:
+    module = tiny_loaded().module
+    for name in ("features", "conv1", "bn1"):
+        check_split(module, name, 32)
+
+
+def test_split_resnet18() -> None:
+    from torchvision.models import resnet18
+
+    module = resnet18(weights=None)
+    for name in (
+        "layer4",
+        "layer3.0.conv1",
+        "layer2.1.bn2",
+    ):  # inside a block: the skip input is carried over
+        check_split(module, name, 64)
+
+
+def test_split_timm_efficientnet_lite0() -> None:
+    import timm
+
+    module = timm.create_model("tf_efficientnet_lite0", pretrained=False)
+    for name in ("blocks.5", "blocks.3.0.conv_pw", "conv_head"):
+        check_split(module, name, 64)
+
+
+def test_prefix_runs_once() -> None:
+    module = tiny_loaded().module
+    calls = []
+    handle = module.conv1.register_forward_hook(lambda *_: calls.append(1))
+    try:
+        split = check_split(module, "features", 32)
+        calls.clear()
+        with torch.inference_mode():
+            head = split.head(torch.randn(1, 3, 32, 32))
+            for _ in range(3):
+                split.tail(head.activation.expand(5, -1, -1, -1).clone(), head)
+    finally:
+        handle.remove()
+    assert len(calls) == 1
+
+
+class DataDependent(nn.Module):
+    """Python control flow on tensor values: torch.fx cannot trace it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3, padding=1)
+        self.fc = nn.Linear(4, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        a = self.conv(x)
+        if a.mean() > 100:  # never true, but untraceable
+            a = a * 2
+        return self.fc(a.mean(dim=(2, 3)))
+
+
+def test_untraceable_model_falls_back_and_says_so(caplog: pytest.LogCaptureFixture) -> None:
+    module = DataDependent().eval()
+    x = torch.randn(1, 3, 16, 16)
+    with caplog.at_level(logging.WARNING, logger="cnnlens.attribution.engine"):
+        split = LayerSplit(module, "conv", module.conv, check=x)
+    assert not split.split
+    assert "re-running the whole network" in caplog.text
+    with torch.inference_mode():
+        head = split.head(x)
+        acts = head.activation.expand(3, -1, -1, -1) * torch.tensor([0.0, 1.0, 2.0]).view(3, 1, 1, 1)
+        got = split.tail(acts.clone(), head)
+        expected = module.fc(acts.mean(dim=(2, 3)))
+    assert torch.allclose(got, expected, atol=1e-5)
+
+
+def test_auto_batch_size_and_precision() -> None:
+    module = tiny_loaded().module.eval()
+    size = auto_batch_size(module, torch.randn(2, 3, 32, 32))
+    assert 1 <= size <= 64
+    cpu = torch.device("cpu")
+    assert resolve_precision("fp32", cpu, bf16_faithful=True) == "fp32"
+    assert resolve_precision("bf16", cpu, bf16_faithful=False) == "bf16"
+    assert resolve_precision("auto", cpu, bf16_faithful=False) == "fp32"
+    with pytest.raises(ValueError, match="precision must be one of"):
+        resolve_precision("half", cpu, bf16_faithful=True)
+
+
+def test_bf16_path_runs_and_stays_close(images: torch.Tensor) -> None:
+    from cnnlens.attribution import create
+
+    model = tiny_loaded()
+    fp32 = create("occlusion", model, window=8, stride=8).explain(images)
+    bf16 = create("occlusion", model, window=8, stride=8, precision="bf16").explain(images)
+    assert bf16.params["precision"] == "bf16"
+    corr = torch.corrcoef(torch.stack([fp32.attributions.flatten(), bf16.attributions.flatten()]))[0, 1]
+    assert corr > 0.9
+
+
+def test_auto_batch_size_gives_the_same_maps(images: torch.Tensor) -> None:
+    from cnnlens.attribution import create
+
+    model = tiny_loaded()
+    auto = create("rise", model, n_masks=24, batch_size="auto").explain(images)
+    fixed = create("rise", model, n_masks=24, batch_size=5).explain(images)
+    assert torch.allclose(auto.attributions, fixed.attributions, atol=1e-5)
