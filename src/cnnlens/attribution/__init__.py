@@ -1,6 +1,6 @@
 """Attribution methods behind one contract (:class:`Attribution`), found through the registry."""
 
-from cnnlens.attribution import cam, gradient, perturbation  # noqa: F401  (registers the methods)
+from cnnlens.attribution import cam, gradient, layer, perturbation  # noqa: F401  (registers the methods)
 from cnnlens.attribution.base import Attributed, Attribution, check_inputs, target_scores
 from cnnlens.attribution.explanation import Explanation
 from cnnlens.attribution.registry import (
