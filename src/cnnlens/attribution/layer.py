@@ -13,13 +13,16 @@ atlas. The single-layer versions are registered methods (``layer_gradxact``, ``l
 
 from __future__ import annotations
 
+import os
 import re
 import time
 from abc import abstractmethod
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, ClassVar
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -517,6 +520,56 @@ class LayerAtlas:
             if layer.name == name:
                 return layer
         raise KeyError(f"layer {name!r} is not in the atlas; it has {', '.join(self.names())}")
+
+    def summary(self) -> dict[str, Any]:
+        """JSON-ready description: method, target and each layer's name, type, shape and total."""
+        return {
+            "method": self.method,
+            "target": self.target,
+            "target_name": self.target_name,
+            "score": self.score,
+            "seconds": self.seconds,
+            "params": {k: v for k, v in self.params.items() if not isinstance(v, torch.Tensor)},
+            "layers": [
+                {
+                    "index": i,
+                    "name": layer.name,
+                    "type": layer.kind,
+                    "shape": list(layer.shape),
+                    "total": float(layer.channel_totals.sum()),
+                    "file": layer_file(i, layer.name),
+                }
+                for i, layer in enumerate(self.layers, 1)
+            ],
+        }
+
+    def save(self, folder: str | os.PathLike[str]) -> list[Path]:
+        """Write one ``.npz`` per layer (``map``, ``upsampled``, ``channel_totals``, ``layer``, ``type``,
+        ``shape``, ``method``, ``target``, ``target_name``) into ``folder``; return the paths."""
+        root = Path(folder)
+        root.mkdir(parents=True, exist_ok=True)
+        paths = []
+        for i, layer in enumerate(self.layers, 1):
+            path = root / layer_file(i, layer.name)
+            np.savez_compressed(
+                path,
+                map=layer.map.numpy().astype(np.float32),
+                upsampled=layer.upsampled.numpy().astype(np.float32),
+                channel_totals=layer.channel_totals.numpy().astype(np.float32),
+                layer=np.asarray(layer.name),
+                type=np.asarray(layer.kind),
+                shape=np.asarray(layer.shape),
+                method=np.asarray(self.method),
+                target=np.asarray(self.target),
+                target_name=np.asarray(self.target_name),
+            )
+            paths.append(path)
+        return paths
+
+
+def layer_file(index: int, name: str) -> str:
+    """File name of a layer's ``.npz``: ``03_features.5.npz`` (network order first)."""
+    return f"{index:02d}_{re.sub(r'[^A-Za-z0-9._-]+', '_', name)}.npz"
 
 
 def atlas_method(method: str | LayerMethod, model: ModelLike, **params: Any) -> LayerMethod:
