@@ -214,6 +214,8 @@ def sampled_shapley(
     goal = pairs if pairs is not None else max_pairs
     while len(samples) < goal:
         group = min(per_group, goal - len(samples))
+        if stderr is not None:  # check often at first, then double: at most 2x the pairs needed
+            group = min(group, max(MIN_PAIRS, len(samples)))
         orders = [torch.randperm(channels, generator=gen) for _ in range(group)]
         orders = [o for first in orders for o in (first, first.flip(0))]
         chains = game(torch.cat([permutation_chain(o) for o in orders])).split(channels - 1)
