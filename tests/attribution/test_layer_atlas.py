@@ -115,7 +115,9 @@ def test_one_forward_and_one_backward_for_all_layers(monkeypatch: pytest.MonkeyP
         return real_grad(*args, **kwargs)  # type: ignore[arg-type]
 
     monkeypatch.setattr(torch.autograd, "grad", counting)
-    atlas = layer_atlas(model, X.repeat(1, 1, 4, 4), method="ig", steps=8, layers=["conv1", "bn1", "features.0"])
+    atlas = layer_atlas(
+        model, X.repeat(1, 1, 4, 4), method="ig", steps=8, layers=["conv1", "bn1", "features.0"]
+    )
     assert len(atlas.layers) == 3
     assert calls == {"forward": 2, "grad": 1}  # target resolution + one batched pass over the 9 steps
 
@@ -133,15 +135,20 @@ def test_default_layers_per_family() -> None:
     import torchvision
 
     assert list(select_layers(tiny_loaded().module)) == ["conv1", "features.0"]
-    assert list(select_layers(torchvision.models.resnet18())) == ["layer1", "layer2", "layer3", "layer4", "conv1"]
+    assert list(select_layers(torchvision.models.resnet18())) == [
+        "layer1",
+        "layer2",
+        "layer3",
+        "layer4",
+        "conv1",
+    ]
     lite0 = timm.create_model("tf_efficientnet_lite0", pretrained=False)
     assert list(select_layers(lite0)) == [f"blocks.{i}" for i in range(7)] + ["conv_stem", "conv_head"]
     assert len(select_layers(lite0, "conv")) == len(conv_layers(lite0)) > 40
     vgg = nn.Sequential()
     vgg.features = torchvision.models.vgg.make_layers(torchvision.models.vgg.cfgs["A"])  # VGG11's features
-    assert stage_layers(vgg) == [] and list(select_layers(vgg)) == [
-        f"features.{i}" for i in (0, 3, 6, 8, 11, 13, 16, 18)
-    ]
+    assert stage_layers(vgg) == []
+    assert list(select_layers(vgg)) == [f"features.{i}" for i in (0, 3, 6, 8, 11, 13, 16, 18)]
 
 
 def test_bad_layers() -> None:
@@ -188,8 +195,15 @@ def test_atlas_save_and_summary(tmp_path: object) -> None:
     paths = atlas.save(tmp_path)  # type: ignore[arg-type]
     assert [p.name for p in paths] == ["01_conv1.npz", "02_features.0.npz"]
     with np.load(paths[1]) as f:
-        assert f["map"].shape == (16, 16) and f["upsampled"].shape == (32, 32)
-        assert f["channel_totals"].shape == (6,) and str(f["layer"]) == "features.0"
-        assert str(f["target_name"]) == "dog" and f["shape"].tolist() == [6, 16, 16]
+        assert f["map"].shape == (16, 16)
+        assert f["upsampled"].shape == (32, 32)
+        assert f["channel_totals"].shape == (6,)
+        assert str(f["layer"]) == "features.0"
+        assert str(f["target_name"]) == "dog"
+        assert f["shape"].tolist() == [6, 16, 16]
     summary = atlas.summary()
-    assert summary["target_name"] == "dog" and [la["type"] for la in summary["layers"]] == ["Conv2d", "Conv2d"]
+    assert summary["target_name"] == "dog"
+    assert [la["type"] for la in summary["layers"]] == [
+        "Conv2d",
+        "Conv2d",
+    ]

@@ -28,7 +28,8 @@ def test_efficiency_holds_for_every_number_of_permutations() -> None:
     model = seeded(Mixer)
     for samples in (2, 6):
         r = channel_shapley(model, X, 0, layer="conv", samples=samples)
-        assert r.method == "permutation" and r.permutations == samples
+        assert r.method == "permutation"
+        assert r.permutations == samples
         assert float(r.values.sum()) == pytest.approx(r.full - r.empty, abs=1e-9)
     with torch.no_grad():
         full = float(model(X)[0, 0])
@@ -54,7 +55,8 @@ def test_exact_enumeration_equals_the_average_over_all_permutations() -> None:
 def test_sampling_agrees_with_exact_enumeration_on_8_channels() -> None:
     model = seeded(Mixer)
     exact = channel_shapley(model, X, 2, layer="conv")
-    assert exact.method == "exact" and exact.evaluations == 2 + 2**8
+    assert exact.method == "exact"
+    assert exact.evaluations == 2 + 2**8
     assert float(exact.stderr.abs().max()) == 0
     sampled = channel_shapley(model, X, 2, layer="conv", samples=400, seed=1)
     assert float(sampled.stderr.min()) > 0  # the channels interact: sampling has variance
@@ -79,7 +81,8 @@ def test_stops_at_the_requested_standard_error() -> None:
     model = seeded(Mixer)
     r = channel_shapley(model, X, 0, layer="conv", stderr=2e-3, max_permutations=4000)
     assert float(r.stderr.max()) <= 2e-3
-    assert r.permutations >= 8 and r.permutations % 2 == 0
+    assert r.permutations >= 8
+    assert r.permutations % 2 == 0
     loose = channel_shapley(model, X, 0, layer="conv", stderr=0.5)
     assert loose.permutations == 8  # the minimum number of antithetic pairs
 
@@ -96,19 +99,23 @@ def test_mean_baseline() -> None:
     images = torch.randn(4, 3, 32, 32, generator=torch.Generator().manual_seed(0))
     mean = mean_activation(model, images, "features.0", batch_size=3)
     with torch.no_grad():
-        manual = model.module.features(model.module.relu(model.module.bn1(model.module.conv1(images)))).mean(0)
+        manual = model.module.features(model.module.relu(model.module.bn1(model.module.conv1(images)))).mean(
+            0
+        )
     assert torch.allclose(mean, manual, atol=1e-6)
     r = channel_shapley(model, images[:1], layer="features.0", baseline=mean)
-    assert r.method == "exact" and float(r.values.sum()) == pytest.approx(r.full - r.empty, abs=1e-6)
+    assert r.method == "exact"
+    assert float(r.values.sum()) == pytest.approx(r.full - r.empty, abs=1e-6)
 
 
 def test_ranking_and_top() -> None:
     r = channel_shapley(seeded(Mixer), X, 0, layer="conv")
     rows = r.ranking()
     assert [row["rank"] for row in rows] == list(range(1, 9))
-    assert all(a["shapley"] >= b["shapley"] for a, b in zip(rows, rows[1:]))
+    assert all(a["shapley"] >= b["shapley"] for a, b in itertools.pairwise(rows))
     pos, neg = r.top(3)
-    assert all(r.values[c] > 0 for c in pos) and all(r.values[c] < 0 for c in neg)
+    assert all(r.values[c] > 0 for c in pos)
+    assert all(r.values[c] < 0 for c in neg)
     assert r.summary()["channels"] == 8
 
 

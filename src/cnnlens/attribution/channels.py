@@ -163,7 +163,10 @@ def exact_shapley(game: CoalitionGame, channels: int) -> torch.Tensor:
     values = game(bits.float())
     size = bits.sum(dim=1)
     weight = torch.tensor(
-        [math.factorial(s) * math.factorial(channels - s - 1) / math.factorial(channels) for s in range(channels)],
+        [
+            math.factorial(s) * math.factorial(channels - s - 1) / math.factorial(channels)
+            for s in range(channels)
+        ],
         dtype=torch.float64,
     )
     phi = torch.zeros(channels, dtype=torch.float64)
@@ -186,7 +189,9 @@ def marginals(order: torch.Tensor, chain: torch.Tensor, empty: float, full: floa
 
     The endpoints are the shared ``v(none)`` and ``v(all)``, so the contributions sum to ``full - empty``.
     """
-    values = torch.cat([torch.tensor([empty], dtype=torch.float64), chain, torch.tensor([full], dtype=torch.float64)])
+    values = torch.cat(
+        [torch.tensor([empty], dtype=torch.float64), chain, torch.tensor([full], dtype=torch.float64)]
+    )
     phi = torch.empty(len(order), dtype=torch.float64)
     phi[order] = values[1:] - values[:-1]
     return phi
@@ -224,7 +229,12 @@ def sampled_shapley(
         if stderr is not None and len(samples) >= MIN_PAIRS and float(_stderr(samples).max()) <= stderr:
             break
     if stderr is not None and float(_stderr(samples).max()) > stderr:
-        log.warning("stopped at %d pairs with standard error %.3g > %.3g", len(samples), _stderr(samples).max(), stderr)
+        log.warning(
+            "stopped at %d pairs with standard error %.3g > %.3g",
+            len(samples),
+            _stderr(samples).max(),
+            stderr,
+        )
     stack = torch.stack(samples)
     return stack.mean(dim=0), _stderr(samples), len(samples)
 
@@ -266,17 +276,15 @@ def mean_activation(
     module = model.module if isinstance(model, LoadedModel) else model
     x = check_inputs(images, _first_conv_channels(module))
     name, target = resolve_layer(module, layer)
-    total: torch.Tensor | None = None
+    sums = []
     with preserved_state(module, freeze_parameters=False), torch.inference_mode():
         for chunk in x.split(batch_size):
             with capture_outputs({name: target}) as store:
                 module(chunk)
             if name not in store:
                 raise ValueError(f"layer {name!r} did not run in the forward pass")
-            s = store[name].float().sum(dim=0)
-            total = s if total is None else total + s
-    assert total is not None  # x is not empty (check_inputs)
-    return total / len(x)
+            sums.append(store[name].float().sum(dim=0))
+    return torch.stack(sums).sum(dim=0) / len(x)
 
 
 def channel_shapley(
@@ -372,7 +380,9 @@ def _check_settings(
     if method not in ("auto", "exact", "permutation"):
         raise ValueError(f"method must be 'auto', 'exact' or 'permutation', got {method!r}")
     if samples is not None and stderr is not None:
-        raise ValueError("give either samples (a number of permutations) or stderr (a target error), not both")
+        raise ValueError(
+            "give either samples (a number of permutations) or stderr (a target error), not both"
+        )
     if samples is not None and (isinstance(samples, bool) or not isinstance(samples, int) or samples < 1):
         raise ValueError(f"samples must be a positive number of permutations, got {samples!r}")
     if stderr is not None and not (isinstance(stderr, (int, float)) and stderr > 0):
@@ -399,9 +409,22 @@ def _solve(
     if exact:
         return exact_shapley(game, c), torch.zeros(c, dtype=torch.float64), 0, full, empty
     if c == 1:
-        return torch.tensor([full - empty], dtype=torch.float64), torch.zeros(1, dtype=torch.float64), 1, full, empty
+        return (
+            torch.tensor([full - empty], dtype=torch.float64),
+            torch.zeros(1, dtype=torch.float64),
+            1,
+            full,
+            empty,
+        )
     pairs = math.ceil((samples if samples is not None else 64) / 2) if stderr is None else None
     values, errors, used = sampled_shapley(
-        game, c, empty=empty, full=full, pairs=pairs, stderr=stderr, max_pairs=max(1, max_permutations // 2), seed=seed
+        game,
+        c,
+        empty=empty,
+        full=full,
+        pairs=pairs,
+        stderr=stderr,
+        max_pairs=max(1, max_permutations // 2),
+        seed=seed,
     )
     return values, errors, used, full, empty

@@ -85,7 +85,7 @@ def select_layers(module: nn.Module, layers: LayerSelection = None) -> dict[str,
         UnknownNameError: A name is not a layer of the model (the closest names are listed).
         ValueError: The selection is empty.
     """
-    if layers is None or isinstance(layers, str) and layers in ("auto", "conv", "stages"):
+    if layers is None or (isinstance(layers, str) and layers in ("auto", "conv", "stages")):
         kind = layers or "auto"
         stages = stage_layers(module) if kind != "conv" else []
         if kind == "stages" and not stages:
@@ -573,7 +573,7 @@ def layer_file(index: int, name: str) -> str:
 
 
 def atlas_method(method: str | LayerMethod, model: ModelLike, **params: Any) -> LayerMethod:
-    """The :class:`LayerMethod` behind an atlas method name (``gradxact``, ``ig``, ``gradshap``, ``gradcam``)."""
+    """The :class:`LayerMethod` behind an atlas method name: ``gradxact``, ``ig``, ``gradshap``, ``gradcam``."""
     if isinstance(method, LayerMethod):
         return method
     if method not in ATLAS_METHODS:
@@ -652,4 +652,3 @@ def _atlas_layer(
         upsampled=up.float().cpu(),
         channel_totals=channels.sum(dim=(1, 2)).float().cpu(),
     )
-

@@ -172,7 +172,7 @@ class _SuffixInterpreter(fx.Interpreter):
         after = _dependents(cut)
         self.cut = cut
         self.nodes = [n for n in gm.graph.nodes if n in after]
-        self.result = next((n for n in self.nodes if n.op == "output"), None)  # type: ignore[assignment]
+        self.result = next((n for n in self.nodes if n.op == "output"), None)
         if self.result is None:
             raise SuffixError(f"the network's output does not depend on layer {cut.target!r}")
         self.run(image)

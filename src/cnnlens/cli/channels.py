@@ -35,8 +35,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     how.add_argument("--stderr", type=float, help="sample until every standard error is below this")
     how.add_argument("--exact", action="store_true", help="enumerate all coalitions (<= 16 channels)")
     p.add_argument("--max-permutations", type=int, default=2000, help="cap with --stderr (default 2000)")
-    p.add_argument("--baseline", choices=("zero", "mean"), default="zero", help="what a removed channel becomes")
-    p.add_argument("--mean-from", nargs="+", metavar="IMAGE", help="images whose mean activation is the baseline")
+    p.add_argument(
+        "--baseline", choices=("zero", "mean"), default="zero", help="what a removed channel becomes"
+    )
+    p.add_argument(
+        "--mean-from", nargs="+", metavar="IMAGE", help="images whose mean activation is the baseline"
+    )
     p.add_argument("--top", type=int, default=6, help="channels of each sign in the figure (default 6)")
     p.add_argument("--seed", type=int, default=0, help="seed of the permutations (default 0)")
     p.add_argument("--batch-size", type=int, default=256, help="coalitions per pass (default 256)")
@@ -105,7 +109,9 @@ def run(args: argparse.Namespace) -> int:
     write_tables(result, args.out)
     from cnnlens.viz.layers import channels_figure
 
-    channels_figure(result, model.preprocessing.view(image), k=args.top).savefig(args.out / "channels.png", dpi=110)
+    channels_figure(result, model.preprocessing.view(image), k=args.top).savefig(
+        args.out / "channels.png", dpi=110
+    )
     print_top(result, args.top)
     console.print(f"wrote {args.out / 'channels.csv'}, channels.json and channels.png")
     return 0

@@ -29,7 +29,8 @@ def _panels(
     from matplotlib.figure import Figure
 
     rows, cols = _grid(len(maps) + 1, columns)
-    fig = Figure(figsize=(2.4 * cols, 2.6 * rows), layout="constrained")
+    fig = Figure(figsize=(2.4 * cols, 2.7 * rows))
+    fig.subplots_adjust(left=0.01, right=0.99, bottom=0.01, top=1 - 0.45 / rows, wspace=0.04, hspace=0.3)
     axes = fig.subplots(rows, cols, squeeze=False).ravel()
     axes[0].imshow(view)
     axes[0].set_title(titles[0], fontsize=8)
