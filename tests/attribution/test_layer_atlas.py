@@ -7,11 +7,11 @@ import torch
 from torch import nn
 
 from cnnlens.attribution import create
+from cnnlens.attribution.atlas import layer_atlas
 from cnnlens.attribution.layer import (
     LayerGradientShap,
     LayerIntegratedGradients,
     conv_layers,
-    layer_atlas,
     select_layers,
     stage_layers,
 )

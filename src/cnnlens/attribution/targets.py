@@ -70,7 +70,9 @@ def resolve_targets(
         idx = class_index(target, class_names, num_classes)
         return torch.full((n,), idx, dtype=torch.long)
     if not isinstance(target, Sequence):
-        raise TypeError(f"target must be a class index or name, or one per input; got {type(target).__name__}")
+        raise TypeError(
+            f"target must be a class index or name, or one per input; got {type(target).__name__}"
+        )
     items = list(target)
     if len(items) != n:
         raise ValueError(

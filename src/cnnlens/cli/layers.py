@@ -8,7 +8,7 @@ from pathlib import Path
 
 from rich.table import Table
 
-from cnnlens.attribution.layer import ATLAS_METHODS, LayerAtlas, layer_atlas
+from cnnlens.attribution.atlas import ATLAS_METHODS, LayerAtlas, layer_atlas
 from cnnlens.cli.common import add_model_arguments, console, model_from_args, split_list
 from cnnlens.data.images import load_image
 from cnnlens.models.loaded import LoadedModel

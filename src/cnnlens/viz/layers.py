@@ -14,8 +14,8 @@ from cnnlens.viz.overlay import overlay
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
+    from cnnlens.attribution.atlas import LayerAtlas
     from cnnlens.attribution.channels import ChannelShapley
-    from cnnlens.attribution.layer import LayerAtlas
 
 
 def _grid(count: int, columns: int | None) -> tuple[int, int]:
