@@ -67,16 +67,17 @@ def captum_per_layer(
     return total
 
 
-def atlas_rows(model: LoadedModel, x: torch.Tensor, label: str, reps: int, steps: int) -> None:
+def atlas_rows(
+    model: LoadedModel, x: torch.Tensor, label: str, reps: int, steps: int, methods: tuple[str, ...]
+) -> None:
     layers = list(select_layers(model.module))
     first = layers_in_order(model, x, layers)[0]
     print(f"\n## {label}: {len(layers)} atlas layers ({', '.join(layers[:3])}, ...), first to run: {first}")
     print("method    atlas_s  single_first_s  single_default_s  atlas/single_first  per_layer_calls_s  "
           "per_layer/atlas  captum_per_layer_s  captum/atlas")  # fmt: skip
-    for method, single, params in (
-        ("gradxact", "layer_gradxact", {}),
-        ("ig", "layer_ig", {"steps": steps}),
-    ):
+    rows = {"gradxact": ("layer_gradxact", {}), "ig": ("layer_ig", {"steps": steps})}
+    for method in methods:
+        single, params = rows[method]
         atlas = timed(lambda m=method, p=params: layer_atlas(model, x, method=m, layers=layers, **p), reps)
         one_first = timed(lambda s=single, p=params: create(s, model, layer=first, **p).explain(x), reps)
         one_default = timed(lambda s=single, p=params: create(s, model, **p).explain(x), reps)
@@ -133,9 +134,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--reps", type=int, default=5)
     parser.add_argument("--steps", type=int, default=8, help="IG steps (default 8)")
-    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=1, help="1: OpenMP spin-waits on a busy machine")
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--vgg", action="store_true", help="also VGG19 (random weights, 224 px)")
+    parser.add_argument("--vgg", action="store_true", help="also VGG19 (random weights, 224 px, gradxact)")
+    parser.add_argument("--part", choices=("all", "atlas", "shapley"), default="all")
     parser.add_argument("--permutations", type=int, default=8)
     parser.add_argument("--coalitions", type=int, default=128, help="coalitions timed for the full re-run")
     args = parser.parse_args()
@@ -143,17 +145,14 @@ def main() -> None:
     print(f"torch {torch.__version__}, {args.threads} threads, device {args.device}, median of {args.reps}")
     lite0 = load_model("efficientnet_lite0", device=args.device)
     x = lite0.prepare(load_sample("chelsea"))
-    atlas_rows(lite0, x, "efficientnet_lite0 224 px, chelsea", args.reps, args.steps)
+    if args.part in ("all", "atlas"):
+        atlas_rows(lite0, x, "efficientnet_lite0 224 px, chelsea", args.reps, args.steps, ("gradxact", "ig"))
     if args.vgg:
         vgg = load_model("vgg19", pretrained=False, device=args.device)
-        atlas_rows(
-            vgg,
-            vgg.prepare(load_sample("chelsea")),
-            "vgg19 (random) 224 px",
-            max(1, args.reps // 2),
-            args.steps,
-        )
-    shapley_rows(lite0, x, "conv_head", args.permutations, args.coalitions)
+        x_vgg = vgg.prepare(load_sample("chelsea"))
+        atlas_rows(vgg, x_vgg, "vgg19 (random) 224 px", max(1, args.reps // 2), args.steps, ("gradxact",))
+    if args.part in ("all", "shapley"):
+        shapley_rows(lite0, x, "conv_head", args.permutations, args.coalitions)
 
 
 if __name__ == "__main__":
