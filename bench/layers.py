@@ -137,7 +137,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1, help="1: OpenMP spin-waits on a busy machine")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--vgg", action="store_true", help="also VGG19 (random weights, 224 px, gradxact)")
-    parser.add_argument("--part", choices=("all", "atlas", "shapley"), default="all")
+    parser.add_argument("--part", choices=("all", "atlas", "shapley", "none"), default="all")
     parser.add_argument("--permutations", type=int, default=8)
     parser.add_argument("--coalitions", type=int, default=128, help="coalitions timed for the full re-run")
     args = parser.parse_args()

@@ -115,11 +115,14 @@ def test_one_forward_and_one_backward_for_all_layers(monkeypatch: pytest.MonkeyP
         return real_grad(*args, **kwargs)  # type: ignore[arg-type]
 
     monkeypatch.setattr(torch.autograd, "grad", counting)
-    atlas = layer_atlas(
-        model, X.repeat(1, 1, 4, 4), method="ig", steps=8, layers=["conv1", "bn1", "features.0"]
-    )
+    layers = ["conv1", "bn1", "features.0"]
+    atlas = layer_atlas(model, X.repeat(1, 1, 4, 4), method="ig", steps=8, layers=layers)
     assert len(atlas.layers) == 3
     assert calls == {"forward": 2, "grad": 1}  # target resolution + one batched pass over the 9 steps
+    calls.update(forward=0, grad=0)
+    atlas = layer_atlas(model, X.repeat(1, 1, 4, 4), method="gradxact", layers=layers)
+    assert calls == {"forward": 1, "grad": 1}  # the target comes from the same pass
+    assert atlas.target == int(model.logits(X.repeat(1, 1, 4, 4)).argmax())
 
 
 def test_layers_come_in_execution_order() -> None:
@@ -181,7 +184,8 @@ def test_model_unchanged_and_hooks_removed(method: str) -> None:
     before = snapshot(model.module)
     layer_atlas(model, X.repeat(1, 1, 4, 4), method=method, layers="conv")
     assert_same(before, snapshot(model.module))
-    failing = FailOnCall(tiny_loaded().module, fail_at=2)
+    one_pass = method in ("gradxact", "gradcam")  # no separate forward pass to choose the target
+    failing = FailOnCall(tiny_loaded().module, fail_at=1 if one_pass else 2)  # fail inside the hooked pass
     before = snapshot(failing)
     with pytest.raises(RuntimeError, match="injected failure"):
         layer_atlas(failing, X.repeat(1, 1, 4, 4), method=method, layers="conv")

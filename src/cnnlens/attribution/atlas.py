@@ -184,10 +184,9 @@ def layer_atlas(
     chosen = select_layers(module, layers)
     start = time.perf_counter()
     with preserved_state(module, freeze_parameters=True):
-        with torch.inference_mode():
-            logits = module(x).float()
-        targets = resolve_targets(target, logits, impl.class_names)
-        attributions = impl.channel_attributions(x, targets.to(x.device), chosen, batch_size)
+        attributions, targets, logits = impl.attribute_layers(
+            x, lambda out: resolve_targets(target, out, impl.class_names), chosen, batch_size
+        )
     layers_out = [_atlas_layer(n, chosen[n], a[0], impl, x.shape[-2:]) for n, a in attributions.items()]
     t = int(targets[0])
     return LayerAtlas(

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import re
 from abc import abstractmethod
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -104,12 +104,18 @@ class LayerPass:
     activations: dict[str, torch.Tensor]
     gradients: dict[str, torch.Tensor]
     scores: torch.Tensor
+    targets: torch.Tensor
+    logits: torch.Tensor
+
+
+#: Class per point, or a function choosing them from the chunk's logits (no separate forward pass).
+Targets = torch.Tensor | Callable[[torch.Tensor], torch.Tensor]
 
 
 def layer_passes(
     module: nn.Module,
     points: torch.Tensor,
-    targets: torch.Tensor,
+    targets: Targets,
     layers: dict[str, nn.Module],
     batch_size: int,
     weights: torch.Tensor | None = None,
@@ -123,7 +129,7 @@ def layer_passes(
     Args:
         module: The network (in eval mode, parameters frozen, by the caller).
         points: ``(P, C, H, W)`` inputs.
-        targets: ``(P,)`` class per point.
+        targets: ``(P,)`` class per point, or a function mapping a chunk's logits to its classes.
         layers: ``{name: module}`` to record; each must output one ``(N, C, h, w)`` tensor.
         batch_size: Points per pass.
         weights: ``(P,)`` weight of each point's score in the back-propagated sum (0: no gradient
@@ -137,7 +143,9 @@ def layer_passes(
         stop = start + batch_size
         x = points[start:stop].detach().requires_grad_(True)
         with capture_outputs(layers) as store, torch.enable_grad():
-            scores = target_scores(module(x), targets[start:stop])
+            logits = module(x)
+            t = targets(logits.detach()) if callable(targets) else targets[start:stop]
+            scores = target_scores(logits, t.to(logits.device))
             names = [n for n in store if n in layers] + [n for n in layers if n not in store]
             acts = [_recorded(store, n) for n in names]
             grads = torch.autograd.grad((scores * w[start:stop]).sum(), acts, allow_unused=True)
@@ -148,6 +156,8 @@ def layer_passes(
                 n: torch.zeros_like(a) if g is None else g.detach() for n, a, g in zip(names, acts, grads)
             },
             scores=scores.detach(),
+            targets=t.cpu(),
+            logits=logits.detach().float(),
         )
 
 
@@ -210,25 +220,62 @@ class LayerMethod(Attribution):
         name, layer = self.target_layer(inputs)
         return self.channel_sum(self.channel_attributions(inputs, targets, {name: layer}, batch_size)[name])
 
+    def attribute_layers(
+        self,
+        inputs: torch.Tensor,
+        choose: Callable[[torch.Tensor], torch.Tensor],
+        layers: dict[str, nn.Module],
+        batch_size: int,
+    ) -> tuple[dict[str, torch.Tensor], torch.Tensor, torch.Tensor]:
+        """Channel attributions at ``layers``, the targets ``choose`` picks from the logits, and the logits.
 
-def _products(
-    module: nn.Module,
-    inputs: torch.Tensor,
-    targets: torch.Tensor,
-    layers: dict[str, nn.Module],
-    batch_size: int,
-    gradcam: bool,
-) -> dict[str, torch.Tensor]:
-    out: dict[str, list[torch.Tensor]] = {}
-    for p in layer_passes(module, inputs, targets, layers, batch_size):
-        for n, a in p.activations.items():
-            g = p.gradients[n].mean(dim=(2, 3), keepdim=True) if gradcam else p.gradients[n]
-            out.setdefault(n, []).append(g * a)
-    return {n: torch.cat(v) for n, v in out.items()}
+        This default runs one forward pass to choose the targets, then :meth:`channel_attributions`.
+        """
+        with torch.inference_mode():
+            logits = torch.cat([self.module(c).float() for c in inputs.split(batch_size)])
+        targets = choose(logits)
+        return (
+            self.channel_attributions(inputs, targets.to(inputs.device), layers, batch_size),
+            targets,
+            logits,
+        )
+
+
+class _ProductMethod(LayerMethod):
+    """Methods whose points are the inputs: a gradient statistic times the activation.
+
+    The targets can be chosen from the logits of the very pass that computes the gradients.
+    """
+
+    gradcam: ClassVar[bool] = False
+
+    def products(self, passes: Iterator[LayerPass]) -> dict[str, torch.Tensor]:
+        out: dict[str, list[torch.Tensor]] = {}
+        for p in passes:
+            for n, a in p.activations.items():
+                g = p.gradients[n].mean(dim=(2, 3), keepdim=True) if self.gradcam else p.gradients[n]
+                out.setdefault(n, []).append(g * a)
+        return {n: torch.cat(v) for n, v in out.items()}
+
+    def channel_attributions(
+        self, inputs: torch.Tensor, targets: torch.Tensor, layers: dict[str, nn.Module], batch_size: int
+    ) -> dict[str, torch.Tensor]:
+        return self.products(layer_passes(self.module, inputs, targets, layers, batch_size))
+
+    def attribute_layers(
+        self,
+        inputs: torch.Tensor,
+        choose: Callable[[torch.Tensor], torch.Tensor],
+        layers: dict[str, nn.Module],
+        batch_size: int,
+    ) -> tuple[dict[str, torch.Tensor], torch.Tensor, torch.Tensor]:
+        passes = list(layer_passes(self.module, inputs, choose, layers, batch_size))
+        targets = torch.cat([p.targets for p in passes])
+        return self.products(iter(passes)), targets, torch.cat([p.logits for p in passes])
 
 
 @register
-class LayerGradXAct(LayerMethod):
+class LayerGradXAct(_ProductMethod):
     """Gradient x activation at a layer: ``A * dy/dA``, summed over channels.
 
     For a network that is linear after the layer (``y = <w, A> + b``) this is exactly ``w * A``.
@@ -248,13 +295,8 @@ class LayerGradXAct(LayerMethod):
     def __init__(self, model: ModelLike, *, layer: LayerSpec = None, batch_size: int | None = None):
         super().__init__(model, layer=layer, batch_size=batch_size)
 
-    def channel_attributions(
-        self, inputs: torch.Tensor, targets: torch.Tensor, layers: dict[str, nn.Module], batch_size: int
-    ) -> dict[str, torch.Tensor]:
-        return _products(self.module, inputs, targets, layers, batch_size, gradcam=False)
 
-
-class LayerGradCAM(LayerMethod):
+class LayerGradCAM(_ProductMethod):
     """Grad-CAM at any set of layers: ``ReLU(sum_k mean(dy/dA_k) A_k)``.
 
     Not registered (the single-layer method is :class:`~cnnlens.attribution.cam.GradCAM`); used by the
@@ -270,14 +312,10 @@ class LayerGradCAM(LayerMethod):
     reference = "Selvaraju et al. 2017"
     signed = False
     rectify = True
+    gradcam = True
 
     def __init__(self, model: ModelLike, *, layer: LayerSpec = None, batch_size: int | None = None):
         super().__init__(model, layer=layer, batch_size=batch_size)
-
-    def channel_attributions(
-        self, inputs: torch.Tensor, targets: torch.Tensor, layers: dict[str, nn.Module], batch_size: int
-    ) -> dict[str, torch.Tensor]:
-        return _products(self.module, inputs, targets, layers, batch_size, gradcam=True)
 
 
 @register
