@@ -4,6 +4,7 @@ from cnnlens.attribution import (  # noqa: F401  (registers the methods)
     cam,
     gradient,
     guided,
+    layer,
     perturbation,
     surrogate,
 )

@@ -1,0 +1,193 @@
+"""``cnnlens layers`` and ``cnnlens channels`` run for real, on cnnlens checkpoints.
+
+The seed 000 model: a VGG19 backbone with the head Flatten -> Dense 64 -> ReLU -> Dropout -> Dense 2
+(random weights, 64 px inputs so it stays fast), saved with ``save_checkpoint`` and loaded by path.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from cnnlens.cli import main
+from cnnlens.data import load_sample
+from cnnlens.data.transforms import Preprocessing
+from cnnlens.models import LoadedModel, apply_head, load_model, save_checkpoint
+
+
+def saved(tmp: Path, arch: str, head: str, classes: list[str]) -> tuple[LoadedModel, Path]:
+    """A random-weight ``arch`` with ``head``, and the cnnlens checkpoint it was saved to."""
+    import torchvision
+
+    torch.manual_seed(0)
+    module = torchvision.models.get_model(arch, weights=None)
+    apply_head(module, head, len(classes))
+    loaded = LoadedModel(
+        module=module.eval(),
+        name=arch,
+        arch=arch,
+        class_names=classes,
+        preprocessing=Preprocessing(resize=64, crop=64),
+        default_layer=None,
+        source="test",
+        head=head,
+        arch_source="torchvision",
+    )
+    return loaded, save_checkpoint(loaded, tmp / f"{arch}.pt")
+
+
+@pytest.fixture(scope="module")
+def seed(tmp_path_factory: pytest.TempPathFactory) -> tuple[LoadedModel, Path]:
+    return saved(tmp_path_factory.mktemp("seed"), "vgg19", "mlp64", ["cat", "dog"])
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory: pytest.TempPathFactory, seed: tuple[LoadedModel, Path]) -> dict[str, Path]:
+    tmp = tmp_path_factory.mktemp("layers-cli")
+    images = {}
+    for name in ("chelsea", "coffee"):
+        images[name] = tmp / f"{name}.png"
+        load_sample(name).save(images[name])
+    bad = tmp / "broken.jpg"
+    bad.write_bytes(b"not an image")
+    return {
+        **images,
+        "broken": bad,
+        "vgg19": seed[1],
+        "resnet18": saved(tmp, "resnet18", "linear", ["cat", "dog", "bird"])[1],
+    }
+
+
+@pytest.fixture
+def cached_seed_model(seed: tuple[LoadedModel, Path], monkeypatch: pytest.MonkeyPatch) -> None:
+    """Commands get the seed model without rebuilding VGG19 (seconds); the load itself is tested below."""
+    import cnnlens.cli.common as common
+
+    real = common.load_model
+
+    def load(spec: object, **kwargs: object) -> LoadedModel:
+        return seed[0] if str(spec) == str(seed[1]) else real(spec, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(common, "load_model", load)
+
+
+@pytest.mark.slow
+def test_seed_000_model_loads_from_its_checkpoint(seed: tuple[LoadedModel, Path]) -> None:
+    model = load_model(seed[1])
+    assert model.head == "mlp64"
+    assert model.class_names == ["cat", "dog"]
+    x = torch.randn(2, 3, 64, 64)
+    assert torch.allclose(model.logits(x), seed[0].logits(x), atol=1e-5)
+    head = model.module.classifier
+    assert [type(m).__name__ for m in head] == ["Flatten", "Linear", "ReLU", "Dropout", "Linear"]
+    assert head[1].in_features == 25088
+    assert head[1].out_features == 64
+    assert head[4].out_features == 2
+
+
+@pytest.mark.usefixtures("cached_seed_model")
+def test_layers_atlas_of_the_seed_model(files: dict[str, Path], tmp_path: Path) -> None:
+    out = tmp_path / "atlas"
+    code = main(
+        [
+            "layers",
+            str(files["chelsea"]),
+            "--model",
+            str(files["vgg19"]),
+            "--target",
+            "dog",
+            "--out",
+            str(out),
+        ]
+    )
+    assert code == 0
+    summary = json.loads((out / "atlas.json").read_text())
+    names = [layer["name"] for layer in summary["layers"]]
+    assert names == [f"features.{i}" for i in (0, 2, 5, 7, 10, 12, 14, 16, 19, 21, 23, 25, 28, 30, 32, 34)]
+    assert summary["layers"][0]["shape"] == [64, 64, 64]
+    assert summary["layers"][-1]["shape"] == [512, 4, 4]
+    assert summary["target_name"] == "dog"
+    assert summary["method"] == "gradxact"
+    files_written = sorted((out / "layers").glob("*.npz"))
+    assert len(files_written) == 16
+    assert (out / "atlas.png").stat().st_size > 10_000
+    with np.load(files_written[0]) as f:
+        assert f["upsampled"].shape == (64, 64)
+        assert np.isfinite(f["map"]).all()
+
+
+@pytest.mark.usefixtures("cached_seed_model")
+def test_channels_of_the_seed_model(files: dict[str, Path], tmp_path: Path) -> None:
+    out = tmp_path / "channels"
+    args = ["channels", str(files["chelsea"]), "--model", str(files["vgg19"]), "--layer", "features.34"]
+    assert main([*args, "--samples", "2", "--out", str(out)]) == 0
+    rows = list(csv.DictReader((out / "channels.csv").open()))
+    assert len(rows) == 512
+    assert rows[0]["rank"] == "1"
+    report = json.loads((out / "channels.json").read_text())
+    assert report["permutations"] == 2
+    assert report["suffix_mode"] == "fx"
+    assert report["sum_of_values"] == pytest.approx(report["full"] - report["empty"], abs=1e-6)
+    assert (out / "channels.png").stat().st_size > 5_000
+
+
+@pytest.mark.parametrize("method", ["ig", "gradshap", "gradcam"])
+def test_layers_methods_on_a_resnet_checkpoint(files: dict[str, Path], tmp_path: Path, method: str) -> None:
+    out = tmp_path / method
+    extra = ["--baselines", str(files["coffee"])] if method == "gradshap" else []
+    code = main(
+        ["layers", str(files["chelsea"]), "--model", str(files["resnet18"]), "--method", method,
+         "--steps", "4", "--samples", "4", *extra, "--out", str(out)]
+    )  # fmt: skip
+    assert code == 0
+    summary = json.loads((out / "atlas.json").read_text())
+    assert [layer["name"] for layer in summary["layers"]] == ["conv1", "layer1", "layer2", "layer3", "layer4"]
+
+
+def test_layers_chosen_by_name(files: dict[str, Path], tmp_path: Path) -> None:
+    out = tmp_path / "chosen"
+    args = [
+        "layers",
+        str(files["chelsea"]),
+        "--model",
+        str(files["resnet18"]),
+        "--layers",
+        "layer4,layer1.0.conv1",
+    ]
+    assert main([*args, "--out", str(out)]) == 0
+    names = [la["name"] for la in json.loads((out / "atlas.json").read_text())["layers"]]
+    assert names == ["layer1.0.conv1", "layer4"]
+
+
+def test_channels_with_a_dataset_mean_baseline(files: dict[str, Path], tmp_path: Path) -> None:
+    out = tmp_path / "mean"
+    args = ["channels", str(files["chelsea"]), "--model", str(files["resnet18"]), "--layer", "layer4.1.conv2"]
+    mean = ["--baseline", "mean", "--mean-from", str(files["chelsea"]), str(files["coffee"])]
+    assert main([*args, *mean, "--stderr", "0.05", "--out", str(out)]) == 0
+    report = json.loads((out / "channels.json").read_text())
+    assert report["baseline"] == "tensor"
+    assert report["max_stderr"] <= 0.05
+
+
+def test_errors_are_clear(files: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    model = ["--model", str(files["resnet18"]), "--out", str(tmp_path / "x")]
+
+    def error() -> str:
+        return " ".join(capsys.readouterr().err.split())  # rich wraps long lines
+
+    assert main(["layers", str(files["broken"]), *model]) == 2
+    assert "broken.jpg" in error()
+    assert main(["layers", str(files["chelsea"]), *model, "--layers", "layer9"]) == 2
+    assert "unknown layer 'layer9'; closest" in error()
+    assert main(["channels", str(files["chelsea"]), *model, "--layer", "layer4", "--baseline", "mean"]) == 2
+    assert "--mean-from" in error()
+    assert main(["channels", str(files["chelsea"]), *model, "--layer", "fc"]) == 2
+    assert "need a (N, C, h, w) feature map" in error()
+    with pytest.raises(SystemExit):  # argparse: --samples and --stderr exclude each other
+        main(["channels", str(files["chelsea"]), *model, "--samples", "4", "--stderr", "0.1"])
+    assert not (tmp_path / "x").exists()
