@@ -24,7 +24,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "train",
         help="train a classifier on a folder of images (transfer learning)",
         description="DATA is a folder with one subfolder per class, or a CSV manifest "
-        "path,label[,mask][,split]. Writes RUN/best.pt (use it as --model RUN with every other command), last.pt, config.json, "
+        "path,label[,mask][,split]. Writes RUN/best.pt (use it as --model RUN with every other "
+        "command), last.pt, config.json, "
         "split.json, data.json, history.json and curves.png.",
     )
     p.add_argument("data", nargs="?", metavar="DATA", help="class-folder dataset or CSV manifest")
@@ -116,7 +117,7 @@ class ProgressListener(Listener):
 
     def on_batch(self, epoch: int, step: int, loss: float, accuracy: float) -> None:
         if self.task is None:
-            self.task = self.bar.add_task(f"epoch {epoch}/{self.epochs}", total=self.steps)
+            self.task = self.bar.add_task(f"epoch {epoch}/{self.epochs}", total=self.steps, stats="")
         self.bar.update(self.task, completed=step, stats=f"loss {loss:.4f} acc {accuracy:.3f}")
 
     def on_epoch(self, record: dict[str, Any]) -> None:
@@ -125,7 +126,8 @@ class ProgressListener(Listener):
             self.task = None
         self.bar.console.print(
             f"epoch {record['epoch']:>3}: train loss {record['train_loss']:.4f} "
-            f"acc {record['train_accuracy']:.3f} | val loss {record['val_loss']:.4f} acc {record['val_accuracy']:.3f} | {record['seconds']:.1f} s",
+            f"acc {record['train_accuracy']:.3f} | val loss {record['val_loss']:.4f} "
+            f"acc {record['val_accuracy']:.3f} | {record['seconds']:.1f} s",
             highlight=False,
         )
 

@@ -132,9 +132,9 @@ def scan_dataset(
         dataset.samples = match_masks(dataset.samples, Path(masks))
     if verify:
         dataset = verify_images(dataset)
-    _check_classes(dataset)
     for item in dataset.skipped:
         _skip_or_raise(item, strict)
+    _check_classes(dataset)
     warn_imbalance(dataset.counts())
     return dataset
 

@@ -2,8 +2,8 @@
 
 Each image shows one object of its class (circle, triangle, cross, square, star, ring, crescent,
 hexagon: the first ``K`` are used, the most distinct first) at a random position, size, rotation
-and colour, on a textured background (smooth noise in a tint) cluttered with random lines and dots. The object's exact segmentation mask is saved beside
-the image.
+and colour, on a textured background (smooth noise in a tint) cluttered with random lines and dots.
+The object's exact segmentation mask is saved beside the image.
 
 The background tint is a *cue*: each class owns one tint. Without ``spurious`` the cue is drawn
 independently of the class everywhere. With ``spurious=P`` the cue agrees with the class in a
