@@ -129,6 +129,10 @@ def test_run_folder_rules(small: Path, tmp_path: Path) -> None:
     with pytest.raises(ValueError, match=r"already exists; use --resume .* or --force"):
         Trainer.create(config, tmp_path / "run")
     Trainer.create(config, tmp_path / "run", force=True)
+    (tmp_path / "precious").mkdir()
+    (tmp_path / "precious" / "thesis.tex").write_text("years of work")
+    with pytest.raises(ValueError, match="not a training run; --force will not delete it"):
+        Trainer.create(config, tmp_path / "precious", force=True)
     assert not (tmp_path / "run" / "best.pt").exists()  # replaced, not mixed
     with pytest.raises(ValueError, match="not a training run"):
         Trainer.resume(tmp_path / "elsewhere")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import time
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -162,7 +162,7 @@ def summary_table(trainer: Trainer, seconds: float) -> Table:
     return table
 
 
-def run(args: argparse.Namespace, make_listener: Callable[[Progress], Listener] = ProgressListener) -> int:
+def run(args: argparse.Namespace) -> int:
     start = time.perf_counter()
     with shown_warnings():
         trainer = _start(args)
@@ -177,7 +177,7 @@ def run(args: argparse.Namespace, make_listener: Callable[[Progress], Listener] 
         TimeElapsedColumn(),
     )
     with Progress(*columns, console=console, transient=True) as bar:
-        trainer.fit(make_listener(bar))
+        trainer.fit(ProgressListener(bar))
     console.print(summary_table(trainer, time.perf_counter() - start))
     console.print(f"curves: {trainer.run / 'curves.png'}; evaluate with `cnnlens evaluate {trainer.run}`")
     return 0

@@ -254,5 +254,7 @@ def write_evaluation(result: Evaluation, out: str | os.PathLike[str], n_errors: 
     confusion_figure(result.metrics.confusion, result.model.class_names).savefig(
         paths["confusion_png"], dpi=100
     )
-    error_gallery(result, result.worst_errors(n_errors)).savefig(paths["misclassified"], dpi=100)
+    error_gallery(result, result.worst_errors(n_errors)).savefig(
+        paths["misclassified"], dpi=100, bbox_inches="tight"
+    )
     return paths

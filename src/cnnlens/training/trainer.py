@@ -142,7 +142,8 @@ class Trainer:
         """Start a new run in ``run``.
 
         Raises:
-            ValueError: ``run`` exists (pass ``force=True`` to replace it, or resume it).
+            ValueError: ``run`` exists (pass ``force=True`` to replace it, or resume it); ``force`` only
+                replaces a previous run folder, never another non-empty folder.
         """
         folder = Path(run)
         if folder.exists() and any(folder.iterdir()):
@@ -150,8 +151,15 @@ class Trainer:
                 raise ValueError(
                     f"{folder} already exists; use --resume {folder} to continue it or --force to replace it"
                 )
+            if not (folder / "config.json").is_file():
+                raise ValueError(f"{folder} is not empty and not a training run; --force will not delete it")
             shutil.rmtree(folder)
         folder.mkdir(parents=True, exist_ok=True)
+        config = replace(  # absolute paths, so the run can be resumed or evaluated from anywhere
+            config,
+            data=str(Path(config.data).resolve()),
+            masks=None if config.masks is None else str(Path(config.masks).resolve()),
+        )
         try:
             trainer = cls(config, folder, **kw)
         except BaseException:
@@ -185,7 +193,7 @@ class Trainer:
         if base.head not in ("original", cfg.head):
             raise ValueError(f"{cfg.model} has a {base.head} head; train it on with --head {base.head}")
         head = apply_head(base.module, cfg.head, len(self.dataset.class_names))
-        base.module.to(base.device)
+        base.module.to(base.device)  # the new head is created on the CPU
         return replace(
             base,
             class_names=list(self.dataset.class_names),
