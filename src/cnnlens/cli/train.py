@@ -137,6 +137,8 @@ def _start(args: argparse.Namespace) -> Trainer:
         folder = args.out if args.resume is True else Path(args.resume)
         if folder is None:
             raise ValueError("--resume needs the run folder: --resume RUN (or --out RUN --resume)")
+        if args.data is not None:
+            error_console.print(f"[yellow]note:[/] resuming uses the settings of {folder / 'config.json'}")
         return Trainer.resume(folder)
     if args.data is None or args.out is None:
         raise ValueError("give DATA and --out RUN (or --resume RUN to continue a run)")
@@ -176,8 +178,14 @@ def run(args: argparse.Namespace) -> int:
         TextColumn("{task.fields[stats]}"),
         TimeElapsedColumn(),
     )
-    with Progress(*columns, console=console, transient=True) as bar:
-        trainer.fit(ProgressListener(bar))
+    try:
+        with Progress(*columns, console=console, transient=True) as bar:
+            trainer.fit(ProgressListener(bar))
+    except KeyboardInterrupt:
+        error_console.print(
+            f"{trainer.epoch} epoch(s) saved; continue with `cnnlens train --resume {trainer.run}`"
+        )
+        raise
     console.print(summary_table(trainer, time.perf_counter() - start))
     console.print(f"curves: {trainer.run / 'curves.png'}; evaluate with `cnnlens evaluate {trainer.run}`")
     return 0
