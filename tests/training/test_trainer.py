@@ -152,6 +152,16 @@ def test_class_weights_and_early_stopping_rule(small: Path, tmp_path: Path) -> N
     assert not trainer._improved({"val_accuracy": 0.4, "val_loss": 0.1})
 
 
+def test_fit_stops_early(small: Path, tmp_path: Path) -> None:
+    trainer = Trainer.create(tiny_config(small, epochs=6, patience=2), tmp_path / "run")
+    with pytest.raises(KeyboardInterrupt):
+        trainer.fit(StopAfter(1))
+    trainer.best = {"epoch": 1, "val_accuracy": 2.0, "val_loss": 0.0}  # cannot be beaten
+    trainer.fit()
+    assert trainer.epoch == 3  # epochs 2 and 3 brought nothing better
+    assert trainer.stopped_early()
+
+
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [
