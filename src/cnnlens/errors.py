@@ -52,3 +52,7 @@ def unknown(kind: str, name: str, candidates: list[str], hint: str = "") -> Unkn
     if hint:
         msg += f". {hint}"
     return UnknownNameError(msg)
+
+
+class DataWarning(UserWarning):
+    """Something in a dataset looks wrong but training can go on (skipped files, class imbalance)."""

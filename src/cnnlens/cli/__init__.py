@@ -14,7 +14,7 @@ from collections.abc import Sequence
 
 from cnnlens.errors import CnnlensError
 
-COMMANDS = ("models", "methods", "explain", "demo", "layers", "channels")
+COMMANDS = ("models", "methods", "explain", "demo", "layers", "channels", "data", "train", "evaluate")
 
 
 def build_parser() -> argparse.ArgumentParser:

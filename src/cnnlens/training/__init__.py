@@ -1,0 +1,17 @@
+"""Transfer learning on small datasets: freeze policies, a resumable trainer and its curves."""
+
+from cnnlens.training.config import TrainConfig
+from cnnlens.training.freeze import FREEZE_POLICIES, apply_freeze, frozen_units, set_train_mode
+from cnnlens.training.trainer import CrossEntropy, Listener, Objective, Trainer
+
+__all__ = [
+    "FREEZE_POLICIES",
+    "CrossEntropy",
+    "Listener",
+    "Objective",
+    "TrainConfig",
+    "Trainer",
+    "apply_freeze",
+    "frozen_units",
+    "set_train_mode",
+]

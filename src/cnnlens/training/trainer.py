@@ -1,0 +1,366 @@
+"""Transfer learning on a small image dataset, resumable to the exact same result.
+
+A run folder holds::
+
+    config.json   the TrainConfig          split.json   the images of each split
+    data.json     classes, counts, skipped files
+    last.pt       the latest epoch: a cnnlens checkpoint plus optimizer, scheduler and history
+    best.pt       the best epoch by validation accuracy (ties: lower loss), a cnnlens checkpoint
+    history.json  per-epoch loss/accuracy      curves.png   the training curves
+
+Determinism: every source of randomness of an epoch (shuffling, augmentation, dropout) is seeded
+from ``(seed, epoch)`` at the start of that epoch, so an epoch does not depend on how the run got
+there; with the weights, optimizer and scheduler state of ``last.pt``, ``resume`` continues to the
+same weights as an uninterrupted run. Checkpoints are written atomically at the end of every
+epoch, so an interruption loses at most the current epoch.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any, Protocol
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import DataLoader
+
+from cnnlens.data.dataset import ImageDataset, eval_transform, train_transform
+from cnnlens.data.folders import ImageSet, class_weights, scan_dataset
+from cnnlens.data.split import load_split, save_split, split_dataset
+from cnnlens.data.transforms import Preprocessing
+from cnnlens.models.checkpoint import atomic_save, checkpoint_dict, save_checkpoint
+from cnnlens.models.heads import apply_head
+from cnnlens.models.loaded import LoadedModel
+from cnnlens.models.registry import load_model
+from cnnlens.training.config import TrainConfig
+from cnnlens.training.freeze import apply_freeze, frozen_units, set_train_mode
+
+log = logging.getLogger(__name__)
+
+Batch = dict[str, torch.Tensor]
+
+
+class Objective(Protocol):
+    """The training loss: ``(module, batch) -> (loss, logits)``. ``needs_masks`` asks for masks."""
+
+    needs_masks: bool
+
+    def __call__(self, module: nn.Module, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]: ...
+
+
+class CrossEntropy:
+    """Plain (optionally class-weighted) cross-entropy on the model's logits."""
+
+    needs_masks = False
+
+    def __init__(self, weight: torch.Tensor | None = None) -> None:
+        self.weight = weight
+
+    def __call__(self, module: nn.Module, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
+        logits = module(batch["image"])
+        w = None if self.weight is None else self.weight.to(logits.device)
+        return F.cross_entropy(logits, batch["label"], weight=w), logits
+
+
+class Listener:
+    """Receives progress events (the CLI draws progress bars from them); every method is optional."""
+
+    def on_start(self, trainer: Trainer, steps_per_epoch: int) -> None:
+        """Called once before the first (or resumed) epoch."""
+
+    def on_batch(self, epoch: int, step: int, loss: float, accuracy: float) -> None:
+        """After each training step, with the epoch's running loss and accuracy."""
+
+    def on_epoch(self, record: dict[str, Any]) -> None:
+        """After each epoch, once its checkpoints are written."""
+
+
+@dataclass
+class EpochResult:
+    loss: float
+    accuracy: float
+
+
+def epoch_seed(seed: int, epoch: int) -> int:
+    """The seed of one epoch's randomness (fixed by the run's seed and the epoch number alone)."""
+    return (seed * 1_000_003 + epoch * 7919) % (2**63 - 1)
+
+
+def resized(pre: Preprocessing, size: int | None) -> Preprocessing:
+    """``pre`` at input size ``size``, keeping its resize-to-crop ratio."""
+    if size is None:
+        return pre
+    resize = None if pre.resize is None else max(size, round(size * pre.resize / pre.crop))
+    return replace(pre, resize=resize, crop=size)
+
+
+class Trainer:
+    """Trains ``config`` into ``run``; :meth:`create` starts a run, :meth:`resume` continues one.
+
+    Args:
+        config: The run's settings.
+        run: The run folder.
+        objective: The loss (default: cross-entropy, class-weighted if ``config.class_weights``).
+    """
+
+    def __init__(self, config: TrainConfig, run: Path, objective: Objective | None = None) -> None:
+        self.config = config
+        self.run = run
+        self.dataset: ImageSet = scan_dataset(config.data, masks=config.masks, strict=config.strict)
+        split_file = run / "split.json"
+        if split_file.is_file():
+            self.parts = load_split(self.dataset, split_file)
+        else:
+            self.parts = split_dataset(self.dataset, config.split, config.seed)
+            save_split(self.parts, self.dataset, split_file)
+        torch.manual_seed(config.seed)
+        self.model = self._build_model()
+        self.frozen = frozen_units(self.model.module, config.freeze, self._head)
+        self.trainable = apply_freeze(self.model.module, self.frozen)
+        if self.trainable == 0:
+            raise ValueError(f"--freeze {config.freeze} leaves nothing to train")
+        self.objective = objective or CrossEntropy(self._class_weights())
+        params = [p for p in self.model.module.parameters() if p.requires_grad]
+        self.optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
+        self.scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(self.optimizer, T_max=config.epochs)
+        self.history: list[dict[str, Any]] = []
+        self.best: dict[str, float] | None = None
+        self.generator = torch.Generator()
+        self._write_data_report()
+
+    # ------------------------------------------------------------------ set-up
+
+    @classmethod
+    def create(cls, config: TrainConfig, run: str | Path, *, force: bool = False, **kw: Any) -> Trainer:
+        """Start a new run in ``run``.
+
+        Raises:
+            ValueError: ``run`` exists (pass ``force=True`` to replace it, or resume it); ``force`` only
+                replaces a previous run folder, never another non-empty folder.
+        """
+        folder = Path(run)
+        if folder.exists() and any(folder.iterdir()):
+            if not force:
+                raise ValueError(
+                    f"{folder} already exists; use --resume {folder} to continue it or --force to replace it"
+                )
+            if not (folder / "config.json").is_file():
+                raise ValueError(f"{folder} is not empty and not a training run; --force will not delete it")
+            shutil.rmtree(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        config = replace(  # absolute paths, so the run can be resumed or evaluated from anywhere
+            config,
+            data=str(Path(config.data).resolve()),
+            masks=None if config.masks is None else str(Path(config.masks).resolve()),
+        )
+        try:
+            trainer = cls(config, folder, **kw)
+        except BaseException:
+            shutil.rmtree(folder, ignore_errors=True)
+            raise
+        config.save(folder / "config.json")
+        return trainer
+
+    @classmethod
+    def resume(cls, run: str | Path, **kw: Any) -> Trainer:
+        """Continue the run in ``run`` from its ``last.pt``.
+
+        Raises:
+            ValueError: ``run`` is not a run folder with a config and a last checkpoint.
+        """
+        folder = Path(run)
+        if not (folder / "config.json").is_file():
+            raise ValueError(f"{folder} is not a training run (no config.json); start one without --resume")
+        trainer = cls(TrainConfig.load(folder / "config.json"), folder, **kw)
+        if (folder / "last.pt").is_file():
+            trainer._load_state(folder / "last.pt")
+        return trainer
+
+    @property
+    def _head(self) -> str:
+        return str(self.model.meta["head_module"])
+
+    def _build_model(self) -> LoadedModel:
+        cfg = self.config
+        base = load_model(cfg.model, weights=cfg.weights, pretrained=cfg.pretrained, device=cfg.device)
+        if base.head not in ("original", cfg.head):
+            raise ValueError(f"{cfg.model} has a {base.head} head; train it on with --head {base.head}")
+        head = apply_head(base.module, cfg.head, len(self.dataset.class_names))
+        base.module.to(base.device)  # the new head is created on the CPU
+        return replace(
+            base,
+            class_names=list(self.dataset.class_names),
+            preprocessing=resized(base.preprocessing, cfg.image_size),
+            head=cfg.head,
+            source=f"cnnlens train {cfg.data} (from {base.source})",
+            meta={"head_module": head},
+        )
+
+    def _class_weights(self) -> torch.Tensor | None:
+        if not self.config.class_weights:
+            return None
+        counts = [0] * len(self.dataset.class_names)
+        for s in self.parts["train"]:
+            counts[s.label] += 1
+        return class_weights(counts)
+
+    def _write_data_report(self) -> None:
+        report = {
+            "class_names": self.dataset.class_names,
+            "counts": self.dataset.counts(),
+            "split_sizes": {k: len(v) for k, v in self.parts.items()},
+            "with_mask": self.dataset.masked,
+            "skipped": self.dataset.skipped,
+        }
+        (self.run / "data.json").write_text(json.dumps(report, indent=1))
+
+    def loader(self, split: str, *, train: bool) -> DataLoader:
+        """A loader over one split (training: augmented and shuffled with the epoch's generator)."""
+        pre = self.model.preprocessing
+        transform = train_transform(pre, self.config.augment) if train else eval_transform(pre)
+        masks = bool(getattr(self.objective, "needs_masks", False))
+        ds = ImageDataset(self.parts[split], transform, masks=masks)
+        return DataLoader(ds, batch_size=self.config.batch_size, shuffle=train, generator=self.generator)
+
+    # ------------------------------------------------------------------ state
+
+    def _state(self, epoch: int) -> dict[str, Any]:
+        return {
+            "epoch": epoch,
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "history": self.history,
+            "best": self.best,
+            "config": self.config.to_dict(),
+        }
+
+    def _load_state(self, path: Path) -> None:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+        self.model.module.load_state_dict(obj["state_dict"])
+        state = obj["extra"]["training"]
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.history = list(state["history"])
+        self.best = state["best"]
+
+    @property
+    def epoch(self) -> int:
+        """Number of epochs done."""
+        return len(self.history)
+
+    # ------------------------------------------------------------------ loop
+
+    def fit(self, listener: Listener | None = None) -> list[dict[str, Any]]:
+        """Train until ``config.epochs`` or early stopping; return the history.
+
+        Shape:
+            Each history record: epoch, train_loss, train_accuracy, val_loss, val_accuracy, lr, seconds.
+        """
+        listener = listener or Listener()
+        train_loader, val_loader = self.loader("train", train=True), self.loader("val", train=False)
+        listener.on_start(self, len(train_loader))
+        try:
+            self._loop(train_loader, val_loader, listener)
+        finally:  # also after an interruption: the curves of the epochs done
+            self.plot()
+        return self.history
+
+    def _loop(self, train_loader: DataLoader, val_loader: DataLoader, listener: Listener) -> None:
+        while self.epoch < self.config.epochs and not self.stopped_early():
+            epoch, start = self.epoch + 1, time.perf_counter()
+            seed = epoch_seed(self.config.seed, epoch)
+            torch.manual_seed(seed)
+            self.generator.manual_seed(seed)
+            lr = self.optimizer.param_groups[0]["lr"]
+            train = self._train_epoch(train_loader, epoch, listener)
+            val = self.evaluate(val_loader)
+            self.scheduler.step()
+            record = {
+                "epoch": epoch,
+                "train_loss": train.loss,
+                "train_accuracy": train.accuracy,
+                "val_loss": val.loss,
+                "val_accuracy": val.accuracy,
+                "lr": lr,
+                "seconds": time.perf_counter() - start,
+            }
+            self._end_epoch(record)
+            listener.on_epoch(record)
+
+    def stopped_early(self) -> bool:
+        """Whether the last ``patience`` epochs brought no better validation result."""
+        p = self.config.patience
+        if p is None or self.best is None:
+            return False
+        return self.epoch - int(self.best["epoch"]) >= p
+
+    def _train_epoch(self, loader: DataLoader, epoch: int, listener: Listener) -> EpochResult:
+        module = self.model.module
+        set_train_mode(module, self.frozen)
+        total = correct = 0
+        loss_sum = 0.0
+        for step, batch in enumerate(self._batches(loader), start=1):
+            self.optimizer.zero_grad(set_to_none=True)
+            loss, logits = self.objective(module, batch)
+            loss.backward()
+            self.optimizer.step()
+            n = len(batch["label"])
+            total += n
+            loss_sum += float(loss.detach()) * n
+            correct += int((logits.argmax(1) == batch["label"]).sum())
+            listener.on_batch(epoch, step, loss_sum / total, correct / total)
+        module.eval()
+        return EpochResult(loss_sum / max(total, 1), correct / max(total, 1))
+
+    def _batches(self, loader: DataLoader) -> Iterator[Batch]:
+        device = self.model.device
+        for batch in loader:
+            yield {k: v.to(device) for k, v in batch.items()}
+
+    @torch.no_grad()
+    def evaluate(self, loader: DataLoader) -> EpochResult:
+        """Mean loss (of the objective) and accuracy over a loader, in eval mode."""
+        self.model.module.eval()
+        total = correct = 0
+        loss_sum = 0.0
+        for batch in self._batches(loader):
+            loss, logits = self.objective(self.model.module, batch)
+            total += len(batch["label"])
+            loss_sum += float(loss) * len(batch["label"])
+            correct += int((logits.argmax(1) == batch["label"]).sum())
+        return EpochResult(loss_sum / max(total, 1), correct / max(total, 1))
+
+    def _improved(self, record: dict[str, Any]) -> bool:
+        if self.best is None:
+            return True
+        acc, best_acc = record["val_accuracy"], self.best["val_accuracy"]
+        return bool(acc > best_acc or (acc == best_acc and record["val_loss"] < self.best["val_loss"]))
+
+    def _end_epoch(self, record: dict[str, Any]) -> None:
+        self.history.append(record)
+        improved = self._improved(record)
+        if improved:
+            self.best = {k: record[k] for k in ("epoch", "val_accuracy", "val_loss")}
+        extra = {"training": self._state(self.epoch)}
+        atomic_save(checkpoint_dict(self.model, extra), self.run / "last.pt")
+        if improved:
+            save_checkpoint(
+                self.model, self.run / "best.pt", {"best": self.best, "config": self.config.to_dict()}
+            )
+        (self.run / "history.json").write_text(json.dumps(self.history, indent=1))
+
+    def plot(self) -> Path | None:
+        """Draw ``curves.png`` from the history (``None`` before the first epoch)."""
+        from cnnlens.training.curves import plot_curves
+
+        if not self.history:
+            return None
+        best = int(self.best["epoch"]) if self.best else None
+        return plot_curves(self.history, self.run / "curves.png", best_epoch=best)

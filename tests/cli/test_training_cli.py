@@ -1,0 +1,85 @@
+"""The real ``cnnlens data``, ``train`` and ``evaluate`` commands, run in-process."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+
+from cnnlens.cli import main
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    root = tmp_path_factory.mktemp("cli")
+    assert main(["data", "synth", "--out", str(root / "shapes"), "--classes", "2", "--per-class", "15",
+                 "--size", "24", "--spurious", "0.9"]) == 0  # fmt: skip
+    run = root / "run"
+    argv = ["train", str(root / "shapes" / "manifest.csv"), "--model", "tinycnn", "--no-pretrained",
+            "--freeze", "none", "--epochs", "2", "--image-size", "24", "--out", str(run)]  # fmt: skip
+    assert main(argv) == 0
+    return root, run
+
+
+def test_train_writes_a_run(trained: tuple[Path, Path], capsys: pytest.CaptureFixture[str]) -> None:
+    _, run = trained
+    for name in ("best.pt", "last.pt", "config.json", "split.json", "curves.png", "history.json"):
+        assert (run / name).is_file()
+    assert len(json.loads((run / "history.json").read_text())) == 2
+    assert main(["train", "--resume", str(run)]) == 0
+    assert "already complete" in capsys.readouterr().out
+
+
+def test_existing_run_folder_is_refused(
+    trained: tuple[Path, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    root, run = trained
+    argv = ["train", str(root / "shapes" / "manifest.csv"), "--model", "tinycnn", "--out", str(run)]
+    assert main(argv) == 2
+    assert "already exists; use --resume" in capsys.readouterr().err
+
+
+def test_evaluate_json_and_files(trained: tuple[Path, Path], capsys: pytest.CaptureFixture[str]) -> None:
+    _, run = trained
+    assert main(["evaluate", str(run), "--json"]) == 0
+    body = json.loads(capsys.readouterr().out)
+    assert body["n"] == 4
+    assert set(body["macro"]) == {"precision", "sensitivity", "specificity", "f1"}
+    assert [r["class"] for r in body["per_class"]] == ["circle", "triangle"]
+    for name in ("metrics.json", "confusion.json", "confusion.png", "misclassified.png"):
+        assert (run / "eval-test" / name).is_file()
+
+
+def test_evaluate_on_another_dataset_prints_a_table(
+    trained: tuple[Path, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    root, run = trained
+    assert main(["evaluate", str(run), str(root / "shapes" / "images"), "--errors", "4"]) == 0
+    out = capsys.readouterr().out
+    assert re.search(r"on\s+30\s+images", out)
+    assert "macro" in out
+    assert "specificity" in out
+    assert (run / "eval-images" / "misclassified.png").is_file()
+
+
+def test_other_commands_accept_the_run_as_model(trained: tuple[Path, Path]) -> None:
+    root, run = trained
+    image = next((root / "shapes" / "images" / "circle").iterdir())
+    assert main(["explain", str(image), "--model", str(run), "-m", "gradcam", "--out", str(root / "x")]) == 0
+    summary = json.loads((root / "x" / "summary.json").read_text())
+    assert summary["images"][0]["predictions"][0]["class_name"] in ("circle", "triangle")
+
+
+def test_export_and_bad_data(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["data", "export", "lfw-faces", "--out", str(tmp_path / "lfw")]) == 0
+    assert len(list((tmp_path / "lfw" / "face").iterdir())) == 100
+    (tmp_path / "one" / "cats").mkdir(parents=True)
+    (tmp_path / "one" / "cats" / "a.txt").write_text("not an image")
+    argv = ["train", str(tmp_path / "one"), "--model", "tinycnn", "--out", str(tmp_path / "r")]
+    assert main(argv) == 2
+    err = " ".join(capsys.readouterr().err.split())
+    assert "at least two classes" in err
+    assert "not an image file" in err
+    assert not (tmp_path / "r").exists()

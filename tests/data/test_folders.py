@@ -1,0 +1,166 @@
+"""Indexing datasets: class folders, manifests, masks, splits and every kind of bad data."""
+
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from cnnlens.data.folders import class_weights, scan_dataset, warn_imbalance
+from cnnlens.data.split import load_split, save_split, split_dataset, stratified_split
+from cnnlens.errors import DataWarning, ImageLoadError
+
+
+def _png(path: Path, size: tuple[int, int] = (12, 10), value: int = 100) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(np.full((size[1], size[0], 3), value, dtype=np.uint8)).save(path)
+    return path
+
+
+def _folder(root: Path, counts: dict[str, int]) -> Path:
+    for name, n in counts.items():
+        (root / name).mkdir(parents=True, exist_ok=True)
+        for i in range(n):
+            _png(root / name / f"{name}{i}.png", value=20 * i % 255)
+    return root
+
+
+def test_class_folders(tmp_path: Path) -> None:
+    ds = scan_dataset(_folder(tmp_path, {"cat": 4, "dog": 3}))
+    assert ds.class_names == ["cat", "dog"]
+    assert ds.counts() == {"cat": 4, "dog": 3}
+    assert ds.skipped == []
+    assert ds.masked == 0
+
+
+def test_empty_class_folder_is_left_out_with_a_warning(tmp_path: Path) -> None:
+    root = _folder(tmp_path, {"a": 3, "b": 3})
+    (root / "empty").mkdir()
+    with pytest.warns(DataWarning, match="empty has no images"):
+        ds = scan_dataset(root)
+    assert ds.class_names == ["a", "b"]
+
+
+def test_single_class_is_an_error(tmp_path: Path) -> None:
+    root = _folder(tmp_path, {"only": 3})
+    (root / "empty").mkdir()
+    with pytest.warns(DataWarning), pytest.raises(ValueError, match="at least two classes"):
+        scan_dataset(root)
+
+
+def test_no_class_folders_or_missing_data(tmp_path: Path) -> None:
+    _png(tmp_path / "loose.png")
+    with pytest.raises(ValueError, match="no class subfolders"):
+        scan_dataset(tmp_path)
+    with pytest.raises(ValueError, match="no such dataset"):
+        scan_dataset(tmp_path / "nope")
+
+
+def test_corrupt_image_is_skipped_with_a_warning_or_an_error_under_strict(tmp_path: Path) -> None:
+    root = _folder(tmp_path, {"a": 3, "b": 3})
+    (root / "a" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
+    with pytest.warns(DataWarning, match=r"broken\.png"):
+        ds = scan_dataset(root)
+    assert ds.counts() == {"a": 3, "b": 3}
+    assert [Path(s["path"]).name for s in ds.skipped] == ["broken.png"]
+    with pytest.raises(ImageLoadError, match=r"broken\.png.*--strict"):
+        scan_dataset(root, strict=True)
+
+
+def test_non_image_files_are_listed_and_skipped(tmp_path: Path) -> None:
+    root = _folder(tmp_path, {"a": 3, "b": 3})
+    (root / "b" / "notes.txt").write_text("hello")
+    (root / "b" / ".DS_Store").write_bytes(b"\0")  # hidden files are ignored silently
+    with pytest.warns(DataWarning, match=r"notes\.txt: not an image file"):
+        ds = scan_dataset(root)
+    assert len(ds.skipped) == 1
+    with pytest.raises(ImageLoadError, match=r"notes\.txt"):
+        scan_dataset(root, strict=True)
+
+
+def test_mask_folder_matches_by_name_and_only_some_images_need_one(tmp_path: Path) -> None:
+    root = _folder(tmp_path / "data", {"a": 3, "b": 3})
+    _png(tmp_path / "masks" / "a0.png", value=255)
+    _png(tmp_path / "masks" / "b2.png", value=0)
+    ds = scan_dataset(root, masks=tmp_path / "masks")
+    with_mask = {s.path.name: s.mask.name for s in ds.samples if s.mask is not None}
+    assert with_mask == {"a0.png": "a0.png", "b2.png": "b2.png"}
+
+
+def test_mask_of_another_size_is_an_error_naming_both(tmp_path: Path) -> None:
+    root = _folder(tmp_path / "data", {"a": 3, "b": 3})
+    _png(tmp_path / "masks" / "a1.png", size=(11, 10))
+    with pytest.raises(ValueError, match=r"mask .*a1\.png is 11x10 but its image .*a1\.png is 12x10"):
+        scan_dataset(root, masks=tmp_path / "masks")
+
+
+def test_manifest_with_masks_and_splits(tmp_path: Path) -> None:
+    for i in range(6):
+        _png(tmp_path / "img" / f"x{i}.png")
+    _png(tmp_path / "m" / "x0.png")
+    splits = ["train", "train", "val", "val", "test", "test"]
+    rows = ["path,label,mask,split"] + [
+        f"img/x{i}.png,{'yes' if i % 2 else 'no'},{'m/x0.png' if i == 0 else ''},{s}"
+        for i, s in enumerate(splits)
+    ]
+    (tmp_path / "data.csv").write_text("\n".join(rows) + "\n")
+    ds = scan_dataset(tmp_path / "data.csv")
+    assert ds.class_names == ["no", "yes"]
+    assert ds.masked == 1
+    parts = split_dataset(ds)
+    assert [len(parts[k]) for k in ("train", "val", "test")] == [2, 2, 2]
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("file,class\na.png,x\n", "header columns path,label"),
+        ("path,label\na.png,\n", "line 2: empty label"),
+        ("path,label,split\na.png,x,holdout\n", "split 'holdout' is not one of"),
+    ],
+)
+def test_bad_manifests(tmp_path: Path, text: str, message: str) -> None:
+    (tmp_path / "m.csv").write_text(text)
+    with pytest.raises(ValueError, match=message):
+        scan_dataset(tmp_path / "m.csv")
+
+
+def test_imbalance_warning_and_balanced_class_weights() -> None:
+    from sklearn.utils.class_weight import compute_class_weight
+
+    with pytest.warns(DataWarning, match="imbalanced classes: a has 40 images, b has 5"):
+        assert warn_imbalance({"a": 40, "b": 5, "c": 12})
+    assert not warn_imbalance({"a": 10, "b": 5})
+    labels = np.array([0] * 40 + [1] * 5 + [2] * 12)
+    expected = compute_class_weight("balanced", classes=np.arange(3), y=labels)
+    np.testing.assert_allclose(class_weights([40, 5, 12]).numpy(), expected, rtol=1e-6)
+    with pytest.raises(ValueError, match="at least one training image"):
+        class_weights([3, 0])
+
+
+def test_stratified_split_keeps_proportions_and_is_seeded() -> None:
+    labels = [0] * 50 + [1] * 20 + [2] * 3
+    parts = stratified_split(labels, seed=3)
+    everything = sorted(i for v in parts.values() for i in v)
+    assert everything == list(range(len(labels)))  # disjoint and complete
+    per = {k: Counter(labels[i] for i in v) for k, v in parts.items()}
+    assert per["val"] == Counter({0: 5, 1: 2, 2: 1})
+    assert per["test"] == Counter({0: 5, 1: 2, 2: 1})
+    assert stratified_split(labels, seed=3) == parts
+    assert stratified_split(labels, seed=4) != parts
+    with pytest.raises(ValueError, match="summing to 1"):
+        stratified_split(labels, (0.5, 0.1, 0.1))
+
+
+def test_split_file_round_trip(tmp_path: Path) -> None:
+    ds = scan_dataset(_folder(tmp_path / "d", {"a": 10, "b": 10}))
+    parts = split_dataset(ds, seed=1)
+    save_split(parts, ds, tmp_path / "split.json")
+    assert load_split(ds, tmp_path / "split.json") == parts
+    (ds.samples[0].path).unlink()
+    smaller = scan_dataset(tmp_path / "d")
+    with pytest.raises(ValueError, match="not in the dataset any more"):
+        load_split(smaller, tmp_path / "split.json")

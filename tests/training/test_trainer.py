@@ -1,0 +1,178 @@
+"""Training: accuracy on synthetic shapes, exact resume, frozen backbones, run folders, checkpoints."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+from cnnlens.data.synthetic import SynthConfig, generate
+from cnnlens.models import apply_head, load_model
+from cnnlens.models.tiny import TinyCNN
+from cnnlens.training import Listener, TrainConfig, Trainer, apply_freeze, frozen_units, set_train_mode
+from cnnlens.training.trainer import CrossEntropy
+
+
+@pytest.fixture(scope="module")
+def shapes(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Circles and triangles, 32 px, 100 per class, no clutter (a from-scratch CNN learns them fast)."""
+    return generate(tmp_path_factory.mktemp("shapes"), SynthConfig(2, 100, 32, clutter=0.0, seed=0))
+
+
+@pytest.fixture(scope="module")
+def small(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return generate(tmp_path_factory.mktemp("small"), SynthConfig(3, 12, 24, seed=1))
+
+
+def tiny_config(data: Path, **kw: Any) -> TrainConfig:
+    base = TrainConfig(
+        data=str(data),
+        model="tinycnn",
+        freeze="none",
+        lr=0.01,
+        batch_size=16,
+        pretrained=False,
+        image_size=32,
+    )
+    return replace(base, **kw)
+
+
+def test_tiny_cnn_learns_synthetic_shapes_to_over_90_percent(shapes: Path, tmp_path: Path) -> None:
+    trainer = Trainer.create(tiny_config(shapes, epochs=10, augment="none"), tmp_path / "run")
+    history = trainer.fit()
+    assert trainer.best is not None
+    assert trainer.best["val_accuracy"] > 0.9
+    assert history[-1]["train_loss"] < history[0]["train_loss"]
+    # the run's best.pt is a model every command accepts, with its class names and preprocessing
+    loaded = load_model(tmp_path / "run")
+    assert loaded.class_names == ["circle", "triangle"]
+    assert loaded.head == "linear"
+    assert loaded.preprocessing.input_size == (32, 32)
+    val = trainer.loader("val", train=False)
+    correct = sum(int((loaded.logits(b["image"]).argmax(1) == b["label"]).sum()) for b in val)
+    assert correct / len(trainer.parts["val"]) == pytest.approx(trainer.best["val_accuracy"])
+    for name in ("config.json", "split.json", "data.json", "history.json", "curves.png", "last.pt"):
+        assert (tmp_path / "run" / name).is_file()
+
+
+class StopAfter(Listener):
+    """Interrupts training like Ctrl-C once ``n`` epochs are done (and checkpointed)."""
+
+    def __init__(self, n: int) -> None:
+        self.n = n
+
+    def on_epoch(self, record: dict[str, Any]) -> None:
+        if record["epoch"] == self.n:
+            raise KeyboardInterrupt
+
+
+def test_resume_gives_the_same_weights_as_an_uninterrupted_run(small: Path, tmp_path: Path) -> None:
+    # mlp64 has dropout and "standard" augments: both draw random numbers every epoch
+    config = tiny_config(small, epochs=4, head="mlp64", augment="standard", image_size=24, batch_size=8)
+    straight = Trainer.create(config, tmp_path / "straight")
+    straight.fit()
+    interrupted = Trainer.create(config, tmp_path / "resumed")
+    with pytest.raises(KeyboardInterrupt):
+        interrupted.fit(StopAfter(2))
+    assert interrupted.epoch == 2
+    resumed = Trainer.resume(tmp_path / "resumed")
+    assert resumed.epoch == 2
+    resumed.fit()
+    a, b = straight.model.module.state_dict(), resumed.model.module.state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert resumed.history == [
+        dict(r, seconds=s["seconds"]) for r, s in zip(straight.history, resumed.history)
+    ]
+    assert Trainer.create(config, tmp_path / "other").model.module.state_dict().keys() == a.keys()
+
+
+def test_frozen_backbone_keeps_weights_and_batch_norm_statistics(small: Path, tmp_path: Path) -> None:
+    trainer = Trainer.create(tiny_config(small, epochs=2, freeze="features"), tmp_path / "run")
+    module = trainer.model.module
+    before = {k: v.clone() for k, v in module.state_dict().items()}
+    trainer.fit()
+    after = module.state_dict()
+    backbone = [k for k in before if not k.startswith("classifier.")]
+    assert any("running_mean" in k for k in backbone)
+    assert all(torch.equal(before[k], after[k]) for k in backbone)  # weights and BN buffers
+    assert not torch.equal(before["classifier.weight"], after["classifier.weight"])
+
+
+def test_freeze_until_layer_and_train_mode() -> None:
+    module = TinyCNN(10)
+    head = apply_head(module, "linear", 3)
+    frozen = frozen_units(module, "until:features.0", head)
+    assert frozen == ["features.0.0", "features.0.1", "features.0.2"]
+    apply_freeze(module, frozen)
+    assert not module.features[0][0].weight.requires_grad
+    assert module.features[1][0].weight.requires_grad
+    set_train_mode(module, frozen)
+    assert not module.features[0].training
+    assert not module.features[0][1].training
+    assert module.training
+    assert module.features[1][1].training
+    assert frozen_units(module, "none", head) == []
+    with pytest.raises(ValueError, match="would freeze the head"):
+        frozen_units(module, "until:classifier", head)
+    with pytest.raises(KeyError, match=r"closest: features\.1"):
+        frozen_units(module, "until:features.11", head)
+    with pytest.raises(ValueError, match="unknown freeze policy"):
+        frozen_units(module, "all", head)
+
+
+def test_run_folder_rules(small: Path, tmp_path: Path) -> None:
+    config = tiny_config(small, epochs=1)
+    Trainer.create(config, tmp_path / "run").fit()
+    with pytest.raises(ValueError, match=r"already exists; use --resume .* or --force"):
+        Trainer.create(config, tmp_path / "run")
+    Trainer.create(config, tmp_path / "run", force=True)
+    (tmp_path / "precious").mkdir()
+    (tmp_path / "precious" / "thesis.tex").write_text("years of work")
+    with pytest.raises(ValueError, match="not a training run; --force will not delete it"):
+        Trainer.create(config, tmp_path / "precious", force=True)
+    assert not (tmp_path / "run" / "best.pt").exists()  # replaced, not mixed
+    with pytest.raises(ValueError, match="not a training run"):
+        Trainer.resume(tmp_path / "elsewhere")
+    with pytest.raises(ValueError, match="no such dataset"):  # a failed start leaves nothing behind
+        Trainer.create(replace(config, data=str(tmp_path / "missing")), tmp_path / "bad")
+    assert not (tmp_path / "bad").exists()
+
+
+def test_class_weights_and_early_stopping_rule(small: Path, tmp_path: Path) -> None:
+    trainer = Trainer.create(tiny_config(small, epochs=5, class_weights=True, patience=2), tmp_path / "run")
+    assert isinstance(trainer.objective, CrossEntropy)
+    assert trainer.objective.weight is not None
+    trainer.history = [{"epoch": e} for e in (1, 2, 3)]
+    trainer.best = {"epoch": 1, "val_accuracy": 0.5, "val_loss": 1.0}
+    assert trainer.stopped_early()
+    assert trainer._improved({"val_accuracy": 0.5, "val_loss": 0.9})
+    assert not trainer._improved({"val_accuracy": 0.4, "val_loss": 0.1})
+
+
+def test_fit_stops_early(small: Path, tmp_path: Path) -> None:
+    trainer = Trainer.create(tiny_config(small, epochs=6, patience=2), tmp_path / "run")
+    with pytest.raises(KeyboardInterrupt):
+        trainer.fit(StopAfter(1))
+    trainer.best = {"epoch": 1, "val_accuracy": 2.0, "val_loss": 0.0}  # cannot be beaten
+    trainer.fit()
+    assert trainer.epoch == 3  # epochs 2 and 3 brought nothing better
+    assert trainer.stopped_early()
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"head": "original"}, "--head must be linear or mlp64"),
+        ({"epochs": 0}, "--epochs must be at least 1"),
+        ({"lr": 0.0}, "--lr must be positive"),
+        ({"patience": 0}, "--patience must be at least 1"),
+        ({"augment": "lots"}, "--augment must be one of"),
+        ({"split": (0.5, 0.5, 0.5)}, "summing to 1"),
+    ],
+)
+def test_bad_settings(kwargs: dict[str, Any], message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        TrainConfig(data="x", **kwargs)
