@@ -14,7 +14,7 @@ from collections.abc import Sequence
 
 from cnnlens.errors import CnnlensError
 
-COMMANDS = ("models", "methods", "explain", "demo")
+COMMANDS = ("models", "methods", "explain", "demo", "benchmark")
 
 
 def build_parser() -> argparse.ArgumentParser:
