@@ -22,7 +22,7 @@ from cnnlens.cli.common import (
 )
 from cnnlens.evaluation.benchmark import REFERENCES, BenchmarkRun, load_dataset, run_benchmark
 from cnnlens.evaluation.metrics import Metric, create_metric, get_metric, metric_names
-from cnnlens.report.benchmark import best_rows, benchmark_report, format_cell
+from cnnlens.report.benchmark import benchmark_report, best_rows, format_cell
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -105,11 +105,15 @@ def run(args: argparse.Namespace) -> int:
     model = model_from_args(args)
     methods = build_methods(model, names, parse_params(args.param), args.layer)
     references = () if args.no_references else REFERENCES
-    bench = BenchmarkRun(model, methods, metrics, args.out, args.cache or args.out / "cache", references, args.seed)
+    bench = BenchmarkRun(
+        model, methods, metrics, args.out, args.cache or args.out / "cache", references, args.seed
+    )
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
     with Progress(*columns, console=console, transient=True) as progress:
         task = progress.add_task("benchmark", total=len(images) * (len(methods) + len(references)))
-        summary = run_benchmark(bench, images, lambda what: progress.update(task, advance=1, description=what))
+        summary = run_benchmark(
+            bench, images, lambda what: progress.update(task, advance=1, description=what)
+        )
     print_table(summary)
     report = benchmark_report(summary, args.out)
     console.print(f"wrote {report}, {args.out / 'benchmark.json'} and {args.out / 'benchmark.csv'}")

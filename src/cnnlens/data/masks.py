@@ -67,7 +67,7 @@ def sample_mask(name: str) -> np.ndarray:
     if name not in polygons:
         raise unknown("sample mask", name, list(polygons))
     entry = polygons[name]
-    return polygon_mask(entry["polygon"], tuple(entry["size"]))  # type: ignore[arg-type]
+    return polygon_mask(entry["polygon"], tuple(entry["size"]))
 
 
 def load_mask(path: str | os.PathLike[str]) -> np.ndarray:

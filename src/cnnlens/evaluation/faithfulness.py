@@ -153,7 +153,7 @@ class _CurveMetric(Metric):
     def __init__(
         self,
         *,
-        steps: int = 20,
+        steps: int = 10,
         baseline: str = "black",
         score: str = "probability",
         blur_sigma: float = 5.0,
@@ -223,7 +223,7 @@ class Insertion(_CurveMetric):
     def __init__(
         self,
         *,
-        steps: int = 20,
+        steps: int = 10,
         baseline: str = "blur",
         score: str = "probability",
         blur_sigma: float = 5.0,

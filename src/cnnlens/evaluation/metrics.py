@@ -246,7 +246,5 @@ def metrics_markdown() -> str:
     for name, cls in _METRICS.items():
         params = ", ".join(f"`{k}={p.default!r}`" for k, p in cls.parameters().items())
         better = "higher" if cls.higher_is_better else "lower"
-        lines.append(
-            f"| `{name}` | {cls.category} | {better} | {cls.summary} | {params} | {cls.reference} |"
-        )
+        lines.append(f"| `{name}` | {cls.category} | {better} | {cls.summary} | {params} | {cls.reference} |")
     return "\n".join(lines) + "\n"

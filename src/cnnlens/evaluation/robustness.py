@@ -36,7 +36,7 @@ class MaxSensitivity(Metric):
     reference = "Yeh et al. 2019"
     needs = ("inputs", "model", "explain")
 
-    def __init__(self, *, n_samples: int = 4, radius: float = 0.02, seed: int = 0):
+    def __init__(self, *, n_samples: int = 3, radius: float = 0.02, seed: int = 0):
         self.n_samples = check_positive_int("n_samples", n_samples)
         if not isinstance(radius, (int, float)) or radius <= 0:
             raise ValueError(f"radius must be a positive share of the input range, got {radius!r}")

@@ -93,7 +93,7 @@ class ModelRandomisation(Metric):
     reference = "Adebayo et al. 2018"
     needs = ("inputs", "model", "explain")
 
-    def __init__(self, *, stages: int = 4, seed: int = 0, threshold: float = 0.5):
+    def __init__(self, *, stages: int = 3, seed: int = 0, threshold: float = 0.5):
         self.stages = check_positive_int("stages", stages)
         self.seed = seed
         self.threshold = check_fraction("threshold", threshold)
