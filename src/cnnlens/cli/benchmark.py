@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import inspect
 from pathlib import Path
 from typing import Any
 
@@ -72,7 +71,7 @@ def build_metrics(names: list[str], params: dict[str, Any]) -> list[Metric]:
         kwargs = {k: v for k, v in params.items() if k in accepted}
         for k, v in kwargs.items():
             default = accepted[k].default
-            if isinstance(default, float) and isinstance(v, int) and default is not inspect.Parameter.empty:
+            if isinstance(default, float) and isinstance(v, int):
                 kwargs[k] = float(v)
         used |= set(kwargs)
         metrics.append(create_metric(cls.name, **kwargs))

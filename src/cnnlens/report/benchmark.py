@@ -43,12 +43,10 @@ def best_rows(summary: dict[str, Any]) -> dict[str, str]:
 
 def curve_png(name: str, curves: dict[str, list[list[float]]]) -> str:
     """One metric's mean curves (one line per row) as a PNG data URI."""
-    import matplotlib
+    from matplotlib.figure import Figure
 
-    matplotlib.use("Agg")
-    from matplotlib import pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(5, 3.4), dpi=100)
+    fig = Figure(figsize=(5, 3.4), dpi=90)
+    ax = fig.subplots()
     for row, (xs, ys) in curves.items():
         ax.plot(xs, ys, label=row, linestyle="--" if row.startswith("reference") else "-")
     xlabel, ylabel = CURVE_AXES.get(name, ("step", "value"))
@@ -57,7 +55,6 @@ def curve_png(name: str, curves: dict[str, list[list[float]]]) -> str:
     fig.tight_layout()
     buf = io.BytesIO()
     fig.savefig(buf, format="png")
-    plt.close(fig)
     return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
 
 
