@@ -156,3 +156,20 @@ def test_mean_ci_and_references() -> None:
     assert reference_map("random", (5, 5), 1).equal(reference_map("random", (5, 5), 1))
     with pytest.raises(ValueError, match="gaussian"):
         reference_map("uniform", (5, 5))
+
+
+def test_best_rows_follow_the_direction_and_skip_references() -> None:
+    from cnnlens.report.benchmark import best_rows
+
+    def cell(v: float) -> dict[str, float]:
+        return {"mean": v}
+
+    summary = {
+        "metrics": [{"name": "up", "higher_is_better": True}, {"name": "down", "higher_is_better": False}],
+        "table": [
+            {"row": "a", "reference": False, "metrics": {"up": cell(0.5), "down": cell(0.2)}},
+            {"row": "b", "reference": False, "metrics": {"up": cell(0.5), "down": cell(0.1)}},
+            {"row": "ref", "reference": True, "metrics": {"up": cell(0.9), "down": cell(0.0)}},
+        ],
+    }
+    assert best_rows(summary) == {"up": {"a", "b"}, "down": {"b"}}

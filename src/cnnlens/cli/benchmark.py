@@ -92,7 +92,7 @@ def print_table(summary: dict[str, Any]) -> None:
         for m in summary["metrics"]:
             cell = row["metrics"][m["name"]]
             text = format_cell(cell["mean"], cell["ci95"])
-            cells.append(f"[bold]{text}[/]" if best.get(m["name"]) == row["row"] else text)
+            cells.append(f"[bold]{text}[/]" if row["row"] in best.get(m["name"], set()) else text)
         table.add_row(row["row"], *cells, style="dim" if row["reference"] else None)
     console.print(table)
 

@@ -26,18 +26,19 @@ def format_cell(mean: float, half: float) -> str:
     return f"{mean:.3f}" if math.isnan(half) else f"{mean:.3f} ± {half:.3f}"
 
 
-def best_rows(summary: dict[str, Any]) -> dict[str, str]:
-    """For each metric, the non-reference row with the best mean in the metric's direction."""
-    best: dict[str, str] = {}
+def best_rows(summary: dict[str, Any]) -> dict[str, set[str]]:
+    """For each metric, the non-reference rows with the best mean in the metric's direction (ties all)."""
+    best: dict[str, set[str]] = {}
     for metric in summary["metrics"]:
         name, sign = metric["name"], 1.0 if metric["higher_is_better"] else -1.0
-        scored = [
-            (sign * row["metrics"][name]["mean"], row["row"])
+        scored = {
+            row["row"]: sign * row["metrics"][name]["mean"]
             for row in summary["table"]
             if not row["reference"] and not math.isnan(row["metrics"][name]["mean"])
-        ]
+        }
         if scored:
-            best[name] = max(scored)[1]
+            top = max(scored.values())
+            best[name] = {row for row, value in scored.items() if value == top}
     return best
 
 
@@ -72,7 +73,7 @@ def benchmark_report(
                 {
                     "text": format_cell(cell["mean"], cell["ci95"]),
                     "n": cell["n"],
-                    "best": best.get(metric["name"]) == row["row"] and not row["reference"],
+                    "best": row["row"] in best.get(metric["name"], set()),
                 }
             )
         rows.append({"name": row["row"], "reference": row["reference"], "cells": cells})
