@@ -14,7 +14,18 @@ from collections.abc import Sequence
 
 from cnnlens.errors import CnnlensError
 
-COMMANDS = ("models", "methods", "explain", "demo", "layers", "channels", "data", "train", "evaluate")
+COMMANDS = (
+    "models",
+    "methods",
+    "explain",
+    "demo",
+    "layers",
+    "channels",
+    "data",
+    "train",
+    "evaluate",
+    "benchmark",
+)
 
 
 def build_parser() -> argparse.ArgumentParser:

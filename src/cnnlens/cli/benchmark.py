@@ -1,0 +1,119 @@
+"""``cnnlens benchmark``: every method x every metric over images with object masks."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from cnnlens.attribution import method_names
+from cnnlens.cli.common import (
+    add_model_arguments,
+    build_methods,
+    console,
+    method_choices_help,
+    model_from_args,
+    parse_params,
+    split_list,
+)
+from cnnlens.evaluation.benchmark import REFERENCES, BenchmarkRun, load_dataset, run_benchmark
+from cnnlens.evaluation.metrics import Metric, create_metric, get_metric, metric_names
+from cnnlens.report.benchmark import benchmark_report, best_rows, format_cell
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "benchmark",
+        help="score attribution methods with faithfulness, localisation, sanity and other metrics",
+        description="Writes OUT/benchmark.json, OUT/benchmark.csv, OUT/benchmark.html and "
+        "OUT/results.jsonl (per image; a re-run resumes and only computes what is missing). "
+        "DATA is 'samples' (the shipped photos with hand-drawn object masks) or a folder with "
+        "images/<name>.<ext> and optional masks/<name>.<ext> (non-zero = object), matched by name.",
+    )
+    add_model_arguments(p)
+    p.add_argument("--data", default="samples", help="'samples' or a folder (default: samples)")
+    p.add_argument("--methods", action="append", help=method_choices_help() + " (default: all)")
+    p.add_argument(
+        "--metrics",
+        action="append",
+        help="comma-separated metrics, or 'all': " + ", ".join(metric_names()) + " (default: all)",
+    )
+    p.add_argument("-p", "--param", action="append", metavar="KEY=VALUE", help="method parameter")
+    p.add_argument(
+        "--metric-param",
+        action="append",
+        metavar="KEY=VALUE",
+        help="metric parameter, given to every selected metric that takes it, e.g. steps=10",
+    )
+    p.add_argument("--layer", help="layer for CAM methods (default: the model's)")
+    p.add_argument("--no-references", action="store_true", help="leave out the Gaussian and random rows")
+    p.add_argument("--seed", type=int, default=0, help="seed of the random reference map (default 0)")
+    p.add_argument("--cache", type=Path, help="attribution cache folder (default: OUT/cache)")
+    p.add_argument("-o", "--out", required=True, type=Path, help="output folder")
+    p.set_defaults(func=run)
+
+
+def selected(values: list[str] | None, every: list[str]) -> list[str]:
+    names = split_list(values)
+    return every if not names or names == ["all"] else names
+
+
+def build_metrics(names: list[str], params: dict[str, Any]) -> list[Metric]:
+    """Create each named metric with the parameters it accepts; unused parameters are an error."""
+    classes = [get_metric(n) for n in names]
+    used: set[str] = set()
+    metrics = []
+    for cls in classes:
+        accepted = cls.parameters()
+        kwargs = {k: v for k, v in params.items() if k in accepted}
+        for k, v in kwargs.items():
+            default = accepted[k].default
+            if isinstance(default, float) and isinstance(v, int):
+                kwargs[k] = float(v)
+        used |= set(kwargs)
+        metrics.append(create_metric(cls.name, **kwargs))
+    unused = set(params) - used
+    if unused:
+        raise ValueError(f"no selected metric takes the parameter(s) {', '.join(sorted(unused))}")
+    return metrics
+
+
+def print_table(summary: dict[str, Any]) -> None:
+    best = best_rows(summary)
+    table = Table(title="mean ± 95% CI over images (best method per column in bold)", title_justify="left")
+    table.add_column("method")
+    for m in summary["metrics"]:
+        table.add_column(f"{m['name']} {'↑' if m['higher_is_better'] else '↓'}", justify="right")
+    for row in summary["table"]:
+        cells = []
+        for m in summary["metrics"]:
+            cell = row["metrics"][m["name"]]
+            text = format_cell(cell["mean"], cell["ci95"])
+            cells.append(f"[bold]{text}[/]" if row["row"] in best.get(m["name"], set()) else text)
+        table.add_row(row["row"], *cells, style="dim" if row["reference"] else None)
+    console.print(table)
+
+
+def run(args: argparse.Namespace) -> int:
+    metrics = build_metrics(selected(args.metrics, metric_names()), parse_params(args.metric_param))
+    names = selected(args.methods, method_names())
+    images = load_dataset(args.data)
+    model = model_from_args(args)
+    methods = build_methods(model, names, parse_params(args.param), args.layer)
+    references = () if args.no_references else REFERENCES
+    bench = BenchmarkRun(
+        model, methods, metrics, args.out, args.cache or args.out / "cache", references, args.seed
+    )
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    with Progress(*columns, console=console, transient=True) as progress:
+        task = progress.add_task("benchmark", total=len(images) * (len(methods) + len(references)))
+        summary = run_benchmark(
+            bench, images, lambda what: progress.update(task, advance=1, description=what)
+        )
+    print_table(summary)
+    report = benchmark_report(summary, args.out)
+    console.print(f"wrote {report}, {args.out / 'benchmark.json'} and {args.out / 'benchmark.csv'}")
+    return 0

@@ -1,0 +1,141 @@
+"""Localisation: does the map point at the object, given its mask?"""
+
+from __future__ import annotations
+
+import torch
+from scipy import ndimage
+
+from cnnlens.evaluation.faithfulness import pixel_ranks
+from cnnlens.evaluation.metrics import (
+    Metric,
+    MetricResult,
+    Sample,
+    as_map,
+    as_mask,
+    check_fraction,
+    nan_result,
+    register_metric,
+)
+
+
+def pointing_game(attribution: torch.Tensor, mask: torch.Tensor, tolerance: float = 15.0) -> float:
+    """Whether the map's maximum falls on the object, allowing ``tolerance`` pixels of slack.
+
+    A maximum is a hit when some mask pixel lies within ``tolerance`` pixels (Euclidean) of it. When
+    several pixels share the maximum the result is the share of them that hit, so a constant map gets
+    the object's (dilated) area share, not a free hit.
+
+    Args:
+        attribution: ``(H, W)`` map.
+        mask: ``(H, W)`` boolean object mask.
+        tolerance: Slack in pixels of the map.
+
+    Returns:
+        1.0 for a hit, 0.0 for a miss (a share in between for tied maxima).
+
+    References:
+        Zhang et al. Top-down Neural Attention by Excitation Backprop. ECCV 2016 / IJCV 2018.
+    """
+    distance = ndimage.distance_transform_edt(~mask.numpy())
+    hits = torch.from_numpy(distance <= tolerance)
+    peak = attribution == attribution.max()
+    return float(hits[peak].float().mean())
+
+
+def energy_in_mask(attribution: torch.Tensor, mask: torch.Tensor) -> float:
+    """Share of the positive attribution that lies inside the mask (NaN when none is positive).
+
+    References:
+        Wang et al. Score-CAM: Score-Weighted Visual Explanations for Convolutional Neural Networks.
+        CVPR workshops 2020.
+    """
+    positive = attribution.clamp(min=0)
+    total = float(positive.sum())
+    return float(positive[mask].sum()) / total if total > 0 else float("nan")
+
+
+def top_region(attribution: torch.Tensor, fraction: float) -> torch.Tensor:
+    """The ``round(fraction * H * W)`` highest pixels of the map (ties in raster order), ``(H, W)`` bool."""
+    return pixel_ranks(attribution) < round(fraction * attribution.numel())
+
+
+def region_iou(region: torch.Tensor, mask: torch.Tensor) -> float:
+    """Intersection over union of two boolean masks."""
+    union = int((region | mask).sum())
+    return int((region & mask).sum()) / union if union else 0.0
+
+
+@register_metric
+class PointingGame(Metric):
+    """Pointing game: is the map's maximum on the object (within ``tolerance`` pixels)?
+
+    References:
+        Zhang et al. Top-down Neural Attention by Excitation Backprop. IJCV 2018.
+    """
+
+    name = "pointing_game"
+    category = "localisation"
+    higher_is_better = True
+    summary = "1 if the map's maximum is on the object (15 px tolerance)"
+    reference = "Zhang et al. 2018"
+    needs = ("mask",)
+
+    def __init__(self, *, tolerance: float = 15.0):
+        if not isinstance(tolerance, (int, float)) or tolerance < 0:
+            raise ValueError(f"tolerance must be a non-negative number of pixels, got {tolerance!r}")
+        self.tolerance = float(tolerance)
+
+    def _evaluate(self, sample: Sample) -> MetricResult:
+        a = as_map(sample.attribution)
+        return MetricResult(pointing_game(a, as_mask(sample.mask, tuple(a.shape)), self.tolerance))
+
+
+@register_metric
+class EnergyPointingGame(Metric):
+    """Energy-based pointing game: the share of positive attribution inside the mask.
+
+    Undefined (NaN) for a map with no positive value.
+
+    References:
+        Wang et al. Score-CAM. CVPR workshops 2020.
+    """
+
+    name = "energy_pointing"
+    category = "localisation"
+    higher_is_better = True
+    summary = "share of the positive attribution inside the object mask"
+    reference = "Wang et al. 2020"
+    needs = ("mask",)
+
+    def __init__(self) -> None:
+        pass
+
+    def _evaluate(self, sample: Sample) -> MetricResult:
+        a = as_map(sample.attribution)
+        value = energy_in_mask(a, as_mask(sample.mask, tuple(a.shape)))
+        return nan_result("no positive attribution") if value != value else MetricResult(value)
+
+
+@register_metric
+class TopKIoU(Metric):
+    """IoU of the map's top ``fraction`` of pixels with the object mask.
+
+    References:
+        Zhou et al. Learning Deep Features for Discriminative Localization. CVPR 2016 (thresholded-map
+        localisation).
+    """
+
+    name = "topk_iou"
+    category = "localisation"
+    higher_is_better = True
+    summary = "IoU of the top-k% pixels with the object mask"
+    reference = "Zhou et al. 2016"
+    needs = ("mask",)
+
+    def __init__(self, *, fraction: float = 0.2):
+        self.fraction = check_fraction("fraction", fraction)
+
+    def _evaluate(self, sample: Sample) -> MetricResult:
+        a = as_map(sample.attribution)
+        mask = as_mask(sample.mask, tuple(a.shape))
+        return MetricResult(region_iou(top_region(a, self.fraction), mask))

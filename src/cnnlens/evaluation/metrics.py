@@ -1,0 +1,250 @@
+"""The contract every explanation metric follows, and the metric registry.
+
+A metric is a subclass of :class:`Metric` that declares, as class data, its ``category`` and whether a
+higher value is better (like Quantus), stores its keyword-only parameters in ``__init__`` and implements
+:meth:`Metric._evaluate` for one :class:`Sample` (one image, its map and what produced it). The
+registry is the single source of the CLI choices and the docs table.
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, TypeVar
+
+import numpy as np
+import torch
+from torch import nn
+
+from cnnlens.data.transforms import Preprocessing
+from cnnlens.errors import unknown
+
+#: Recomputes the map of one input for a (possibly changed) model: ``(module, x (1,C,H,W), target)``.
+ExplainFn = Callable[[nn.Module, torch.Tensor, int], torch.Tensor]
+
+CATEGORIES = ("faithfulness", "localisation", "sanity", "robustness", "complexity")
+
+
+@dataclass
+class Sample:
+    """One image to evaluate an explanation on.
+
+    Attributes:
+        attribution: ``(H, W)`` map at the input resolution.
+        inputs: ``(1, C, H, W)`` or ``(C, H, W)`` preprocessed image (needed by model-based metrics).
+        model: The classifier (needed by faithfulness, sanity and robustness metrics).
+        target: The explained class index.
+        mask: ``(H, W)`` boolean object mask (localisation metrics).
+        explain: Recomputes the map for a changed model or input (sanity and robustness metrics).
+        preprocessing: How the inputs were normalised (gives the ``black`` baseline); ``None``: black
+            is 0 in input units.
+    """
+
+    attribution: torch.Tensor | np.ndarray
+    inputs: torch.Tensor | None = None
+    model: nn.Module | None = None
+    target: int = 0
+    mask: torch.Tensor | np.ndarray | None = None
+    explain: ExplainFn | None = None
+    preprocessing: Preprocessing | None = None
+
+
+@dataclass
+class MetricResult:
+    """A metric's value for one sample, with an optional curve (x, y) and extras."""
+
+    value: float
+    curve: tuple[list[float], list[float]] | None = None
+    extras: dict[str, Any] = field(default_factory=dict)
+
+
+class Metric(ABC):
+    """Base class of every explanation metric.
+
+    Class attributes:
+        name: Registry name (``"deletion"``).
+        category: One of :data:`CATEGORIES`.
+        higher_is_better: The metric's direction.
+        summary: One line for the docs and the report.
+        reference: The paper.
+        needs: Which :class:`Sample` fields must be set besides ``attribution``.
+    """
+
+    name: ClassVar[str]
+    category: ClassVar[str]
+    higher_is_better: ClassVar[bool]
+    summary: ClassVar[str]
+    reference: ClassVar[str]
+    needs: ClassVar[tuple[str, ...]] = ()
+
+    @classmethod
+    def parameters(cls) -> dict[str, inspect.Parameter]:
+        """The keyword parameters of ``__init__``."""
+        sig = inspect.signature(cls.__init__)
+        return {k: p for k, p in sig.parameters.items() if p.kind is inspect.Parameter.KEYWORD_ONLY}
+
+    def get_params(self) -> dict[str, Any]:
+        return {k: getattr(self, k) for k in self.parameters()}
+
+    def __call__(self, sample: Sample) -> MetricResult:
+        """Evaluate one sample after checking that it carries what this metric needs.
+
+        Raises:
+            ValueError, TypeError: A missing field, a shape mismatch, an empty mask or a non-finite map.
+        """
+        for need in self.needs:
+            if getattr(sample, need) is None:
+                raise ValueError(f"metric {self.name!r} needs Sample.{need}, which is None")
+        return self._evaluate(sample)
+
+    @abstractmethod
+    def _evaluate(self, sample: Sample) -> MetricResult:
+        """The per-metric computation."""
+
+    def __repr__(self) -> str:
+        args = ", ".join(f"{k}={v!r}" for k, v in self.get_params().items())
+        return f"{type(self).__name__}({args})"
+
+
+# -- checks shared by the metrics ------------------------------------------------------------------
+
+
+def as_map(attribution: torch.Tensor | np.ndarray) -> torch.Tensor:
+    """A finite ``(H, W)`` float map (a leading batch axis of one is dropped)."""
+    a = torch.as_tensor(np.asarray(attribution) if isinstance(attribution, np.ndarray) else attribution)
+    a = a.detach().cpu().float()
+    if a.ndim == 3 and a.shape[0] == 1:
+        a = a[0]
+    if a.ndim != 2:
+        raise ValueError(f"attribution must be one (H, W) map, got shape {tuple(a.shape)}")
+    if a.numel() == 0:
+        raise ValueError("attribution is empty")
+    if not torch.isfinite(a).all():
+        raise ValueError("attribution contains NaN or infinite values")
+    return a
+
+
+def as_mask(mask: torch.Tensor | np.ndarray | None, shape: tuple[int, ...]) -> torch.Tensor:
+    """A non-empty boolean mask of ``shape``."""
+    if mask is None:
+        raise ValueError("this metric needs an object mask, got None")
+    m = torch.as_tensor(np.asarray(mask) if isinstance(mask, np.ndarray) else mask).detach().cpu()
+    if m.ndim == 3 and m.shape[0] == 1:
+        m = m[0]
+    if tuple(m.shape) != tuple(shape):
+        raise ValueError(
+            f"mask shape {tuple(m.shape)} does not match the attribution shape {tuple(shape)}; "
+            "map the mask into the model input view first (cnnlens.data.masks.mask_to_input)"
+        )
+    m = m.bool() if m.dtype == torch.bool else m != 0
+    if not m.any():
+        raise ValueError("the mask is empty (no pixel is inside the object)")
+    return m
+
+
+def as_input(inputs: torch.Tensor | None, shape: tuple[int, ...]) -> torch.Tensor:
+    """A ``(1, C, H, W)`` input whose spatial size matches the map."""
+    if not isinstance(inputs, torch.Tensor):
+        raise TypeError(f"inputs must be a tensor, got {type(inputs).__name__}")
+    x = inputs[None] if inputs.ndim == 3 else inputs
+    if x.ndim != 4 or x.shape[0] != 1:
+        raise ValueError(f"inputs must be one (1, C, H, W) image, got shape {tuple(inputs.shape)}")
+    if tuple(x.shape[-2:]) != tuple(shape):
+        raise ValueError(
+            f"inputs are {tuple(x.shape[-2:])} pixels but the attribution is {tuple(shape)}; "
+            "they must have the same spatial size"
+        )
+    return x.detach()
+
+
+def check_fraction(name: str, value: float) -> float:
+    if not isinstance(value, (int, float)) or not 0 < value < 1:
+        raise ValueError(f"{name} must be a fraction in (0, 1), got {value!r}")
+    return float(value)
+
+
+def check_positive_int(name: str, value: int) -> int:
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    return value
+
+
+T = TypeVar("T")
+
+
+def required(value: T | None, what: str) -> T:
+    """``value``, or a ValueError naming the missing :class:`Sample` field."""
+    if value is None:
+        raise ValueError(f"this metric needs Sample.{what}, which is None")
+    return value
+
+
+def nan_result(reason: str) -> MetricResult:
+    """The result of a metric that is undefined for this map (e.g. no positive attribution)."""
+    return MetricResult(math.nan, extras={"undefined": reason})
+
+
+# -- the registry ----------------------------------------------------------------------------------
+
+_METRICS: dict[str, type[Metric]] = {}
+
+M = TypeVar("M", bound=type[Metric])
+
+
+def register_metric(cls: M) -> M:
+    """Class decorator adding a metric to the registry under ``cls.name``.
+
+    Raises:
+        TypeError: A declaration is missing or the category is unknown.
+        ValueError: The name is already taken by another class.
+    """
+    for attr in ("name", "category", "higher_is_better", "summary", "reference"):
+        if getattr(cls, attr, None) is None:
+            raise TypeError(f"{cls.__name__} must set the class attribute {attr!r} to be registered")
+    if cls.category not in CATEGORIES:
+        raise TypeError(f"{cls.__name__}.category must be one of {CATEGORIES}, got {cls.category!r}")
+    if cls.name in _METRICS and _METRICS[cls.name] is not cls:
+        raise ValueError(f"metric name {cls.name!r} is already registered by {_METRICS[cls.name].__name__}")
+    _METRICS[cls.name] = cls
+    return cls
+
+
+def metric_names() -> list[str]:
+    """Every registered metric name, in registration order."""
+    return list(_METRICS)
+
+
+def get_metric(name: str) -> type[Metric]:
+    """The class registered as ``name``; an unknown name lists the closest ones."""
+    try:
+        return _METRICS[name]
+    except KeyError:
+        raise unknown("metric", name, metric_names()) from None
+
+
+def create_metric(name: str, **params: Any) -> Metric:
+    """Instantiate the metric ``name`` with ``params`` (unknown parameters are an error)."""
+    cls = get_metric(name)
+    bad = [k for k in params if k not in cls.parameters()]
+    if bad:
+        raise TypeError(
+            f"metric {name!r} has no parameter {', '.join(map(repr, bad))}; "
+            f"its parameters are: {', '.join(cls.parameters()) or 'none'}"
+        )
+    return cls(**params)
+
+
+def metrics_markdown() -> str:
+    """The metrics table of the docs, generated from the registry."""
+    lines = [
+        "| metric | category | better | what it measures | parameters | reference |",
+        "|---|---|---|---|---|---|",
+    ]
+    for name, cls in _METRICS.items():
+        params = ", ".join(f"`{k}={p.default!r}`" for k, p in cls.parameters().items())
+        better = "higher" if cls.higher_is_better else "lower"
+        lines.append(f"| `{name}` | {cls.category} | {better} | {cls.summary} | {params} | {cls.reference} |")
+    return "\n".join(lines) + "\n"
