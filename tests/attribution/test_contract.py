@@ -110,6 +110,17 @@ def test_every_method_is_documented(name: str) -> None:
     assert cls.family in {"gradient", "cam", "perturbation", "surrogate", "layer", "model"}
 
 
+@pytest.mark.parametrize("name", METHODS)
+def test_quick_params_are_real_and_lighter(name: str) -> None:
+    cls = get_method(name)
+    params = cls.hyperparameters()
+    for key, value in cls.quick_params.items():
+        assert key in params, f"{name}.quick_params sets unknown parameter {key!r}"
+        default = params[key].default
+        if isinstance(default, int) and key in {"n_samples", "n_masks", "steps"}:
+            assert value < default
+
+
 def test_unknown_method_suggests_names() -> None:
     with pytest.raises(KeyError, match="closest: gradcam"):
         get_method("gradcm")

@@ -127,6 +127,25 @@ def test_demo_writes_report(tmp_path: Path) -> None:
     assert summary["images"][0]["predictions"][0]["class_name"] == "espresso"
 
 
+def test_quick_settings_and_overrides(chelsea: Path, tmp_path: Path) -> None:
+    from cnnlens.cli.common import build_methods
+    from cnnlens.models import load_model
+
+    model = load_model("efficientnet_lite0")
+    quick = build_methods(model, ["rise", "occlusion"], {"window": 40}, None, quick=True)
+    assert quick[0].get_params()["n_masks"] == 256  # RISE.quick_params
+    assert quick[1].get_params()["window"] == 40  # the user's -p wins over the quick setting
+    assert quick[1].get_params()["stride"] == 24
+    full = build_methods(model, ["rise"], {}, None)
+    assert full[0].get_params()["n_masks"] == 1000
+    # a quick preset the user did not ask for never counts as an unused parameter
+    build_methods(model, ["saliency"], {}, None, quick=True)
+    out = tmp_path / "o"
+    code = main(["explain", str(chelsea), "-m", "rise", "--quick", "-p", "n_masks=64", "-o", str(out)])
+    assert code == 0
+    assert (out / "chelsea" / "rise.npz").exists()
+
+
 def test_console_script_runs() -> None:
     exe = shutil.which("cnnlens", path=str(Path(sys.executable).parent))
     assert exe is not None

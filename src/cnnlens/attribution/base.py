@@ -116,6 +116,10 @@ class Attribution(ABC):
     #: Whether ``precision="auto"`` may choose bfloat16 for this method (its bf16 maps keep a Spearman
     #: rank correlation >= 0.99 with the fp32 maps; measured by ``bench/attribution.py --precision``).
     bf16_faithful: ClassVar[bool] = False
+    #: Lighter hyper-parameters for a first look (``cnnlens demo``, ``cnnlens explain --quick``): fewer
+    #: samples, steps or windows, chosen so that every method on the five sample photos fits the demo's
+    #: five-minute budget on a 2-core CPU. The paper defaults stay the defaults.
+    quick_params: ClassVar[dict[str, Any]] = {}
 
     def __init__(
         self,

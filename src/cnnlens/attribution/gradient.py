@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -185,6 +185,7 @@ class SmoothGrad(Attribution):
     """
 
     name = "smoothgrad"
+    quick_params: ClassVar[dict[str, Any]] = {"n_samples": 16}
     family = "gradient"
     summary = "gradient statistics over noisy copies (variant: smoothgrad, squared, vargrad)"
     reference = "Smilkov et al. 2017"
@@ -292,6 +293,7 @@ class IntegratedGradients(Attribution):
     """
 
     name = "integrated_gradients"
+    quick_params: ClassVar[dict[str, Any]] = {"steps": 16}
     family = "gradient"
     summary = "(x - baseline) times the gradient averaged along the straight path"
     reference = "Sundararajan et al. 2017"

@@ -18,7 +18,7 @@ import re
 from abc import abstractmethod
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
@@ -410,6 +410,7 @@ class LayerGradientShap(LayerMethod):
     """
 
     name = "layer_gradshap"
+    quick_params: ClassVar[dict[str, Any]] = {"n_samples": 8}
     summary = "expected gradients at a layer over a set of baselines (seeded)"
     reference = "Lundberg & Lee 2017; Erion et al. 2021"
 

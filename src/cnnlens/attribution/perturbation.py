@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -44,6 +45,7 @@ class Occlusion(Attribution):
     """
 
     name = "occlusion"
+    quick_params: ClassVar[dict[str, Any]] = {"window": 48, "stride": 24}
     family = "perturbation"
     summary = "score drop when a sliding window is hidden"
     reference = "Zeiler & Fergus 2014"
@@ -153,6 +155,7 @@ class DoubleOcclusion(Occlusion):
     """
 
     name = "double_occlusion"
+    quick_params: ClassVar[dict[str, Any]] = {"window": 32, "stride": 32}
     summary = "score drop with a fixed window and a second sliding window hidden"
     reference = "Zeiler & Fergus 2014; seed 002 (Fang)"
     bf16_faithful = False
@@ -246,6 +249,7 @@ class RISE(Attribution):
     """
 
     name = "rise"
+    quick_params: ClassVar[dict[str, Any]] = {"n_masks": 256}
     family = "perturbation"
     summary = "average of random smooth masks weighted by the score"
     reference = "Petsiuk et al. 2018"

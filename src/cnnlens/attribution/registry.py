@@ -62,15 +62,17 @@ def create(name: str, model: ModelLike, **params: Any) -> Attribution:
 def methods_markdown() -> str:
     """The methods table of the docs, generated from the registry."""
     lines = [
-        "| method | family | layer | gradients | what it shows | parameters | reference |",
-        "|---|---|---|---|---|---|---|",
+        "| method | family | layer | gradients | what it shows | parameters | `--quick` | reference |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for name, cls in _METHODS.items():
         params = ", ".join(
             f"`{k}={v.default!r}`" for k, v in cls.hyperparameters().items() if k != "batch_size"
         )
+        quick = ", ".join(f"`{k}={v!r}`" for k, v in cls.quick_params.items())
         lines.append(
             f"| `{name}` | {cls.family} | {'yes' if cls.uses_layer else 'no'} | "
-            f"{'yes' if cls.needs_gradients else 'no'} | {cls.summary} | {params} | {cls.reference} |"
+            f"{'yes' if cls.needs_gradients else 'no'} | {cls.summary} | {params} | {quick} | "
+            f"{cls.reference} |"
         )
     return "\n".join(lines) + "\n"

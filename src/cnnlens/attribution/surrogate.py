@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -180,6 +180,7 @@ class LIME(SuperpixelSurrogate):
     """
 
     name = "lime"
+    quick_params: ClassVar[dict[str, Any]] = {"n_samples": 256}
     summary = "weighted ridge fit of the score on superpixel on/off switches"
     reference = "Ribeiro et al. 2016"
     bf16_faithful = True
@@ -308,6 +309,7 @@ class KernelSHAP(SuperpixelSurrogate):
     """
 
     name = "kernelshap"
+    quick_params: ClassVar[dict[str, Any]] = {"n_samples": 256}
     summary = "Shapley values of superpixels by Shapley-kernel regression"
     reference = "Lundberg & Lee 2017"
 

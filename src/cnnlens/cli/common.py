@@ -100,22 +100,35 @@ def parse_params(pairs: list[str] | None) -> dict[str, Any]:
 
 
 def build_methods(
-    model: LoadedModel, names: list[str], params: dict[str, Any], layer: str | None
+    model: LoadedModel,
+    names: list[str],
+    params: dict[str, Any],
+    layer: str | None,
+    *,
+    quick: bool = False,
+    per_method: dict[str, dict[str, Any]] | None = None,
 ) -> list[Attribution]:
-    """Create each named method with the parameters it accepts; unused parameters are an error."""
+    """Create each named method with the parameters it accepts; unused parameters are an error.
+
+    ``quick`` starts from each method's :attr:`~Attribution.quick_params`; ``per_method`` sets
+    parameters of single methods; ``params`` (the user's ``-p``) overrides both.
+    """
     classes = [get_method(n) for n in names]
     used: set[str] = set()
     methods = []
     for cls in classes:
         accepted = cls.hyperparameters()
-        kwargs = {k: v for k, v in params.items() if k in accepted}
+        preset = dict(cls.quick_params) if quick else {}
+        preset |= (per_method or {}).get(cls.name, {})
+        given = {k: v for k, v in params.items() if k in accepted}
+        used |= set(given)
+        kwargs = preset | given
         if layer is not None and cls.uses_layer:
             kwargs["layer"] = layer
         for k, v in kwargs.items():
             default = accepted[k].default
             if isinstance(default, float) and isinstance(v, int):
                 kwargs[k] = float(v)
-        used |= set(kwargs)
         methods.append(create(cls.name, model, **kwargs))
     unused = set(params) - used
     if unused:

@@ -52,6 +52,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         metavar="KEY=VALUE",
         help="method parameter, e.g. window=48",
     )
+    p.add_argument(
+        "--quick",
+        action="store_true",
+        help="lighter settings for a first look (fewer samples/steps/windows; see `cnnlens methods`)",
+    )
     p.add_argument("--top", type=int, default=5, help="how many predictions to print (default 5)")
     p.add_argument("-o", "--out", required=True, type=Path, help="output folder")
     p.set_defaults(func=run)
@@ -84,7 +89,7 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"--top must be at least 1, got {args.top}")
     names = selected_methods(args.method)
     model = model_from_args(args)
-    methods = build_methods(model, names, parse_params(args.param), args.layer)
+    methods = build_methods(model, names, parse_params(args.param), args.layer, quick=args.quick)
     targets = check_targets(model, split_list(args.target))
     images, errors = load_images(args.images)
     for e in errors:

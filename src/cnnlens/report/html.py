@@ -5,7 +5,7 @@ from __future__ import annotations
 import base64
 import io
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -41,8 +41,10 @@ def demo_report(
     out: str | os.PathLike[str],
     *,
     title: str = "cnnlens: why the model decided",
+    settings: Mapping[str, str] | None = None,
 ) -> Path:
-    """Write ``index.html``: predictions, an image x method grid of overlays and the timings."""
+    """Write ``index.html``: predictions, an image x method grid of overlays, the timings and each
+    method's settings."""
     rows: list[dict[str, Any]] = []
     totals = dict.fromkeys(methods, 0.0)
     for r in results:
@@ -74,7 +76,9 @@ def demo_report(
     html = (
         _env()
         .get_template("demo.html.j2")
-        .render(title=title, rows=rows, methods=methods, totals=totals, summary=summary)
+        .render(
+            title=title, rows=rows, methods=methods, totals=totals, summary=summary, settings=settings or {}
+        )
     )
     path = Path(out) / "index.html"
     path.write_text(html, encoding="utf-8")
