@@ -68,6 +68,49 @@ def tiny_loaded(seed: int = 0, classes: int = 3) -> LoadedModel:
     )
 
 
+class FailAt(nn.Module):
+    """Wraps a module and raises on its n-th call."""
+
+    def __init__(self, inner: nn.Module, fail_at: int) -> None:
+        super().__init__()
+        self.inner = inner
+        self.fail_at = fail_at
+        self.calls = 0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.calls += 1
+        if self.calls >= self.fail_at:
+            raise RuntimeError("injected failure")
+        out: torch.Tensor = self.inner(x)
+        return out
+
+
+def tiny_spn_loaded(seed: int = 0, classes: int = 3, fail_at: int | None = None) -> LoadedModel:
+    """A small saliency-aware network (F-Net of two convs, C-Net, SPN) on 32 px inputs."""
+    from cnnlens.models.saliency_net import SaliencyAwareNet
+
+    torch.manual_seed(seed)
+    features: nn.Module = nn.Sequential(
+        nn.Conv2d(3, 4, 3, padding=1),
+        nn.BatchNorm2d(4),
+        nn.ReLU(inplace=True),
+        nn.Conv2d(4, 6, 3, padding=1, stride=2),
+        nn.ReLU(inplace=True),
+    )
+    if fail_at is not None:
+        features = FailAt(features, fail_at)
+    module = SaliencyAwareNet(features, 6, classes, 32, 16, hidden=16).eval()
+    return LoadedModel(
+        module=module,
+        name="tiny-spn",
+        arch="tiny-spn",
+        class_names=["cat", "dog", "bird"][:classes],
+        preprocessing=Preprocessing(resize=None, crop=32, mean=(0.5,) * 3, std=(0.25,) * 3),
+        default_layer="features",
+        source="test",
+    )
+
+
 @pytest.fixture
 def tiny() -> LoadedModel:
     return tiny_loaded()

@@ -9,9 +9,19 @@ import torch
 
 from cnnlens.attribution import Explanation, create, get_method, method_names
 from cnnlens.attribution.hooks import hook_counts
-from tests.conftest import FailOnCall, tiny_loaded
+from cnnlens.models import LoadedModel
+from tests.conftest import FailOnCall, tiny_loaded, tiny_spn_loaded
 
 METHODS = method_names()
+
+
+def model_for(name: str) -> LoadedModel:
+    """The tiny test network, or its saliency-aware version for methods that need an SPN."""
+    if get_method(name).unsupported(tiny_loaded().module) is None:
+        return tiny_loaded()
+    model = tiny_spn_loaded()
+    assert get_method(name).unsupported(model.module) is None, f"no contract model for {name}"
+    return model
 
 
 def snapshot(model: torch.nn.Module) -> dict[str, object]:
@@ -46,7 +56,7 @@ def small(name: str) -> dict[str, object]:
 
 @pytest.mark.parametrize("name", METHODS)
 def test_shape_finite_and_metadata(name: str, images: torch.Tensor) -> None:
-    model = tiny_loaded()
+    model = model_for(name)
     exp = create(name, model, **small(name)).explain(images)
     assert isinstance(exp, Explanation)
     assert exp.attributions.shape == (3, 32, 32)
@@ -61,9 +71,9 @@ def test_shape_finite_and_metadata(name: str, images: torch.Tensor) -> None:
 
 @pytest.mark.parametrize("name", METHODS)
 def test_model_left_exactly_as_found(name: str, images: torch.Tensor) -> None:
-    model = tiny_loaded()
+    model = model_for(name)
     model.module.train()  # a model found in training mode stays in training mode
-    model.module.fc.weight.requires_grad_(False)  # ...and with its own requires_grad choices
+    list(model.module.parameters())[-1].requires_grad_(False)  # ...and its own requires_grad choices
     before = snapshot(model.module)
     create(name, model, **small(name)).explain(images)
     assert_same(before, snapshot(model.module))
@@ -72,7 +82,9 @@ def test_model_left_exactly_as_found(name: str, images: torch.Tensor) -> None:
 @pytest.mark.parametrize("name", METHODS)
 def test_hooks_removed_and_state_restored_after_an_exception(name: str, images: torch.Tensor) -> None:
     inner = tiny_loaded().module
-    failing = FailOnCall(inner, fail_at=2)
+    failing: torch.nn.Module = FailOnCall(inner, fail_at=2)
+    if get_method(name).unsupported(failing) is not None:
+        failing = tiny_spn_loaded(fail_at=2).module
     before = snapshot(failing)
     method = create(
         name, failing, **small(name), **({"layer": "inner.features"} if get_method(name).uses_layer else {})
@@ -84,7 +96,7 @@ def test_hooks_removed_and_state_restored_after_an_exception(name: str, images: 
 
 @pytest.mark.parametrize("name", METHODS)
 def test_batch_equals_items_one_by_one(name: str, images: torch.Tensor) -> None:
-    model = tiny_loaded()
+    model = model_for(name)
     method = create(name, model, **small(name))
     torch.manual_seed(0)
     batch = method.explain(images)
@@ -96,7 +108,7 @@ def test_batch_equals_items_one_by_one(name: str, images: torch.Tensor) -> None:
 
 @pytest.mark.parametrize("name", METHODS)
 def test_same_result_twice(name: str, images: torch.Tensor) -> None:
-    method = create(name, tiny_loaded(), **small(name))
+    method = create(name, model_for(name), **small(name))
     a = method.explain(images, target=1)
     b = method.explain(images, target=1)
     assert torch.equal(a.attributions, b.attributions)

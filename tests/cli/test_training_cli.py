@@ -6,6 +6,7 @@ import json
 import re
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from cnnlens.cli import main
@@ -83,3 +84,59 @@ def test_export_and_bad_data(tmp_path: Path, capsys: pytest.CaptureFixture[str])
     assert "at least two classes" in err
     assert "not an image file" in err
     assert not (tmp_path / "r").exists()
+
+
+def test_saliency_aware_train_and_explain(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from cnnlens.data.synthetic import SynthConfig, generate
+
+    data = generate(tmp_path / "data", SynthConfig(2, 8, 24, seed=2))
+    run = tmp_path / "run"
+    args = ["train", str(data), "--model", "tinycnn", "--no-pretrained", "--freeze", "none", "--epochs", "1"]
+    args += ["--image-size", "32", "--saliency-aware", "--mask-ratio", "0.5", "--loc-loss", "l1"]
+    assert main([*args, "--lambda", "2", "-o", str(run)]) == 0
+    config = json.loads((run / "config.json").read_text())
+    assert (config["head"], config["mask_ratio"], config["loc_loss"], config["loc_weight"]) == (
+        "spn",
+        0.5,
+        "l1",
+        2.0,
+    )
+    assert json.loads((run / "data.json").read_text())["masks_used_in_training"] >= 1
+    image = next((data.parent / "images").rglob("*.png"))
+    out = tmp_path / "explained"
+    assert main(["explain", str(image), "--model", str(run), "-m", "spn,gradcam", "-o", str(out)]) == 0
+    with np.load(out / image.stem / "spn.npz") as z:
+        assert z["attribution"].shape == (32, 32)
+    assert main(["explain", str(image), "--model", str(run), "--quick", "-o", str(tmp_path / "all")]) == 0
+    assert (tmp_path / "all" / image.stem / "spn.png").exists()  # 'all' includes spn for an SPN model
+    capsys.readouterr()
+
+
+def test_saliency_aware_bad_flags(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from cnnlens.data.synthetic import SynthConfig, generate
+
+    data = generate(tmp_path / "data", SynthConfig(2, 4, 24, seed=2))
+    base = ["train", str(data), "--model", "tinycnn", "--no-pretrained", "--epochs", "1"]
+    assert main([*base, "--mask-ratio", "0.5", "-o", str(tmp_path / "r1")]) == 2
+    assert "only apply to saliency-aware training" in capsys.readouterr().err
+    assert main([*base, "--saliency-aware", "--head", "mlp64", "-o", str(tmp_path / "r2")]) == 2
+    assert "cannot be combined with --head mlp64" in capsys.readouterr().err
+    assert main([*base, "--saliency-aware", "--mask-ratio", "2", "-o", str(tmp_path / "r3")]) == 2
+    assert "--mask-ratio must be between 0 and 1" in capsys.readouterr().err
+    assert not (tmp_path / "r3").exists()
+    image = next((data.parent / "images").rglob("*.png"))
+    code = main(
+        [
+            "explain",
+            str(image),
+            "--model",
+            "tinycnn",
+            "--no-pretrained",
+            "-m",
+            "spn",
+            "-o",
+            str(tmp_path / "e"),
+        ]
+    )
+    assert code == 2
+    assert "no saliency prediction net" in capsys.readouterr().err

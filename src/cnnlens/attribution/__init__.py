@@ -6,6 +6,7 @@ from cnnlens.attribution import (  # noqa: F401  (registers the methods)
     guided,
     layer,
     perturbation,
+    spn,
     surrogate,
 )
 from cnnlens.attribution.base import Attributed, Attribution, check_inputs, target_scores

@@ -134,10 +134,23 @@ class Attribution(ABC):
         if layer is not None and not self.uses_layer:
             raise ValueError(f"method {self.name!r} does not use a layer, but layer={layer!r} was given")
         check_batch_size(batch_size)
+        module = model.module if isinstance(model, LoadedModel) else model
+        reason = self.unsupported(module)
+        if reason is not None:
+            raise ValueError(f"method {self.name!r} cannot explain {type(module).__name__}: {reason}")
         self.model = model
         self.layer = layer
         self.batch_size = batch_size
         self.precision = check_precision(precision)
+
+    @classmethod
+    def unsupported(cls, module: nn.Module) -> str | None:
+        """Why this method cannot explain ``module`` at all, or ``None`` when it can.
+
+        Methods that need something of the model (an SPN, a GAP + linear head) say so here, and
+        ``--method all`` / ``cnnlens demo`` leave them out for models that lack it.
+        """
+        return None
 
     # -- what the model carries ------------------------------------------------------------------
 

@@ -177,6 +177,21 @@ class CAM(Attribution):
     uses_layer = True
     signed = True
 
+    @classmethod
+    def unsupported(cls, module: nn.Module) -> str | None:
+        """Models whose classifier ends in two or more linear layers in a row (VGG, an MLP head,
+        seed 004's C-Net) have no single linear layer after the pooling, so CAM does not apply."""
+        for parent in module.modules():
+            linears = [m for m in parent.children() if isinstance(m, nn.Linear)]
+            if isinstance(parent, nn.Sequential) and len(linears) > 1:
+                last = [m for m in module.modules() if isinstance(m, nn.Linear)][-1]
+                if last is linears[-1]:
+                    return (
+                        "its classifier ends in several linear layers, not one after global average "
+                        "pooling; use gradcam"
+                    )
+        return None
+
     def __init__(self, model: ModelLike, *, layer: LayerSpec = None, batch_size: int | None = None):
         super().__init__(model, layer=layer, batch_size=batch_size)
 

@@ -107,13 +107,17 @@ def build_methods(
     *,
     quick: bool = False,
     per_method: dict[str, dict[str, Any]] | None = None,
+    skip_unsupported: bool = False,
 ) -> list[Attribution]:
     """Create each named method with the parameters it accepts; unused parameters are an error.
 
     ``quick`` starts from each method's :attr:`~Attribution.quick_params`; ``per_method`` sets
     parameters of single methods; ``params`` (the user's ``-p``) overrides both.
+    ``skip_unsupported`` leaves out the methods that cannot explain the model (``--method all``).
     """
     classes = [get_method(n) for n in names]
+    if skip_unsupported:
+        classes = [c for c in classes if c.unsupported(model.module) is None]
     used: set[str] = set()
     methods = []
     for cls in classes:

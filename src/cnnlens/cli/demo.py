@@ -46,7 +46,13 @@ def run(args: argparse.Namespace) -> int:
     with console.status(f"loading {DEFAULT_MODEL}"):
         model = load_model(DEFAULT_MODEL)
     methods = build_methods(
-        model, method_names(), {}, None, quick=not args.full, per_method=None if args.full else DEMO_SETTINGS
+        model,
+        method_names(),
+        {},
+        None,
+        quick=not args.full,
+        per_method=None if args.full else DEMO_SETTINGS,
+        skip_unsupported=True,
     )
     args.out.mkdir(parents=True, exist_ok=True)
     columns = (

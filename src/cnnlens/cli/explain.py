@@ -89,7 +89,10 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"--top must be at least 1, got {args.top}")
     names = selected_methods(args.method)
     model = model_from_args(args)
-    methods = build_methods(model, names, parse_params(args.param), args.layer, quick=args.quick)
+    every = not split_list(args.method) or split_list(args.method) == ["all"]
+    methods = build_methods(
+        model, names, parse_params(args.param), args.layer, quick=args.quick, skip_unsupported=every
+    )
     targets = check_targets(model, split_list(args.target))
     images, errors = load_images(args.images)
     for e in errors:

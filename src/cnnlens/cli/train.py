@@ -16,6 +16,7 @@ from rich.table import Table
 from cnnlens.cli.common import add_model_arguments, console, error_console
 from cnnlens.data.dataset import AUGMENTATIONS
 from cnnlens.errors import DataWarning
+from cnnlens.models.saliency_net import LOC_LOSSES
 from cnnlens.training import FREEZE_POLICIES, Listener, TrainConfig, Trainer
 
 
@@ -30,7 +31,34 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("data", nargs="?", metavar="DATA", help="class-folder dataset or CSV manifest")
     add_model_arguments(p)
-    p.add_argument("--head", choices=("linear", "mlp64"), default="linear", help="new head (default linear)")
+    p.add_argument(
+        "--head",
+        choices=("linear", "mlp64", "cnet", "spn"),
+        help="new head: linear (default), mlp64 (seed 000), cnet (seed 004's C-Net, 1024 -> K), "
+        "spn (C-Net plus the saliency prediction net; same as --saliency-aware)",
+    )
+    sa = p.add_argument_group("saliency-aware training (seed 004)")
+    sa.add_argument(
+        "--saliency-aware",
+        action="store_true",
+        help="train C-Net and an SPN head whose map is supervised by the masks (--head spn)",
+    )
+    sa.add_argument(
+        "--mask-ratio",
+        type=float,
+        default=1.0,
+        help="fraction of the training images that keep their mask, drawn with --seed (default 1)",
+    )
+    sa.add_argument(
+        "--loc-loss", choices=LOC_LOSSES, default="ce", help="SPN loss against the mask (default ce)"
+    )
+    sa.add_argument(
+        "--lambda",
+        dest="loc_weight",
+        type=float,
+        default=1.0,
+        help="weight of the localisation loss: L = L_cls + lambda * L_loc (default 1)",
+    )
     p.add_argument("--freeze", default="features", help=f"{' | '.join(FREEZE_POLICIES)} (default features)")
     p.add_argument("--epochs", type=int, default=10)
     p.add_argument(
@@ -65,10 +93,25 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         raise ValueError(f"--split expects three fractions like 0.8,0.1,0.1, got {args.split!r}") from None
     if len(fractions) != 3:
         raise ValueError(f"--split expects three fractions like 0.8,0.1,0.1, got {args.split!r}")
+    head = args.head or ("spn" if args.saliency_aware else "linear")
+    if args.saliency_aware and head != "spn":
+        raise ValueError(f"--saliency-aware trains the spn head; it cannot be combined with --head {head}")
+    if head != "spn":
+        given = [
+            flag
+            for flag, value, default in (
+                ("--mask-ratio", args.mask_ratio, 1.0),
+                ("--loc-loss", args.loc_loss, "ce"),
+                ("--lambda", args.loc_weight, 1.0),
+            )
+            if value != default
+        ]
+        if given:
+            raise ValueError(f"{', '.join(given)} only apply to saliency-aware training (--saliency-aware)")
     return TrainConfig(
         data=str(args.data),
         model=args.model,
-        head=args.head,
+        head=head,
         freeze=args.freeze,
         epochs=args.epochs,
         lr=args.lr,
@@ -85,6 +128,9 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         weight_decay=args.weight_decay,
         split=(fractions[0], fractions[1], fractions[2]),
         device=args.device,
+        mask_ratio=args.mask_ratio,
+        loc_loss=args.loc_loss,
+        loc_weight=args.loc_weight,
     )
 
 

@@ -65,6 +65,23 @@ def region_iou(region: torch.Tensor, mask: torch.Tensor) -> float:
     return int((region & mask).sum()) / union if union else 0.0
 
 
+def soft_dice(probability: torch.Tensor, mask: torch.Tensor, eps: float = 1e-6) -> float:
+    """Soft Dice of a probability map in [0, 1] against a mask: ``2 sum(p m) / (sum p + sum m)``.
+
+    Used for maps that are themselves predictions of the mask (the SPN of a saliency-aware network);
+    1 for a perfect prediction, 0 when nothing overlaps.
+    """
+    p, m = probability.float(), mask.float()
+    return float((2 * (p * m).sum() + eps) / (p.sum() + m.sum() + eps))
+
+
+def iou_at(probability: torch.Tensor, mask: torch.Tensor, threshold: float = 0.5) -> float:
+    """IoU of the map thresholded at ``threshold`` with the mask (1 when both are empty)."""
+    region, truth = probability >= threshold, mask.bool()
+    union = int((region | truth).sum())
+    return int((region & truth).sum()) / union if union else 1.0
+
+
 @register_metric
 class PointingGame(Metric):
     """Pointing game: is the map's maximum on the object (within ``tolerance`` pixels)?

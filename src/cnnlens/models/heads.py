@@ -4,13 +4,20 @@
 ``mlp64``: Flatten -> Dense 64 -> ReLU -> Dropout -> Dense K (seed 000); on VGG-style models (a
 ``classifier`` made of linear layers) it replaces the whole classifier, so it reads the flattened
 7x7x512 feature map as in the seed.
+``cnet`` and ``spn``: seed 004's network (:mod:`cnnlens.models.saliency_net`): the backbone's
+feature part (F-Net) wrapped with C-Net (GAP -> 1024 -> K), and for ``spn`` also the saliency
+prediction net. These wrap the backbone instead of replacing a layer in it (:func:`attach_head`).
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from torch import nn
 
-HEADS = ("original", "linear", "mlp64")
+HEADS = ("original", "linear", "mlp64", "cnet", "spn")
+#: Heads that wrap the backbone in a :class:`~cnnlens.models.saliency_net.SaliencyAwareNet`.
+WRAPPING_HEADS = ("cnet", "spn")
 
 
 def _parent_and_attr(model: nn.Module, name: str) -> tuple[nn.Module, str]:
@@ -75,3 +82,70 @@ def apply_head(model: nn.Module, head: str, num_classes: int) -> str:
 def head_parameters(model: nn.Module, head_name: str) -> list[nn.Parameter]:
     """The parameters of the head module called ``head_name``."""
     return list(model.get_submodule(head_name).parameters())
+
+
+@dataclass
+class Attached:
+    """A network with its new head: the module, the head's dotted names, the mapped CAM layer."""
+
+    module: nn.Module
+    heads: list[str]
+    default_layer: str | None
+
+
+def attach_head(
+    model: nn.Module,
+    head: str,
+    num_classes: int,
+    *,
+    input_size: int = 224,
+    default_layer: str | None = None,
+) -> Attached:
+    """Give ``model`` a new head of kind ``head`` (in place, or by wrapping it for ``cnet``/``spn``).
+
+    Args:
+        model: The backbone classifier.
+        head: One of :data:`HEADS`.
+        num_classes: K.
+        input_size: Side of the square input (the SPN's output size).
+        default_layer: The backbone's default CAM layer, mapped to its name in the returned module.
+
+    Returns:
+        The network, the names of its head modules (never frozen) and the mapped default layer.
+    """
+    if head not in WRAPPING_HEADS:
+        return Attached(model, [apply_head(model, head, num_classes)], default_layer)
+    from cnnlens.models.saliency_net import build_saliency_net
+
+    if num_classes < 1:
+        raise ValueError(f"num_classes must be at least 1, got {num_classes}")
+    layer = None if default_layer is None else model.get_submodule(default_layer)
+    net = build_saliency_net(model, num_classes, input_size, with_spn=head == "spn")
+    mapped = next((n for n, m in net.named_modules() if layer is not None and m is layer), None)
+    if mapped is None or not mapped.startswith("features"):
+        mapped = _last_spatial_name(net.features, input_size)
+    return Attached(net, ["classifier", "spn"] if head == "spn" else ["classifier"], mapped)
+
+
+def _last_spatial_name(features: nn.Module, input_size: int) -> str | None:
+    """Dotted name (under ``features``) of the last module whose output is a 4-d map."""
+    import torch
+
+    last: list[str] = []
+    names = {m: n for n, m in features.named_modules()}
+
+    def record(mod: nn.Module, _i: object, out: object) -> None:
+        if isinstance(out, torch.Tensor) and out.ndim == 4:
+            last.append(names[mod])
+
+    handles = [m.register_forward_hook(record) for m in features.modules() if m is not features]
+    was = features.training
+    try:
+        features.eval()
+        with torch.no_grad():
+            features(torch.zeros(1, 3, input_size, input_size))
+    finally:
+        features.train(was)
+        for h in handles:
+            h.remove()
+    return f"features.{last[-1]}" if last else "features"

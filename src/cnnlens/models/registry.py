@@ -29,7 +29,7 @@ from torch import nn
 from cnnlens.data.transforms import Preprocessing
 from cnnlens.errors import ModelLoadError, unknown
 from cnnlens.models.checkpoint import is_cnnlens_checkpoint
-from cnnlens.models.heads import apply_head
+from cnnlens.models.heads import apply_head, attach_head
 from cnnlens.models.imagenet import imagenet_classes
 from cnnlens.models.layers import default_cam_layer
 from cnnlens.models.loaded import LoadedModel
@@ -345,8 +345,9 @@ def _load_checkpoint(path: Path, device: str | torch.device | None) -> LoadedMod
     module, _, _, _, arch_source = build_architecture(
         arch, pretrained=False, arch_source=obj.get("arch_source")
     )
+    preprocessing = Preprocessing.from_dict(obj["preprocessing"])
     if head != "original":
-        apply_head(module, head, k)
+        module = attach_head(module, head, k, input_size=preprocessing.crop).module
     _load_weights(module, dict(obj["state_dict"]), path)
     names = [str(n) for n in obj.get("class_names") or [f"class_{i}" for i in range(k)]]
     return _finish(
@@ -354,7 +355,7 @@ def _load_checkpoint(path: Path, device: str | torch.device | None) -> LoadedMod
         name=str(path),
         arch=arch,
         class_names=names,
-        preprocessing=Preprocessing.from_dict(obj["preprocessing"]),
+        preprocessing=preprocessing,
         source=f"cnnlens checkpoint {path}",
         head=head,
         arch_source=arch_source,

@@ -18,6 +18,7 @@ References:
 from __future__ import annotations
 
 import math
+from collections import OrderedDict
 
 import torch
 import torch.nn.functional as F
@@ -40,7 +41,8 @@ def backbone_features(module: nn.Module) -> nn.Module:
         return _TimmFeatures(module)
     names = [n for n, _ in module.named_children()]
     if {"layer4", "avgpool", "fc"} <= set(names):  # torchvision ResNet family
-        return nn.Sequential(*[m for n, m in module.named_children() if n not in ("avgpool", "fc")])
+        kept = OrderedDict((n, m) for n, m in module.named_children() if n not in ("avgpool", "fc"))
+        return nn.Sequential(kept)
     features = getattr(module, "features", None)
     if isinstance(features, nn.Module):
         return features

@@ -11,6 +11,7 @@ from typing import Any
 from cnnlens.data.dataset import AUGMENTATIONS
 from cnnlens.data.split import DEFAULT_FRACTIONS, check_fractions
 from cnnlens.models.heads import HEADS
+from cnnlens.models.saliency_net import LOC_LOSSES
 
 
 @dataclass(frozen=True)
@@ -20,7 +21,9 @@ class TrainConfig:
     Attributes:
         data: Class-folder dataset or CSV manifest.
         model: Model name (or checkpoint / run folder) to start from.
-        head: ``"linear"`` or ``"mlp64"`` (see :mod:`cnnlens.models.heads`).
+        head: ``"linear"``, ``"mlp64"``, ``"cnet"`` (seed 004's C-Net, no SPN) or ``"spn"`` (C-Net plus
+            the saliency prediction net, trained with the masks: saliency-aware training); see
+            :mod:`cnnlens.models.heads`.
         freeze: ``"features"``, ``"none"`` or ``"until:LAYER"`` (see :mod:`cnnlens.training.freeze`).
         epochs: Maximum number of epochs.
         lr: AdamW learning rate (cosine-annealed to 0 over ``epochs``).
@@ -37,6 +40,10 @@ class TrainConfig:
         weight_decay: AdamW weight decay.
         split: Train, validation and test fractions.
         device: Torch device.
+        mask_ratio: ``spn`` head: the fraction of the training images that keep their mask (drawn
+            with ``seed``); the others train on the classification loss alone.
+        loc_loss: ``spn`` head: ``"ce"``, ``"l1"`` or ``"l2"`` between the SPN map and the mask.
+        loc_weight: ``spn`` head: lambda in ``L = L_cls + lambda * L_loc``.
     """
 
     data: str
@@ -58,10 +65,19 @@ class TrainConfig:
     weight_decay: float = 1e-4
     split: tuple[float, float, float] = DEFAULT_FRACTIONS
     device: str | None = None
+    mask_ratio: float = 1.0
+    loc_loss: str = "ce"
+    loc_weight: float = 1.0
 
     def __post_init__(self) -> None:
         if self.head not in HEADS or self.head == "original":
-            raise ValueError(f"--head must be linear or mlp64, got {self.head!r}")
+            raise ValueError(f"--head must be one of {', '.join(HEADS[1:])}, got {self.head!r}")
+        if not 0.0 <= self.mask_ratio <= 1.0:
+            raise ValueError(f"--mask-ratio must be between 0 and 1, got {self.mask_ratio}")
+        if self.loc_loss not in LOC_LOSSES:
+            raise ValueError(f"--loc-loss must be one of {', '.join(LOC_LOSSES)}, got {self.loc_loss!r}")
+        if self.loc_weight < 0:
+            raise ValueError(f"--lambda must be non-negative, got {self.loc_weight}")
         for name in ("epochs", "batch_size"):
             if getattr(self, name) < 1:
                 raise ValueError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
@@ -76,6 +92,11 @@ class TrainConfig:
         if self.image_size is not None and self.image_size < 8:
             raise ValueError(f"--image-size must be at least 8 pixels, got {self.image_size}")
         check_fractions(self.split)
+
+    @property
+    def saliency_aware(self) -> bool:
+        """Whether the run trains the SPN on masks (``head="spn"``)."""
+        return self.head == "spn"
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)

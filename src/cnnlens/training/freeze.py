@@ -11,6 +11,8 @@ computed before training.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from torch import nn
 
 from cnnlens.models.layers import resolve_layer
@@ -32,23 +34,24 @@ def _under(name: str, prefix: str) -> bool:
     return name == prefix or name.startswith(prefix + ".")
 
 
-def frozen_units(module: nn.Module, policy: str, head: str) -> list[str]:
+def frozen_units(module: nn.Module, policy: str, head: str | Sequence[str]) -> list[str]:
     """Names of the units a policy freezes (see the module doc).
 
     Args:
         module: The network, with its head already in place.
         policy: ``"features"``, ``"none"`` or ``"until:LAYER"``.
-        head: Dotted name of the head module (never frozen).
+        head: Dotted name(s) of the head module(s) (never frozen).
 
     Raises:
         ValueError: Unknown policy, or LAYER is the head or comes after it.
         UnknownNameError: LAYER is not a layer of the network.
     """
+    heads = [head] if isinstance(head, str) else list(head)
     units = _units(module)
     if policy == "none":
         return []
     if policy == "features":
-        return [u for u in units if not _under(u, head)]
+        return [u for u in units if not any(_under(u, h) for h in heads)]
     if not policy.startswith("until:") or not policy[6:]:
         raise ValueError(f"unknown freeze policy {policy!r}; expected one of {', '.join(FREEZE_POLICIES)}")
     layer, _ = resolve_layer(module, policy[6:])
@@ -56,8 +59,10 @@ def frozen_units(module: nn.Module, policy: str, head: str) -> list[str]:
     if not inside:
         raise ValueError(f"layer {layer!r} has no parameters or sub-layers to freeze")
     frozen = units[: inside[-1] + 1]
-    if any(_under(u, head) for u in frozen):
-        raise ValueError(f"freeze until {layer!r} would freeze the head {head!r}; pick an earlier layer")
+    if any(_under(u, h) for u in frozen for h in heads):
+        raise ValueError(
+            f"freeze until {layer!r} would freeze the head {', '.join(heads)}; pick an earlier layer"
+        )
     return frozen
 
 

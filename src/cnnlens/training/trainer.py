@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import logging
+import random
 import shutil
 import time
 from collections.abc import Iterator
@@ -32,13 +33,14 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from cnnlens.data.dataset import ImageDataset, eval_transform, train_transform
-from cnnlens.data.folders import ImageSet, class_weights, scan_dataset
+from cnnlens.data.folders import ImageSet, Sample, class_weights, scan_dataset
 from cnnlens.data.split import load_split, save_split, split_dataset
 from cnnlens.data.transforms import Preprocessing
 from cnnlens.models.checkpoint import atomic_save, checkpoint_dict, save_checkpoint
-from cnnlens.models.heads import apply_head
+from cnnlens.models.heads import attach_head
 from cnnlens.models.loaded import LoadedModel
 from cnnlens.models.registry import load_model
+from cnnlens.models.saliency_net import localisation_loss
 from cnnlens.training.config import TrainConfig
 from cnnlens.training.freeze import apply_freeze, frozen_units, set_train_mode
 
@@ -67,6 +69,32 @@ class CrossEntropy:
         logits = module(batch["image"])
         w = None if self.weight is None else self.weight.to(logits.device)
         return F.cross_entropy(logits, batch["label"], weight=w), logits
+
+
+class SaliencyAware:
+    """Seed 004's loss: ``L = L_cls + lambda * L_loc``, ``L_loc`` only over images with a mask.
+
+    The network must have an SPN (:class:`~cnnlens.models.saliency_net.SaliencyAwareNet`); the
+    batches carry ``mask`` and ``has_mask``.
+    """
+
+    needs_masks = True
+
+    def __init__(
+        self, kind: str = "ce", weight: float = 1.0, class_weight: torch.Tensor | None = None
+    ) -> None:
+        self.kind = kind
+        self.weight = weight
+        self.cls = CrossEntropy(class_weight)
+
+    def __call__(self, module: nn.Module, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
+        logits, saliency = module.forward_with_saliency(batch["image"])  # type: ignore[operator]
+        w = None if self.cls.weight is None else self.cls.weight.to(logits.device)
+        loss = F.cross_entropy(logits, batch["label"], weight=w)
+        if self.weight > 0 and saliency is not None:
+            loc = localisation_loss(saliency, batch["mask"], batch["has_mask"], self.kind)
+            loss = loss + self.weight * loc
+        return loss, logits
 
 
 class Listener:
@@ -120,12 +148,16 @@ class Trainer:
         else:
             self.parts = split_dataset(self.dataset, config.split, config.seed)
             save_split(self.parts, self.dataset, split_file)
+        if config.saliency_aware:
+            self.parts["train"] = self._keep_masks(self.parts["train"])
         torch.manual_seed(config.seed)
         self.model = self._build_model()
         self.frozen = frozen_units(self.model.module, config.freeze, self._head)
         self.trainable = apply_freeze(self.model.module, self.frozen)
         if self.trainable == 0:
             raise ValueError(f"--freeze {config.freeze} leaves nothing to train")
+        if objective is None and config.saliency_aware:
+            objective = SaliencyAware(config.loc_loss, config.loc_weight, self._class_weights())
         self.objective = objective or CrossEntropy(self._class_weights())
         params = [p for p in self.model.module.parameters() if p.requires_grad]
         self.optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
@@ -184,23 +216,47 @@ class Trainer:
         return trainer
 
     @property
-    def _head(self) -> str:
-        return str(self.model.meta["head_module"])
+    def _head(self) -> list[str]:
+        heads = self.model.meta["head_module"]
+        return [heads] if isinstance(heads, str) else [str(h) for h in heads]  # type: ignore[attr-defined]
+
+    def _keep_masks(self, train: list[Sample]) -> list[Sample]:
+        """Seed 004's partial supervision: only a seeded fraction ``mask_ratio`` of the training
+        images with a mask keep it."""
+        masked = [i for i, s in enumerate(train) if s.mask is not None]
+        if not masked:
+            raise ValueError(
+                "saliency-aware training needs masks, but no training image has one; pass --masks MASKDIR "
+                "(mask files named like the images) or a manifest with a mask column"
+            )
+        rng = random.Random(self.config.seed)
+        keep = set(rng.sample(masked, round(self.config.mask_ratio * len(masked))))
+        self.masks_used = len(keep)
+        return [s if i in keep else replace(s, mask=None) for i, s in enumerate(train)]
 
     def _build_model(self) -> LoadedModel:
         cfg = self.config
         base = load_model(cfg.model, weights=cfg.weights, pretrained=cfg.pretrained, device=cfg.device)
         if base.head not in ("original", cfg.head):
             raise ValueError(f"{cfg.model} has a {base.head} head; train it on with --head {base.head}")
-        head = apply_head(base.module, cfg.head, len(self.dataset.class_names))
-        base.module.to(base.device)  # the new head is created on the CPU
+        pre = resized(base.preprocessing, cfg.image_size)
+        attached = attach_head(
+            base.module,
+            cfg.head,
+            len(self.dataset.class_names),
+            input_size=pre.crop,
+            default_layer=base.default_layer,
+        )
+        attached.module.to(base.device)  # the new head is created on the CPU
         return replace(
             base,
+            module=attached.module,
             class_names=list(self.dataset.class_names),
-            preprocessing=resized(base.preprocessing, cfg.image_size),
+            preprocessing=pre,
             head=cfg.head,
+            default_layer=attached.default_layer,
             source=f"cnnlens train {cfg.data} (from {base.source})",
-            meta={"head_module": head},
+            meta={"head_module": attached.heads},
         )
 
     def _class_weights(self) -> torch.Tensor | None:
@@ -217,6 +273,7 @@ class Trainer:
             "counts": self.dataset.counts(),
             "split_sizes": {k: len(v) for k, v in self.parts.items()},
             "with_mask": self.dataset.masked,
+            "masks_used_in_training": getattr(self, "masks_used", None),
             "skipped": self.dataset.skipped,
         }
         (self.run / "data.json").write_text(json.dumps(report, indent=1))

@@ -1,0 +1,395 @@
+"""Seed 004's experiment as one call: baseline vs saliency-aware training over backbones, mask
+ratios, localisation losses and seeds.
+
+Each configuration is a training run (:class:`~cnnlens.training.trainer.Trainer`) in its own folder
+``OUT/runs/<backbone>/<config>/seed<k>``; a finished run (its ``result.json`` exists) is reused, so an
+interrupted experiment resumes where it stopped. Ratio 0 is the seed's baseline: C-Net without SPN
+(head ``cnet``), trained on the classification loss; ratio R > 0 trains head ``spn`` with the
+masks of a seeded fraction R of the training images.
+
+Every run is scored on its test split:
+
+* classification: accuracy and the per-class-averaged precision, sensitivity, specificity and F1
+  (the seed's tables);
+* the SPN map against the masks: IoU at a threshold and soft Dice (saliency-aware runs only);
+* Grad-CAM at the backbone's default layer against the masks: pointing game and the share of the
+  positive attribution inside the mask, for the baseline and the saliency-aware models alike.
+
+The tables give mean +/- standard deviation over seeds (``OUT/results.md``, ``OUT/results.json``),
+and ``OUT/figure.png`` shows image / mask / SPN map / Grad-CAM (baseline and saliency-aware) for a
+few test images.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+
+from cnnlens.attribution import create
+from cnnlens.data.dataset import ImageDataset, eval_transform
+from cnnlens.evaluation.classification import evaluate
+from cnnlens.evaluation.localisation import energy_in_mask, iou_at, pointing_game, soft_dice
+from cnnlens.models.saliency_net import LOC_LOSSES
+from cnnlens.training.config import TrainConfig
+from cnnlens.training.trainer import Trainer
+
+CLASSIFICATION = ("accuracy", "precision", "sensitivity", "specificity", "f1")
+LOCALISATION = ("spn_iou", "spn_dice", "gradcam_pointing", "gradcam_energy")
+
+
+@dataclass(frozen=True)
+class Backbone:
+    """An F-Net: a model name and whether it starts from pretrained weights."""
+
+    name: str
+    pretrained: bool = True
+
+    @property
+    def label(self) -> str:
+        return self.name if self.pretrained else f"{self.name}:random"
+
+    @classmethod
+    def parse(cls, text: str) -> Backbone:
+        """``NAME`` (pretrained weights) or ``NAME:random`` (random initialisation)."""
+        name, _, init = text.strip().partition(":")
+        if not name or init not in ("", "random", "pretrained"):
+            raise ValueError(f"backbone {text!r}: expected NAME or NAME:random, e.g. resnet18:random")
+        return cls(name, init != "random")
+
+
+@dataclass(frozen=True)
+class ExperimentConfig:
+    """The grid of the experiment and the training settings shared by every run.
+
+    Attributes:
+        data: Dataset (class folders with ``masks``, or a manifest with a mask column).
+        masks: Mask folder for class-folder data.
+        backbones: The F-Nets.
+        ratios: Fractions of training images that keep their mask (0: the baseline without SPN).
+        loc_losses: Localisation losses tried for each ratio > 0.
+        seeds: Number of seeds (0 .. seeds-1) per configuration.
+        freeze: ``"auto"`` (pretrained backbones frozen, as the seed optimises C-Net and SPN;
+            random ones trained), or any :class:`TrainConfig` freeze policy.
+        threshold: Threshold of the SPN map for its IoU with the mask.
+        figure_images: How many test images the figure shows.
+    """
+
+    data: str
+    masks: str | None = None
+    backbones: tuple[Backbone, ...] = (Backbone("resnet18"),)
+    ratios: tuple[float, ...] = (0.0, 0.25, 1.0)
+    loc_losses: tuple[str, ...] = ("ce",)
+    seeds: int = 3
+    epochs: int = 10
+    lr: float = 1e-3
+    batch_size: int = 16
+    image_size: int | None = None
+    loc_weight: float = 1.0
+    freeze: str = "auto"
+    augment: str = "standard"
+    device: str | None = None
+    threshold: float = 0.5
+    figure_images: int = 4
+
+    def __post_init__(self) -> None:
+        if not self.backbones:
+            raise ValueError("--backbones needs at least one backbone")
+        if not self.ratios or any(not 0.0 <= r <= 1.0 for r in self.ratios):
+            raise ValueError(f"--ratios are fractions between 0 and 1, got {list(self.ratios)}")
+        bad = [x for x in self.loc_losses if x not in LOC_LOSSES]
+        if bad or not self.loc_losses:
+            raise ValueError(
+                f"--loc-losses must be among {', '.join(LOC_LOSSES)}, got {list(self.loc_losses)}"
+            )
+        if self.seeds < 1:
+            raise ValueError(f"--seeds must be at least 1, got {self.seeds}")
+        if not 0.0 < self.threshold < 1.0:
+            raise ValueError(f"--threshold must lie in (0, 1), got {self.threshold}")
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """One training run of the grid."""
+
+    backbone: Backbone
+    ratio: float
+    loc_loss: str | None
+    seed: int
+
+    @property
+    def config_label(self) -> str:
+        return "baseline" if self.ratio == 0 else f"SA r={self.ratio:g} {self.loc_loss}"
+
+    @property
+    def folder(self) -> Path:
+        name = "baseline" if self.ratio == 0 else f"r{self.ratio:g}-{self.loc_loss}"
+        return Path(self.backbone.label.replace(":", "-")) / name / f"seed{self.seed}"
+
+
+def grid(cfg: ExperimentConfig) -> list[RunSpec]:
+    """Every run: per backbone, the baseline once and each (ratio > 0, loss), each seed."""
+    runs = []
+    for b in cfg.backbones:
+        for r in sorted(set(cfg.ratios)):
+            for loss in [None] if r == 0 else list(dict.fromkeys(cfg.loc_losses)):
+                runs += [RunSpec(b, r, loss, s) for s in range(cfg.seeds)]
+    return runs
+
+
+def train_config(cfg: ExperimentConfig, spec: RunSpec) -> TrainConfig:
+    freeze = cfg.freeze
+    if freeze == "auto":
+        freeze = "features" if spec.backbone.pretrained else "none"
+    return TrainConfig(
+        data=cfg.data,
+        model=spec.backbone.name,
+        head="cnet" if spec.ratio == 0 else "spn",
+        freeze=freeze,
+        epochs=cfg.epochs,
+        lr=cfg.lr,
+        batch_size=cfg.batch_size,
+        seed=spec.seed,
+        masks=cfg.masks,
+        augment=cfg.augment,
+        image_size=cfg.image_size,
+        pretrained=spec.backbone.pretrained,
+        device=cfg.device,
+        mask_ratio=spec.ratio if spec.ratio > 0 else 1.0,
+        loc_loss=spec.loc_loss or "ce",
+        loc_weight=cfg.loc_weight,
+    )
+
+
+def masked_test_loader(trainer: Trainer, batch_size: int = 32) -> DataLoader:
+    """The run's test split with masks, in the model's evaluation preprocessing."""
+    ds = ImageDataset(trainer.parts["test"], eval_transform(trainer.model.preprocessing), masks=True)
+    return DataLoader(ds, batch_size=batch_size, shuffle=False)
+
+
+def score_run(trainer: Trainer, run: Path, threshold: float) -> dict[str, Any]:
+    """Test-split classification and localisation of the run's best checkpoint."""
+    ev = evaluate(run)
+    model = ev.model
+    macro = ev.metrics.macro
+    scores: dict[str, Any] = {"accuracy": ev.metrics.accuracy, **{k: macro[k] for k in CLASSIFICATION[1:]}}
+    module = model.module
+    has_spn = getattr(module, "spn", None) is not None
+    gradcam = create("gradcam", model)
+    values: dict[str, list[float]] = {k: [] for k in LOCALISATION}
+    tolerance = 15.0 * trainer.model.preprocessing.crop / 224  # the usual 15 px at 224 px, scaled
+    for batch in masked_test_loader(trainer):
+        keep = batch["has_mask"].bool()
+        if not bool(keep.any()):
+            continue
+        images, masks = batch["image"][keep], batch["mask"][keep][:, 0].bool()
+        cams = gradcam.explain(images).attributions
+        for cam, mask in zip(cams, masks):
+            values["gradcam_pointing"].append(pointing_game(cam, mask, tolerance))
+            values["gradcam_energy"].append(energy_in_mask(cam, mask))
+        if has_spn:
+            with torch.no_grad():
+                sal = module.saliency(images)  # type: ignore[operator]
+            for s, mask in zip(sal, masks):
+                values["spn_iou"].append(iou_at(s, mask, threshold))
+                values["spn_dice"].append(soft_dice(s, mask))
+    for k, v in values.items():
+        finite = [x for x in v if math.isfinite(x)]
+        scores[k] = float(np.mean(finite)) if finite else None
+    scores["n_test"] = ev.metrics.total
+    scores["n_test_masks"] = len(values["gradcam_pointing"])
+    scores["best_epoch"] = trainer.best["epoch"] if trainer.best else None
+    return scores
+
+
+@dataclass
+class ExperimentResult:
+    config: ExperimentConfig
+    runs: list[dict[str, Any]] = field(default_factory=list)
+
+    def table(self) -> list[dict[str, Any]]:
+        """Mean and standard deviation over seeds per (backbone, configuration)."""
+        groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
+        for r in self.runs:
+            groups.setdefault((r["backbone"], r["config"]), []).append(r)
+        rows = []
+        for (backbone, config), runs in groups.items():
+            row: dict[str, Any] = {
+                "backbone": backbone,
+                "weights": runs[0]["weights"],
+                "config": config,
+                "seeds": len(runs),
+            }
+            for k in (*CLASSIFICATION, *LOCALISATION):
+                vals = [r["scores"][k] for r in runs if r["scores"].get(k) is not None]
+                row[k] = (float(np.mean(vals)), float(np.std(vals))) if vals else None
+            rows.append(row)
+        return rows
+
+    def to_dict(self) -> dict[str, Any]:
+        cfg = asdict(self.config)
+        cfg["backbones"] = [b.label for b in self.config.backbones]
+        return {"config": cfg, "runs": self.runs, "table": self.table()}
+
+
+def _fmt(value: tuple[float, float] | None) -> str:
+    return "n/a" if value is None else f"{value[0]:.3f} ± {value[1]:.3f}"
+
+
+def markdown(result: ExperimentResult) -> str:
+    """The seed's tables: classification (per-class averages) and localisation, mean ± std over seeds."""
+    rows = result.table()
+    cfg = result.config
+    lines = [
+        "# Saliency-aware training (seed 004)",
+        "",
+        f"Data: `{cfg.data}`; {cfg.seeds} seed(s); {cfg.epochs} epochs; lambda = {cfg.loc_weight}; "
+        f"freeze = {cfg.freeze}; image size = {cfg.image_size or 'the model default'}. "
+        "Mean ± standard deviation over seeds, on each run's test split. Baseline: C-Net without SPN; "
+        "SA r=R LOSS: C-Net + SPN with masks kept for a fraction R of the training images.",
+        "",
+        "## Classification (per-class averages)",
+        "",
+        "| backbone | weights | configuration | accuracy | precision | sensitivity | specificity | F1 |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        cells = " | ".join(_fmt(r[k]) for k in CLASSIFICATION)
+        lines.append(f"| {r['backbone']} | {r['weights']} | {r['config']} | {cells} |")
+    lines += [
+        "",
+        f"## Localisation against the masks (SPN map thresholded at {cfg.threshold:g}; Grad-CAM at the "
+        "backbone's last feature layer)",
+        "",
+        "| backbone | weights | configuration | SPN IoU | SPN soft Dice | Grad-CAM pointing game | "
+        "Grad-CAM energy in mask |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        cells = " | ".join(_fmt(r[k]) for k in LOCALISATION)
+        lines.append(f"| {r['backbone']} | {r['weights']} | {r['config']} | {cells} |")
+    lines += ["", "![image, mask, SPN map, Grad-CAM](figure.png)", ""]
+    return "\n".join(lines)
+
+
+def figure(result: ExperimentResult, out: Path, n_images: int) -> Path | None:
+    """Image / mask / SPN map / Grad-CAM of the baseline and of the saliency-aware model, per backbone.
+
+    Uses seed 0 of the baseline and of the saliency-aware configuration with the most masks (first
+    loss) for each backbone.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib.figure import Figure
+
+    from cnnlens.models import load_model
+
+    panels = []
+    for backbone in result.config.backbones:
+        runs = [r for r in result.runs if r["backbone"] == backbone.label and r["seed"] == 0]
+        base = next((r for r in runs if r["ratio"] == 0), None)
+        candidates = sorted((r for r in runs if r["ratio"] > 0), key=lambda r: -r["ratio"])
+        if candidates:
+            panels.append((backbone.label, base, candidates[0]))
+    if not panels:
+        return None
+    rows_per = max(1, n_images)
+    fig = Figure(figsize=(10, 2.4 * rows_per * len(panels)))
+    axes = fig.subplots(rows_per * len(panels), 5, squeeze=False)
+    titles = ["image", "mask", "SPN map", "Grad-CAM baseline", "Grad-CAM saliency-aware"]
+    for p, (label, base, sa) in enumerate(panels):
+        sa_model = load_model(sa["run"])
+        trainer = Trainer.resume(sa["run"])
+        batch = next(iter(masked_test_loader(trainer)))
+        keep = batch["has_mask"].bool()
+        images, masks = batch["image"][keep][:rows_per], batch["mask"][keep][:rows_per, 0]
+        with torch.no_grad():
+            spn = sa_model.module.saliency(images)  # type: ignore[operator]
+        cam_sa = create("gradcam", sa_model).explain(images).attributions
+        cam_base = create("gradcam", load_model(base["run"])).explain(images).attributions if base else None
+        for i in range(len(images)):
+            row = axes[p * rows_per + i]
+            shown = sa_model.preprocessing.denormalize(images[i]).clamp(0, 1)
+            row[0].imshow(shown.permute(1, 2, 0).numpy())
+            row[1].imshow(masks[i], cmap="gray", vmin=0, vmax=1)
+            row[2].imshow(spn[i], cmap="jet", vmin=0, vmax=1)
+            if cam_base is not None:
+                row[3].imshow(cam_base[i], cmap="jet")
+            row[4].imshow(cam_sa[i], cmap="jet")
+            for j, ax in enumerate(row):
+                ax.set_xticks([])
+                ax.set_yticks([])
+                if i == 0:
+                    ax.set_title(f"{titles[j]}\n{label}" if j == 0 else titles[j], fontsize=8)
+    fig.tight_layout()
+    path = out / "figure.png"
+    fig.savefig(path, dpi=80)
+    return path
+
+
+def run_experiment(
+    cfg: ExperimentConfig,
+    out: str | os.PathLike[str],
+    *,
+    on_run: Callable[[int, int, RunSpec, dict[str, Any] | None], None] | None = None,
+) -> ExperimentResult:
+    """Train and score every run of the grid (reusing finished runs), then write the tables.
+
+    Args:
+        cfg: The experiment.
+        out: Output folder (``runs/``, ``results.json``, ``results.md``, ``figure.png``).
+        on_run: Called before (scores ``None``) and after each run with its index, the run count,
+            the run and its scores.
+    """
+    folder = Path(out)
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "experiment.json").write_text(json.dumps(_config_dict(cfg), indent=1))
+    result = ExperimentResult(cfg)
+    specs = grid(cfg)
+    for i, spec in enumerate(specs):
+        run = folder / "runs" / spec.folder
+        done = run / "result.json"
+        if on_run:
+            on_run(i, len(specs), spec, None)
+        if done.is_file():
+            record = json.loads(done.read_text())
+        else:
+            if (run / "last.pt").is_file():
+                trainer = Trainer.resume(run)
+            else:
+                trainer = Trainer.create(train_config(cfg, spec), run, force=run.exists())
+            trainer.fit()
+            record = {
+                "backbone": spec.backbone.label,
+                "weights": "ImageNet-pretrained" if spec.backbone.pretrained else "random init",
+                "config": spec.config_label,
+                "ratio": spec.ratio,
+                "loc_loss": spec.loc_loss,
+                "seed": spec.seed,
+                "run": str(run),
+                "freeze": trainer.config.freeze,
+                "scores": score_run(trainer, run, cfg.threshold),
+            }
+            done.write_text(json.dumps(record, indent=1))
+        result.runs.append(record)
+        if on_run:
+            on_run(i, len(specs), spec, record["scores"])
+    (folder / "results.json").write_text(json.dumps(result.to_dict(), indent=1))
+    figure(result, folder, cfg.figure_images)
+    (folder / "results.md").write_text(markdown(result), encoding="utf-8")
+    return result
+
+
+def _config_dict(cfg: ExperimentConfig) -> dict[str, Any]:
+    d = asdict(cfg)
+    d["backbones"] = [b.label for b in cfg.backbones]
+    return d
