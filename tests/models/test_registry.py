@@ -129,3 +129,13 @@ def test_layer_lookup() -> None:
         resolve_layer(r18.module, 3)  # type: ignore[arg-type]
     table = {info.name: info for info in r18.layer_table}
     assert table["layer4"].output_shape == (512, 7, 7)
+
+
+def test_default_cam_layer_passes_over_adaptive_pooling() -> None:
+    import torchvision
+
+    from cnnlens.models.layers import default_cam_layer
+
+    # VGG's avgpool (AdaptiveAvgPool2d(7)) outputs a 7x7 map too, but only resamples `features`
+    assert default_cam_layer(torchvision.models.vgg11(), (64, 64)) == "features"
+    assert default_cam_layer(torchvision.models.resnet18(), (64, 64)) == "layer4"

@@ -99,12 +99,16 @@ def trace_layers(model: nn.Module, input_size: tuple[int, int], channels: int = 
 def default_cam_layer(model: nn.Module, input_size: tuple[int, int], channels: int = 3) -> str | None:
     """The last layer, in execution order, that outputs a spatial feature map (N, C, H, W with H, W > 1).
 
-    For ResNets this is ``layer4``, for VGG ``features``, for EfficientNets the final conv block: the
-    map Grad-CAM and CAM are usually computed on.
+    Adaptive pooling layers are passed over: they only resample the last feature map (VGG's
+    ``avgpool`` turns 7x7 into 7x7, or a smaller input's map into 7x7). For ResNets this is
+    ``layer4``, for VGG ``features``, for EfficientNets the final conv block: the map Grad-CAM and CAM
+    are usually computed on.
     """
     best: str | None = None
     for info in trace_layers(model, input_size, channels):
         shape = info.output_shape
+        if info.kind.startswith("Adaptive"):
+            continue
         if shape is not None and len(shape) == 3 and shape[1] > 1 and shape[2] > 1:
             best = info.name
     return best
