@@ -140,8 +140,27 @@ def test_quick_settings_and_overrides(chelsea: Path, tmp_path: Path) -> None:
     assert full[0].get_params()["n_masks"] == 1000
     # a quick preset the user did not ask for never counts as an unused parameter
     build_methods(model, ["saliency"], {}, None, quick=True)
+    # --precision reaches the methods that take it, and -p precision= wins
+    occ, sal = build_methods(model, ["occlusion", "saliency"], {}, None, precision="bf16")
+    assert occ.get_params()["precision"] == "bf16" and "precision" not in sal.get_params()
+    (occ,) = build_methods(model, ["occlusion"], {"precision": "fp32"}, None, precision="bf16")
+    assert occ.get_params()["precision"] == "fp32"
     out = tmp_path / "o"
-    code = main(["explain", str(chelsea), "-m", "rise", "--quick", "-p", "n_masks=64", "-o", str(out)])
+    code = main(
+        [
+            "explain",
+            str(chelsea),
+            "-m",
+            "rise",
+            "--quick",
+            "--precision",
+            "fp32",
+            "-p",
+            "n_masks=64",
+            "-o",
+            str(out),
+        ]
+    )
     assert code == 0
     assert (out / "chelsea" / "rise.npz").exists()
 

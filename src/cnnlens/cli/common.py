@@ -108,12 +108,15 @@ def build_methods(
     quick: bool = False,
     per_method: dict[str, dict[str, Any]] | None = None,
     skip_unsupported: bool = False,
+    precision: str | None = None,
 ) -> list[Attribution]:
     """Create each named method with the parameters it accepts; unused parameters are an error.
 
     ``quick`` starts from each method's :attr:`~Attribution.quick_params`; ``per_method`` sets
     parameters of single methods; ``params`` (the user's ``-p``) overrides both.
     ``skip_unsupported`` leaves out the methods that cannot explain the model (``--method all``).
+    ``precision`` (``--precision``) applies to the methods that take it (the perturbation and
+    surrogate methods); a ``-p precision=`` wins.
     """
     classes = [get_method(n) for n in names]
     if skip_unsupported:
@@ -124,6 +127,8 @@ def build_methods(
         accepted = cls.hyperparameters()
         preset = dict(cls.quick_params) if quick else {}
         preset |= (per_method or {}).get(cls.name, {})
+        if precision is not None and "precision" in accepted:
+            preset["precision"] = precision
         given = {k: v for k, v in params.items() if k in accepted}
         used |= set(given)
         kwargs = preset | given

@@ -8,6 +8,7 @@ from pathlib import Path
 from rich.table import Table
 
 from cnnlens.attribution import method_names
+from cnnlens.attribution.engine import PRECISIONS
 from cnnlens.cli.common import (
     add_model_arguments,
     build_methods,
@@ -53,6 +54,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         help="method parameter, e.g. window=48",
     )
     p.add_argument(
+        "--precision",
+        choices=PRECISIONS,
+        help="forward passes of the perturbation methods: fp32, bf16 (autocast, channels_last) or auto "
+        "(bf16 only where the CPU/GPU has it natively and the method's maps stay faithful; the default)",
+    )
+    p.add_argument(
         "--quick",
         action="store_true",
         help="lighter settings for a first look (fewer samples/steps/windows; see `cnnlens methods`)",
@@ -91,7 +98,13 @@ def run(args: argparse.Namespace) -> int:
     model = model_from_args(args)
     every = not split_list(args.method) or split_list(args.method) == ["all"]
     methods = build_methods(
-        model, names, parse_params(args.param), args.layer, quick=args.quick, skip_unsupported=every
+        model,
+        names,
+        parse_params(args.param),
+        args.layer,
+        quick=args.quick,
+        skip_unsupported=every,
+        precision=args.precision,
     )
     targets = check_targets(model, split_list(args.target))
     images, errors = load_images(args.images)
