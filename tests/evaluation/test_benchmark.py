@@ -173,3 +173,15 @@ def test_best_rows_follow_the_direction_and_skip_references() -> None:
         ],
     }
     assert best_rows(summary) == {"up": {"a", "b"}, "down": {"b"}}
+
+
+@pytest.mark.usefixtures("tiny_cli")
+def test_all_methods_skip_what_cannot_explain_the_model_and_quick_applies(data: Path, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    args = ["--data", str(data), "--methods", "all", "--metrics", "sparseness", "--quick", "--no-references"]
+    assert main(["benchmark", *args, "--out", str(out)]) == 0
+    summary = json.loads((out / "benchmark.json").read_text())
+    names = [m["name"] for m in summary["methods"]]
+    assert "spn" not in names and "gradcam" in names  # tiny has no SPN: left out of 'all'
+    params = {m["name"]: m["params"] for m in summary["methods"]}
+    assert params["rise"]["n_masks"] == 256 and params["integrated_gradients"]["steps"] == 16

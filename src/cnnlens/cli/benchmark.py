@@ -49,6 +49,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         help="metric parameter, given to every selected metric that takes it, e.g. steps=10",
     )
     p.add_argument("--layer", help="layer for CAM methods (default: the model's)")
+    p.add_argument(
+        "--quick",
+        action="store_true",
+        help="each method's lighter settings (fewer samples/steps/windows; see `cnnlens methods`)",
+    )
     p.add_argument("--no-references", action="store_true", help="leave out the Gaussian and random rows")
     p.add_argument("--seed", type=int, default=0, help="seed of the random reference map (default 0)")
     p.add_argument("--cache", type=Path, help="attribution cache folder (default: OUT/cache)")
@@ -102,7 +107,10 @@ def run(args: argparse.Namespace) -> int:
     names = selected(args.methods, method_names())
     images = load_dataset(args.data)
     model = model_from_args(args)
-    methods = build_methods(model, names, parse_params(args.param), args.layer)
+    every = not split_list(args.methods) or split_list(args.methods) == ["all"]
+    methods = build_methods(
+        model, names, parse_params(args.param), args.layer, quick=args.quick, skip_unsupported=every
+    )
     references = () if args.no_references else REFERENCES
     bench = BenchmarkRun(
         model, methods, metrics, args.out, args.cache or args.out / "cache", references, args.seed
