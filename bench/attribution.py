@@ -4,10 +4,14 @@ Not a test: it prints ratios. For each model (ResNet-50 with random weights, the
 EfficientNet-Lite0) on one 224 px sample photo, and each method, it prints:
 
 * ``wall``: seconds of one ``explain`` call;
-* ``evals``: images that went through the whole network, and ``tail``: activations that went through
-  only the part after a layer (Ablation-CAM's split network);
-* ``floor``: ``evals`` times the per-image time of a batched forward (forward + backward for methods
-  that need gradients) measured in the same run, and ``x floor`` = wall / floor;
+* ``evals``: images that went through the whole network (``grad``: of them, those in a pass that was
+  back-propagated), and ``tail``: activations that went through only the part after a layer
+  (Ablation-CAM's split network);
+* ``prec``: the precision the method's forwards ran at (``precision="auto"`` resolved on this machine);
+* ``floor``: the evaluations priced at the per-image time of a batched pass measured in the same run:
+  back-propagated ones at a forward + backward to the input (parameters frozen, as in ``explain``),
+  the others at a forward in the method's precision; ``x floor`` = wall / floor, and ``target`` says
+  whether it meets the issue's bound (1.15 for input-space perturbation, 1.2 for gradient methods);
 * for every installed peer (captum, pytorch-grad-cam, lime, shap) run on identical settings, its wall
   time, its evaluations and ``speed-up`` = peer wall / cnnlens wall. A peer whose estimated time
   (its evaluations at the floor) exceeds ``--peer-budget`` seconds is not run; its estimate is printed.
@@ -36,6 +40,7 @@ import torch
 from torch import nn
 
 from cnnlens.attribution import create, get_method, method_names
+from cnnlens.attribution.engine import precision_context, to_precision
 from cnnlens.attribution.surrogate import superpixels
 from cnnlens.data import load_sample
 from cnnlens.models import LoadedModel, load_model
@@ -99,6 +104,7 @@ def last_leaf(module: nn.Module, x: torch.Tensor) -> nn.Module:
 @dataclass
 class Count:
     full: int = 0
+    grad: int = 0
     total: int = 0
 
 
@@ -113,6 +119,8 @@ class Counter:
 
         def full(_m: nn.Module, args: Any) -> None:
             self.count.full += len(args[0])
+            if torch.is_grad_enabled():
+                self.count.grad += len(args[0])
 
         def total(_m: nn.Module, args: Any) -> None:
             self.count.total += len(args[0])
@@ -142,24 +150,40 @@ def timed(fn: Callable[[], Any], counter: Counter, repeats: int = 1) -> tuple[fl
 # -- the floor --------------------------------------------------------------------------------------
 
 
-def floor_times(module: nn.Module, x: torch.Tensor, batch: int, repeats: int = 3) -> tuple[float, float]:
-    """Seconds per image of a batched forward, and of a batched forward + backward to the input."""
+def floor_times(module: nn.Module, x: torch.Tensor, batch: int, repeats: int = 3) -> dict[str, float]:
+    """Seconds per image of a batched pass: forward in fp32 and in bf16, forward + backward to the input.
+
+    The backward computes the input gradient only (parameters frozen), as every cnnlens gradient
+    method does.
+    """
     xb = x.expand(batch, -1, -1, -1).contiguous()
-    fwd, fwd_bwd = [], []
-    with torch.inference_mode():
-        module(x)  # first calls at each batch shape pay one-off set-up costs
-        module(xb)
-    for _ in range(repeats):  # forwards back to back, then forward + backward (less cache churn)
-        start = time.perf_counter()
-        with torch.inference_mode():
-            module(xb)
-        fwd.append(time.perf_counter() - start)
-    for _ in range(repeats):
-        start = time.perf_counter()
+    frozen = [p for p in module.parameters() if p.requires_grad]
+    for p in frozen:
+        p.requires_grad_(False)
+
+    def forward(precision: str) -> None:
+        with torch.inference_mode(), precision_context(precision, xb.device):
+            module(to_precision(xb, precision))
+
+    def forward_backward() -> None:
         xg = xb.clone().requires_grad_(True)
-        module(xg)[:, 0].sum().backward()
-        fwd_bwd.append(time.perf_counter() - start)
-    return min(fwd) / batch, min(fwd_bwd) / batch
+        torch.autograd.grad(module(xg)[:, 0].sum(), xg)
+
+    runs = {"fp32": lambda: forward("fp32"), "bf16": lambda: forward("bf16"), "grad": forward_backward}
+    out = {}
+    try:
+        for key, run in runs.items():  # each pass back to back (less cache churn)
+            run()  # the first call at a batch shape pays one-off set-up costs
+            seconds = []
+            for _ in range(repeats):
+                start = time.perf_counter()
+                run()
+                seconds.append(time.perf_counter() - start)
+            out[key] = min(seconds) / batch
+    finally:
+        for p in frozen:
+            p.requires_grad_(True)
+    return out
 
 
 # -- peers ------------------------------------------------------------------------------------------
@@ -324,28 +348,62 @@ def method_params(name: str, model_name: str, quick: bool) -> dict[str, Any]:
     return {k: v for k, v in params.items() if k in cls.hyperparameters() and v is not None}
 
 
+#: The issue's bounds on wall / floor.
+TARGETS = {
+    **dict.fromkeys(("occlusion", "rise", "lime", "kernelshap", "scorecam"), 1.15),
+    **dict.fromkeys(
+        (
+            "saliency",
+            "gradxinput",
+            "smoothgrad",
+            "integrated_gradients",
+            "guided_backprop",
+            "deconvnet",
+            "gradcam",
+            "gradcampp",
+            "layercam",
+            "guided_gradcam",
+        ),
+        1.2,
+    ),
+}
+
+
 def bench_model(model_name: str, methods: list[str], args: argparse.Namespace) -> None:
     model = load_model(model_name, pretrained=model_name == "efficientnet_lite0")
     module = model.module.eval()
     x = model.prepare(load_sample("chelsea"))
     target = int(model.logits(x).argmax())
-    t_f, t_fb = floor_times(module, x, args.batch_size, max(args.repeats, 2))
+    floors = floor_times(module, x, args.batch_size, max(args.repeats, 2))
     print(
-        f"\n## {model_name}: forward {t_f * 1e3:.1f} ms/img, forward+backward {t_fb * 1e3:.1f} ms/img "
-        f"(batch {args.batch_size}, best of {args.repeats})"
+        f"\n## {model_name}: forward {floors['fp32'] * 1e3:.1f} ms/img (bf16 {floors['bf16'] * 1e3:.1f}), "
+        f"forward+backward to the input {floors['grad'] * 1e3:.1f} ms/img (batch {args.batch_size}, "
+        f"best of {max(args.repeats, 2)})"
     )
-    header = f"{'method':<22}{'wall s':>8}{'evals':>7}{'tail':>7}{'floor s':>9}{'x floor':>8}"
+    header = (
+        f"{'method':<22}{'wall s':>8}{'evals':>7}{'grad':>6}{'tail':>7}{'prec':>6}{'floor s':>9}"
+        f"{'x floor':>8}{'target':>8}"
+    )
     print(header + "   peers (wall s, evals, speed-up)")
     counter = Counter(module, last_leaf(module, x))
     for name in methods:
+        cls = get_method(name)
+        reason = cls.unsupported(module)
+        if reason is not None:
+            print(f"{name:<22}skipped: {reason}")
+            continue
         params = method_params(name, model_name, args.quick)
         method = create(name, model, batch_size=args.batch_size, **params)
         seconds, count, exp = timed(
             lambda method=method: method.explain(x, target=target), counter, args.repeats
         )
-        per = t_fb if get_method(name).needs_gradients else t_f
-        floor = count.full * per
-        ratio = f"{seconds / floor:8.2f}" if count.total == count.full else f"{'-':>8}"
+        precision = method.compute_precision(x.device)
+        floor = count.grad * floors["grad"] + (count.full - count.grad) * floors[precision]
+        ratio = f"{seconds / floor:8.2f}" if count.total == count.full and floor > 0 else f"{'-':>8}"
+        bound = TARGETS.get(name)
+        verdict = (
+            "-" if bound is None or ratio.strip() == "-" else ("ok" if seconds / floor <= bound else "MISS")
+        )
         peers = []
         layer_name = exp.layer or model.default_layer
         layer = dict(module.named_modules())[layer_name]
@@ -358,7 +416,8 @@ def bench_model(model_name: str, methods: list[str], args: argparse.Namespace) -
             layer,
         )
         for peer, run in runners.get(name, {}).items():
-            estimate = count.full * per if count.total == count.full else count.total * t_f
+            estimate = floor if count.total == count.full else count.total * floors["fp32"]
+            estimate *= floors["fp32"] / floors[precision]  # the peers run in fp32
             if estimate > args.peer_budget:
                 peers.append(f"{peer}: skipped (est. {estimate:.0f} s at the floor)")
                 continue
@@ -366,8 +425,8 @@ def bench_model(model_name: str, methods: list[str], args: argparse.Namespace) -
                 p_seconds, p_count, _ = timed(run, counter, args.repeats)
             peers.append(f"{peer} {p_seconds:.2f} s, {p_count.full} evals, {p_seconds / seconds:.1f}x")
         print(
-            f"{name:<22}{seconds:8.2f}{count.full:7d}{count.total - count.full:7d}{floor:9.2f}{ratio}   "
-            + ("; ".join(peers) or "-")
+            f"{name:<22}{seconds:8.2f}{count.full:7d}{count.grad:6d}{count.total - count.full:7d}"
+            f"{precision:>6}{floor:9.2f}{ratio}{verdict:>8}   " + ("; ".join(peers) or "-")
         )
 
 

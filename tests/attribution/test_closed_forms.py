@@ -77,7 +77,7 @@ def test_occlusion_is_exact_on_a_patch_additive_model() -> None:
     torch.manual_seed(0)
     model = PatchAdditive()
     x = torch.randn(1, 3, 32, 32)
-    exp = create("occlusion", model, window=8, stride=8, fill=0.0).explain(x, target=0)
+    exp = create("occlusion", model, window=8, stride=8, fill=0.0, precision="fp32").explain(x, target=0)
     patch_sums = x.sum(1).unfold(1, 8, 8).unfold(2, 8, 8).sum((-1, -2))  # (1, 4, 4)
     contribution = model.fc.weight[0].detach().view(4, 4) * patch_sums[0]
     expected = contribution.repeat_interleave(8, 0).repeat_interleave(8, 1)
@@ -96,8 +96,8 @@ def test_occlusion_batch_size_does_not_change_the_result() -> None:
     torch.manual_seed(0)
     model = PatchAdditive()
     x = torch.randn(1, 3, 32, 32)
-    a = create("occlusion", model, window=6, stride=5).explain(x, batch_size=1)
-    b = create("occlusion", model, window=6, stride=5).explain(x, batch_size=50)
+    a = create("occlusion", model, window=6, stride=5, precision="fp32").explain(x, batch_size=1)
+    b = create("occlusion", model, window=6, stride=5, precision="fp32").explain(x, batch_size=50)
     assert torch.allclose(a.attributions, b.attributions, atol=1e-5)
 
 
@@ -105,5 +105,5 @@ def test_probability_score() -> None:
     torch.manual_seed(0)
     model = PatchAdditive()
     x = torch.randn(1, 3, 32, 32)
-    exp = create("occlusion", model, window=8, stride=8, score="probability").explain(x)
+    exp = create("occlusion", model, window=8, stride=8, score="probability", precision="fp32").explain(x)
     assert exp.attributions.abs().max() <= 1.0

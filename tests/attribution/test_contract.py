@@ -82,9 +82,12 @@ def test_model_left_exactly_as_found(name: str, images: torch.Tensor) -> None:
 @pytest.mark.parametrize("name", METHODS)
 def test_hooks_removed_and_state_restored_after_an_exception(name: str, images: torch.Tensor) -> None:
     inner = tiny_loaded().module
-    failing: torch.nn.Module = FailOnCall(inner, fail_at=2)
+    # the first forward inside the method's own pass: methods that pick their targets from that pass
+    # run no earlier forward of the template's
+    fail_at = 1 if get_method(name).picks_targets else 2
+    failing: torch.nn.Module = FailOnCall(inner, fail_at=fail_at)
     if get_method(name).unsupported(failing) is not None:
-        failing = tiny_spn_loaded(fail_at=2).module
+        failing = tiny_spn_loaded(fail_at=fail_at).module
     before = snapshot(failing)
     method = create(
         name, failing, **small(name), **({"layer": "inner.features"} if get_method(name).uses_layer else {})
@@ -191,3 +194,26 @@ def test_explanation_save_load_and_index(tmp_path: object, images: torch.Tensor)
     assert torch.equal(back.attributions, one.attributions)
     with pytest.raises(IndexError):
         exp[3]
+
+
+@pytest.mark.parametrize("name", [m for m in METHODS if get_method(m).picks_targets])
+def test_one_pass_methods_take_targets_from_their_own_pass(name: str, images: torch.Tensor) -> None:
+    """No forward of the template's: the back-propagated pass gives the target and the score."""
+    model = model_for(name)
+    calls: list[int] = []
+    handle = model.module.register_forward_pre_hook(lambda _m, args: calls.append(len(args[0])))
+    try:
+        exp = create(name, model, **small(name)).explain(images, batch_size=2)
+        passes = 2 if name == "guided_gradcam" else 1  # Grad-CAM's pass, then the guided rule's
+        assert sum(calls) == passes * len(images)
+        top = exp.targets
+        given = create(name, model, **small(name)).explain(images, target=top.tolist(), batch_size=3)
+    finally:
+        handle.remove()
+    with torch.inference_mode():
+        probs = model.module(images).softmax(1)
+    assert torch.equal(top, probs.argmax(1))
+    assert torch.allclose(exp.scores, probs.gather(1, top[:, None])[:, 0], atol=1e-5)
+    assert torch.allclose(exp.attributions, given.attributions, atol=1e-5)
+    with pytest.raises(ValueError, match="2 targets for"):
+        create(name, model, **small(name)).explain(images, target=[0, 1])

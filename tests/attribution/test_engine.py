@@ -142,3 +142,16 @@ def test_auto_batch_size_gives_the_same_maps(images: torch.Tensor) -> None:
     auto = create("rise", model, n_masks=24, batch_size="auto").explain(images)
     fixed = create("rise", model, n_masks=24, batch_size=5).explain(images)
     assert torch.allclose(auto.attributions, fixed.attributions, atol=1e-5)
+
+
+def test_bf16_is_native_asks_the_cpu_capability_checks(monkeypatch: pytest.MonkeyPatch) -> None:
+    from cnnlens.attribution import engine
+
+    cpu = torch.device("cpu")
+    for amx, avx512 in ((False, False), (True, False), (False, True)):
+        monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda amx=amx: amx, raising=False)
+        monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda v=avx512: v, raising=False)
+        assert engine.bf16_is_native(cpu) is (amx or avx512)
+        assert resolve_precision("auto", cpu, True) == ("bf16" if amx or avx512 else "fp32")
+        assert resolve_precision("auto", cpu, False) == "fp32"  # not faithful: never bf16
+    assert engine.bf16_is_native(torch.device("meta")) is False

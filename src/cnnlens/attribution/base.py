@@ -15,6 +15,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -50,6 +51,71 @@ def target_scores(logits: torch.Tensor, targets: torch.Tensor, kind: str = "logi
     """Pick each row's target output, as a logit or a softmax probability: ``(N,)``."""
     values = logits.float().softmax(dim=1) if kind == "probability" else logits.float()
     return values.gather(1, targets.view(-1, 1).to(values.device)).squeeze(1)
+
+
+class TargetPicker:
+    """The targets of a method that chooses them from the logits of its own forward pass.
+
+    Single-pass gradient methods (saliency, Grad-CAM, ...) need the target before their backward pass
+    but no separate forward to find it: each chunk's logits come from the pass that is back-propagated,
+    and :meth:`take` resolves that chunk's targets from them (``None`` means each input's top class).
+    A later pass over the same inputs (Guided Grad-CAM's second rule) gets the targets already chosen.
+
+    Args:
+        target: What the caller asked for (see :func:`~cnnlens.attribution.targets.resolve_targets`).
+        class_names: The model's class names, for targets given by name.
+        count: Number of inputs.
+    """
+
+    def __init__(self, target: Target, class_names: list[str] | None, count: int):
+        self.count = count
+        self.class_names = class_names
+        self.target = self._per_input(target, count)
+        self._targets = torch.full((count,), -1, dtype=torch.long)
+        self._logits: torch.Tensor | None = None
+
+    @staticmethod
+    def _per_input(target: Target, count: int) -> Target:
+        if isinstance(target, (torch.Tensor, np.ndarray)) and np.asarray(target).ndim > 0:
+            target = [int(v) for v in np.asarray(target).reshape(-1)]
+        if isinstance(target, (list, tuple)) and len(target) != count:
+            raise ValueError(
+                f"got {len(target)} targets for {count} inputs; give one target for all inputs or one "
+                "per input"
+            )
+        return target
+
+    @classmethod
+    def given(cls, targets: torch.Tensor) -> TargetPicker:
+        """A picker whose targets are already resolved (one class index per input)."""
+        picker = cls(None, None, len(targets))
+        picker._targets = targets.detach().cpu().long().clone()
+        return picker
+
+    def take(self, logits: torch.Tensor, start: int) -> torch.Tensor:
+        """The targets of inputs ``start .. start + len(logits)``, on the logits' device."""
+        stop = start + len(logits)
+        logits = logits.detach().float()
+        if self._logits is None:
+            self._logits = torch.full((self.count, logits.shape[1]), float("nan"))
+        self._logits[start:stop] = logits.cpu()
+        if bool((self._targets[start:stop] < 0).any()):
+            spec = self.target[start:stop] if isinstance(self.target, (list, tuple)) else self.target
+            self._targets[start:stop] = resolve_targets(spec, logits, self.class_names)
+        return self._targets[start:stop].to(logits.device)
+
+    def resolved(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The ``(N,)`` targets and the ``(N, K)`` logits every input's pass produced."""
+        if self._logits is None or bool((self._targets < 0).any()) or bool(self._logits.isnan().any()):
+            raise RuntimeError("the method's passes did not cover every input")
+        return self._targets, self._logits
+
+
+def chunk_targets(targets: torch.Tensor | TargetPicker, logits: torch.Tensor, start: int) -> torch.Tensor:
+    """The targets of inputs ``start .. start + len(logits)``: a slice, or picked from ``logits``."""
+    if isinstance(targets, TargetPicker):
+        return targets.take(logits, start)
+    return targets[start : start + len(logits)].to(logits.device)
 
 
 def check_inputs(inputs: torch.Tensor, channels: int | None = None) -> torch.Tensor:
@@ -103,6 +169,8 @@ class Attribution(ABC):
         needs_gradients: Whether the method back-propagates.
         uses_layer: Whether the method works on an intermediate layer (``layer=``).
         signed: Whether negative attributions are meaningful.
+        picks_targets: Whether the method chooses its targets from the logits of its own forward pass
+            (:class:`OnePass`), so :meth:`explain` runs no separate forward to find them.
     """
 
     name: ClassVar[str]
@@ -112,6 +180,7 @@ class Attribution(ABC):
     needs_gradients: ClassVar[bool] = False
     uses_layer: ClassVar[bool] = False
     signed: ClassVar[bool] = False
+    picks_targets: ClassVar[bool] = False
     default_batch_size: ClassVar[int] = 32
     #: Whether ``precision="auto"`` may choose bfloat16 for this method (its bf16 maps keep a Spearman
     #: rank correlation >= 0.99 with the fp32 maps; measured by ``bench/attribution.py --precision``).
@@ -225,10 +294,15 @@ class Attribution(ABC):
         start = time.perf_counter()
         with preserved_state(module, freeze_parameters=True):
             chunk = self._chunk_size(batch_size, x)
-            logits = self.forward(x, chunk)
-            targets = resolve_targets(target, logits, self.class_names)
             layer_name = self.target_layer(x)[0] if self.uses_layer else None
-            result = self._attribute(x, targets.to(x.device), chunk)
+            if isinstance(self, OnePass):
+                picker = TargetPicker(target, self.class_names, len(x))
+                result = self._attribute_picking(x, picker, chunk)
+                targets, logits = picker.resolved()
+            else:
+                logits = self.forward(x, chunk)
+                targets = resolve_targets(target, logits, self.class_names)
+                result = self._attribute(x, targets.to(x.device), chunk)
         out = result if isinstance(result, Attributed) else Attributed(result)
         maps = self._to_input_resolution(out.maps, x)
         return Explanation(
@@ -308,3 +382,25 @@ class Attribution(ABC):
     def __repr__(self) -> str:
         args = ", ".join(f"{k}={v!r}" for k, v in self.get_params().items())
         return f"{type(self).__name__}({args})"
+
+
+class OnePass(Attribution):
+    """A method whose attribution comes from one pass per input, which also gives the logits.
+
+    It implements :meth:`_attribute_picking`, whose helpers take each chunk's targets from
+    :meth:`TargetPicker.take` on the logits of the very pass they back-propagate; ``explain`` then
+    needs no forward of its own. ``_attribute`` (given targets) runs the same code.
+    """
+
+    picks_targets = True
+
+    @abstractmethod
+    def _attribute_picking(
+        self, inputs: torch.Tensor, picker: TargetPicker, batch_size: int
+    ) -> torch.Tensor | Attributed:
+        """Like :meth:`Attribution._attribute`, with the targets taken from each chunk's logits."""
+
+    def _attribute(
+        self, inputs: torch.Tensor, targets: torch.Tensor, batch_size: int
+    ) -> torch.Tensor | Attributed:
+        return self._attribute_picking(inputs, TargetPicker.given(targets), batch_size)

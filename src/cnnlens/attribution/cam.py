@@ -12,7 +12,14 @@ from abc import abstractmethod
 import torch
 from torch import nn
 
-from cnnlens.attribution.base import Attribution, LayerSpec, ModelLike
+from cnnlens.attribution.base import (
+    Attribution,
+    LayerSpec,
+    ModelLike,
+    OnePass,
+    TargetPicker,
+    chunk_targets,
+)
 from cnnlens.attribution.hooks import capture_outputs
 from cnnlens.attribution.registry import register
 
@@ -31,25 +38,31 @@ def feature_map(store: dict[str, torch.Tensor], name: str) -> torch.Tensor:
 
 
 def layer_gradient(
-    attribution: Attribution, inputs: torch.Tensor, targets: torch.Tensor, batch_size: int
+    attribution: Attribution,
+    inputs: torch.Tensor,
+    targets: torch.Tensor | TargetPicker,
+    batch_size: int,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Activations ``A`` of the method's target layer and ``d(target logit)/dA``, both ``(N, C, h, w)``.
 
-    Only the gradient at that layer is computed (no weight gradients, nothing below the layer).
+    Only the gradient at that layer is computed (no weight gradients, nothing below the layer). With a
+    :class:`~cnnlens.attribution.base.TargetPicker` the targets come from the same forward pass.
     """
     name, layer = attribution.target_layer(inputs)
     acts, grads = [], []
-    for x, t in zip(inputs.split(batch_size), targets.split(batch_size)):
+    for start in range(0, len(inputs), batch_size):
+        x = inputs[start : start + batch_size]
         with capture_outputs({name: layer}) as store, torch.enable_grad():
-            logits = attribution.module(x.detach().requires_grad_(True))
+            logits = attribution.module(x.detach().requires_grad_(True)).float()
             a = feature_map(store, name)
-            (g,) = torch.autograd.grad(logits.float().gather(1, t.view(-1, 1)).sum(), a)
+            t = chunk_targets(targets, logits, start)
+            (g,) = torch.autograd.grad(logits.gather(1, t.view(-1, 1)).sum(), a)
         acts.append(a.detach())
         grads.append(g.detach())
     return torch.cat(acts), torch.cat(grads)
 
 
-class GradientCAM(Attribution):
+class GradientCAM(OnePass):
     """Base of the gradient-weighted CAMs: ``ReLU(sum_k w_k * A_k)`` with ``w = weights(A, dy/dA)``.
 
     Subclasses implement :meth:`weights` only.
@@ -66,8 +79,8 @@ class GradientCAM(Attribution):
     def weights(self, acts: torch.Tensor, grads: torch.Tensor) -> torch.Tensor:
         """Weights of the feature maps, ``(N, C, 1, 1)`` or per position ``(N, C, h, w)``."""
 
-    def _attribute(self, inputs: torch.Tensor, targets: torch.Tensor, batch_size: int) -> torch.Tensor:
-        acts, grads = layer_gradient(self, inputs, targets, batch_size)
+    def _attribute_picking(self, inputs: torch.Tensor, picker: TargetPicker, batch_size: int) -> torch.Tensor:
+        acts, grads = layer_gradient(self, inputs, picker, batch_size)
         return torch.relu((self.weights(acts, grads) * acts).sum(dim=1))
 
 
@@ -153,7 +166,7 @@ def linear_head(model: nn.Module, channels: int, classes: int) -> nn.Linear | No
 
 
 @register
-class CAM(Attribution):
+class CAM(OnePass):
     """CAM: the feature maps weighted by the linear classifier's weights of the target class.
 
     Only for networks whose logits are ``W @ global_average_pool(A) + b`` for the layer's output
@@ -195,13 +208,14 @@ class CAM(Attribution):
     def __init__(self, model: ModelLike, *, layer: LayerSpec = None, batch_size: int | None = None):
         super().__init__(model, layer=layer, batch_size=batch_size)
 
-    def _attribute(self, inputs: torch.Tensor, targets: torch.Tensor, batch_size: int) -> torch.Tensor:
+    def _attribute_picking(self, inputs: torch.Tensor, picker: TargetPicker, batch_size: int) -> torch.Tensor:
         name, layer = self.target_layer(inputs)
         maps = []
-        for x, t in zip(inputs.split(batch_size), targets.split(batch_size)):
+        for start in range(0, len(inputs), batch_size):
             with capture_outputs({name: layer}) as store, torch.inference_mode():
-                logits = self.module(x).float()
+                logits = self.module(inputs[start : start + batch_size]).float()
                 acts = feature_map(store, name).float()
+            t = picker.take(logits, start)
             head = self._head(name, acts, logits)
             cam = torch.einsum("nk,nkhw->nhw", head.weight.detach().float()[t], acts)
             self._check_identity(name, cam, head, t, logits)

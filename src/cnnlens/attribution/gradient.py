@@ -15,24 +15,38 @@ import numpy as np
 import torch
 from torchvision.transforms.v2 import functional as TF
 
-from cnnlens.attribution.base import Attributed, Attribution, ModelLike, target_scores
+from cnnlens.attribution.base import (
+    Attributed,
+    Attribution,
+    ModelLike,
+    OnePass,
+    TargetPicker,
+    chunk_targets,
+    target_scores,
+)
 from cnnlens.attribution.registry import register
 from cnnlens.models.loaded import LoadedModel
 
 
 def input_gradient(
-    module: torch.nn.Module, inputs: torch.Tensor, targets: torch.Tensor, batch_size: int
+    module: torch.nn.Module,
+    inputs: torch.Tensor,
+    targets: torch.Tensor | TargetPicker,
+    batch_size: int,
 ) -> torch.Tensor:
     """d(target logit)/d(input) for each input, ``(N, C, H, W)``, computed in chunks.
 
-    Only the input gradient is computed: the caller has switched parameter gradients off.
+    Only the input gradient is computed: the caller has switched parameter gradients off. With a
+    :class:`~cnnlens.attribution.base.TargetPicker`, each chunk's targets are chosen from the logits
+    of the same forward pass.
     """
     grads = []
-    for x, t in zip(inputs.split(batch_size), targets.split(batch_size)):
-        x = x.detach().requires_grad_(True)
+    for start in range(0, len(inputs), batch_size):
+        x = inputs[start : start + batch_size].detach().requires_grad_(True)
         with torch.enable_grad():
-            score = module(x).float().gather(1, t.view(-1, 1)).sum()
-            (g,) = torch.autograd.grad(score, x)
+            logits = module(x).float()
+            t = chunk_targets(targets, logits, start)
+            (g,) = torch.autograd.grad(logits.gather(1, t.view(-1, 1)).sum(), x)
         grads.append(g.detach())
     return torch.cat(grads)
 
@@ -47,7 +61,7 @@ def saliency_reduction(grads: torch.Tensor) -> torch.Tensor:
 
 
 @register
-class Saliency(Attribution):
+class Saliency(OnePass):
     """Vanilla gradient saliency: the largest absolute gradient over the colour channels.
 
     Shape:
@@ -67,8 +81,8 @@ class Saliency(Attribution):
     def __init__(self, model: ModelLike, *, batch_size: int | None = None):
         super().__init__(model, batch_size=batch_size)
 
-    def _attribute(self, inputs: torch.Tensor, targets: torch.Tensor, batch_size: int) -> torch.Tensor:
-        return saliency_reduction(input_gradient(self.module, inputs, targets, batch_size))
+    def _attribute_picking(self, inputs: torch.Tensor, picker: TargetPicker, batch_size: int) -> torch.Tensor:
+        return saliency_reduction(input_gradient(self.module, inputs, picker, batch_size))
 
 
 Point = tuple[int, float, torch.Tensor]
@@ -125,7 +139,7 @@ def pixel_bounds(model: ModelLike, inputs: torch.Tensor) -> tuple[torch.Tensor, 
 
 
 @register
-class GradientXInput(Attribution):
+class GradientXInput(OnePass):
     """Gradient times input, summed over the colour channels (signed).
 
     Shape:
@@ -146,8 +160,8 @@ class GradientXInput(Attribution):
     def __init__(self, model: ModelLike, *, batch_size: int | None = None):
         super().__init__(model, batch_size=batch_size)
 
-    def _attribute(self, inputs: torch.Tensor, targets: torch.Tensor, batch_size: int) -> torch.Tensor:
-        return (input_gradient(self.module, inputs, targets, batch_size) * inputs).sum(dim=1)
+    def _attribute_picking(self, inputs: torch.Tensor, picker: TargetPicker, batch_size: int) -> torch.Tensor:
+        return (input_gradient(self.module, inputs, picker, batch_size) * inputs).sum(dim=1)
 
 
 SMOOTHGRAD_VARIANTS = ("smoothgrad", "squared", "vargrad")

@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from cnnlens.attribution.base import Attribution, LayerSpec, ModelLike
+from cnnlens.attribution.base import Attribution, LayerSpec, ModelLike, OnePass, TargetPicker
 from cnnlens.attribution.cam import GradCAM
 from cnnlens.attribution.gradient import input_gradient, saliency_reduction
 from cnnlens.attribution.hooks import Handles
@@ -123,7 +123,11 @@ def backprop_rule(model: nn.Module, rule: str) -> Iterator[list[int]]:
 
 
 def rule_gradient(
-    attribution: Attribution, rule: str, inputs: torch.Tensor, targets: torch.Tensor, batch_size: int
+    attribution: Attribution,
+    rule: str,
+    inputs: torch.Tensor,
+    targets: torch.Tensor | TargetPicker,
+    batch_size: int,
 ) -> torch.Tensor:
     """The input "gradient" of the target logit under a backpropagation rule: ``(N, C, H, W)``."""
     with backprop_rule(attribution.module, rule) as calls:
@@ -136,7 +140,7 @@ def rule_gradient(
     return grads
 
 
-class _RuleMethod(Attribution):
+class _RuleMethod(OnePass):
     """A backpropagation rule, reduced to a per-pixel map like saliency (max |.| over channels)."""
 
     family = "gradient"
@@ -146,8 +150,8 @@ class _RuleMethod(Attribution):
     def __init__(self, model: ModelLike, *, batch_size: int | None = None):
         super().__init__(model, batch_size=batch_size)
 
-    def _attribute(self, inputs: torch.Tensor, targets: torch.Tensor, batch_size: int) -> torch.Tensor:
-        return saliency_reduction(rule_gradient(self, self.rule, inputs, targets, batch_size))
+    def _attribute_picking(self, inputs: torch.Tensor, picker: TargetPicker, batch_size: int) -> torch.Tensor:
+        return saliency_reduction(rule_gradient(self, self.rule, inputs, picker, batch_size))
 
 
 @register
@@ -213,8 +217,8 @@ class GuidedGradCAM(GradCAM):
     def __init__(self, model: ModelLike, *, layer: LayerSpec = None, batch_size: int | None = None):
         super().__init__(model, layer=layer, batch_size=batch_size)
 
-    def _attribute(self, inputs: torch.Tensor, targets: torch.Tensor, batch_size: int) -> torch.Tensor:
-        cam = super()._attribute(inputs, targets, batch_size)
+    def _attribute_picking(self, inputs: torch.Tensor, picker: TargetPicker, batch_size: int) -> torch.Tensor:
+        cam = super()._attribute_picking(inputs, picker, batch_size)
         cam = F.interpolate(cam[:, None], size=inputs.shape[-2:], mode="bilinear", align_corners=False)[:, 0]
-        guided = saliency_reduction(rule_gradient(self, "guided", inputs, targets, batch_size))
+        guided = saliency_reduction(rule_gradient(self, "guided", inputs, picker, batch_size))
         return guided * cam
