@@ -10,7 +10,19 @@ import torch
 from torch import nn
 
 from cnnlens.errors import UnknownNameError
-from cnnlens.evaluation import Sample, create_metric, get_metric, metric_names, metrics_markdown
+from cnnlens.evaluation import (
+    Column,
+    Metric,
+    MetricResult,
+    Sample,
+    column_names,
+    create_metric,
+    get_metric,
+    metric_names,
+    metric_of,
+    metrics_markdown,
+    register_metric,
+)
 from cnnlens.evaluation.complexity import gini
 from cnnlens.evaluation.faithfulness import curve_auc, pixel_ranks
 from cnnlens.evaluation.localisation import pointing_game
@@ -252,6 +264,7 @@ def test_model_metrics_check_their_inputs(name: str) -> None:
         ("topk_iou", {"fraction": 0}),
         ("pointing_game", {"tolerance": -1}),
         ("randomisation", {"stages": 0}),
+        ("randomisation", {"ssim_threshold": 1.5}),
         ("max_sensitivity", {"radius": 0}),
     ],
 )
@@ -265,3 +278,28 @@ def test_unknown_metric_and_parameter() -> None:
         create_metric("deleton")
     with pytest.raises(TypeError, match="its parameters are"):
         create_metric("deletion", window=3)
+
+
+def test_further_columns_are_registered_documented_and_cannot_clash() -> None:
+    assert "randomisation_ssim" in column_names()
+    assert metric_of("randomisation_ssim") == "randomisation"
+    assert metric_of("deletion") == "deletion"
+    assert "| `randomisation_ssim` | sanity | lower |" in metrics_markdown()
+
+    class Clash(Metric):
+        name = "clash"
+        category = "sanity"
+        higher_is_better = False
+        summary = "test"
+        reference = "none"
+        columns = (Column("deletion", higher_is_better=False, summary="x", extra="x"),)
+
+        def _evaluate(self, sample: Sample) -> MetricResult:
+            return MetricResult(0.0)
+
+    with pytest.raises(ValueError, match="column name 'deletion'"):
+        register_metric(Clash)
+    Clash.name, Clash.columns = "randomisation_ssim", ()
+    with pytest.raises(ValueError, match="another metric's column"):
+        register_metric(Clash)
+    assert "clash" not in metric_names() and "randomisation_ssim" not in metric_names()

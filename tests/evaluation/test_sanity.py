@@ -36,9 +36,28 @@ def test_edge_detector_fails_and_gradient_passes(seed: int) -> None:
     assert edges.value == pytest.approx(1.0)
     assert not edges.extras["passed"]
     assert edges.extras["ssim"] == pytest.approx([1.0, 1.0, 1.0])
+    assert edges.extras["ssim_mean"] == pytest.approx(1.0)
     gradient = metric(sample_for(seed, saliency_of))
     assert gradient.extras["passed"], gradient.curve
     assert gradient.value < 0.5
+    assert gradient.extras["ssim_mean"] < 0.3, gradient.extras["ssim"]
+
+
+def peak_over_fresh_noise(module: nn.Module, x: torch.Tensor, target: int) -> torch.Tensor:
+    """The same bright square on faint noise drawn anew at each call: the ranks change, the picture not."""
+    m = 0.01 * torch.rand(32, 32)
+    m[10:16, 12:18] = 1.0
+    return m
+
+
+def test_a_map_whose_ranks_change_but_not_its_picture_fails_on_ssim() -> None:
+    torch.manual_seed(0)
+    result = create_metric("randomisation", stages=3)(sample_for(0, peak_over_fresh_noise))
+    assert result.value < 0.5  # Spearman alone would pass it
+    assert result.extras["ssim_mean"] > 0.9
+    assert not result.extras["passed"]
+    lenient = create_metric("randomisation", stages=3, ssim_threshold=0.99)
+    assert lenient(sample_for(0, peak_over_fresh_noise)).extras["passed"]
 
 
 def test_the_users_model_is_never_modified() -> None:

@@ -42,7 +42,7 @@ class Sparseness(Metric):
     name = "sparseness"
     category = "complexity"
     higher_is_better = True
-    summary = "Gini index of |map|"
+    summary = "Gini index of the absolute map"
     reference = "Chalasani et al. 2020"
 
     def __init__(self) -> None:

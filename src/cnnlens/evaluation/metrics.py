@@ -52,6 +52,29 @@ class Sample:
     preprocessing: Preprocessing | None = None
 
 
+@dataclass(frozen=True)
+class Column:
+    """A further value a metric reports besides its main one, shown as its own benchmark column.
+
+    It is computed in the same pass as the main value (so selecting the metric gives both) and read
+    from :attr:`MetricResult.extras`.
+
+    Attributes:
+        name: The column's name (``"randomisation_ssim"``); it may not be a metric's name.
+        higher_is_better: Its direction.
+        summary: One line for the docs and the report.
+        extra: The key of :attr:`MetricResult.extras` that holds the value.
+        curve: The key of the extras that holds one value per point of the main curve, plotted against
+            the main curve's x (``None``: no curve).
+    """
+
+    name: str
+    higher_is_better: bool
+    summary: str
+    extra: str
+    curve: str | None = None
+
+
 @dataclass
 class MetricResult:
     """A metric's value for one sample, with an optional curve (x, y) and extras."""
@@ -71,6 +94,7 @@ class Metric(ABC):
         summary: One line for the docs and the report.
         reference: The paper.
         needs: Which :class:`Sample` fields must be set besides ``attribution``.
+        columns: Further values reported with the main one (see :class:`Column`).
     """
 
     name: ClassVar[str]
@@ -79,6 +103,7 @@ class Metric(ABC):
     summary: ClassVar[str]
     reference: ClassVar[str]
     needs: ClassVar[tuple[str, ...]] = ()
+    columns: ClassVar[tuple[Column, ...]] = ()
 
     @classmethod
     def parameters(cls) -> dict[str, inspect.Parameter]:
@@ -199,7 +224,7 @@ def register_metric(cls: M) -> M:
 
     Raises:
         TypeError: A declaration is missing or the category is unknown.
-        ValueError: The name is already taken by another class.
+        ValueError: The name, or the name of one of its columns, is already taken.
     """
     for attr in ("name", "category", "higher_is_better", "summary", "reference"):
         if getattr(cls, attr, None) is None:
@@ -208,6 +233,15 @@ def register_metric(cls: M) -> M:
         raise TypeError(f"{cls.__name__}.category must be one of {CATEGORIES}, got {cls.category!r}")
     if cls.name in _METRICS and _METRICS[cls.name] is not cls:
         raise ValueError(f"metric name {cls.name!r} is already registered by {_METRICS[cls.name].__name__}")
+    columns = {c.name for other in _METRICS.values() if other is not cls for c in other.columns}
+    if cls.name in columns:
+        raise ValueError(f"metric name {cls.name!r} is already the name of another metric's column")
+    taken = {*_METRICS, cls.name, *columns}
+    for column in cls.columns:
+        if column.name in taken:
+            raise ValueError(
+                f"column name {column.name!r} of {cls.__name__} is already a metric or column name"
+            )
     _METRICS[cls.name] = cls
     return cls
 
@@ -215,6 +249,19 @@ def register_metric(cls: M) -> M:
 def metric_names() -> list[str]:
     """Every registered metric name, in registration order."""
     return list(_METRICS)
+
+
+def column_names() -> list[str]:
+    """Every column a registered metric reports besides its main value (see :class:`Column`)."""
+    return [c.name for cls in _METRICS.values() for c in cls.columns]
+
+
+def metric_of(name: str) -> str:
+    """The metric that reports ``name``: ``name`` itself for a metric, the owner for a column."""
+    for cls in _METRICS.values():
+        if any(c.name == name for c in cls.columns):
+            return cls.name
+    return name
 
 
 def get_metric(name: str) -> type[Metric]:
@@ -247,4 +294,10 @@ def metrics_markdown() -> str:
         params = ", ".join(f"`{k}={p.default!r}`" for k, p in cls.parameters().items())
         better = "higher" if cls.higher_is_better else "lower"
         lines.append(f"| `{name}` | {cls.category} | {better} | {cls.summary} | {params} | {cls.reference} |")
+        for c in cls.columns:
+            better = "higher" if c.higher_is_better else "lower"
+            what = f"{c.summary} (reported with `{name}`)"
+            lines.append(
+                f"| `{c.name}` | {cls.category} | {better} | {what} | as `{name}` | {cls.reference} |"
+            )
     return "\n".join(lines) + "\n"

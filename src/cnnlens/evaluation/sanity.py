@@ -17,6 +17,7 @@ from skimage.metrics import structural_similarity
 from torch import nn
 
 from cnnlens.evaluation.metrics import (
+    Column,
     Metric,
     MetricResult,
     Sample,
@@ -78,9 +79,13 @@ def map_ssim(a: torch.Tensor, b: torch.Tensor) -> float:
 class ModelRandomisation(Metric):
     """Cascading model-parameter randomisation (lower similarity is better).
 
-    The value is the mean absolute Spearman correlation between the original map and the map after
-    each stage; ``extras["passed"]`` says whether it is below ``threshold``. The curve holds the
-    Spearman correlation per stage, ``extras["ssim"]`` the SSIM per stage.
+    After each stage of randomisation (top layers first) the map is recomputed and compared with the
+    original by two similarities: the Spearman rank correlation and the SSIM (each map scaled to
+    [0, 1]). The value is the mean absolute Spearman correlation over the stages; the column
+    ``randomisation_ssim`` (``extras["ssim_mean"]``) is the mean absolute SSIM. The map passes
+    (``extras["passed"]``) when both are below their thresholds: a map whose ranks change but whose
+    picture stays the same has not passed. The curve holds the Spearman correlation per stage,
+    ``extras["ssim"]`` the SSIM per stage.
 
     References:
         Adebayo et al. Sanity Checks for Saliency Maps. NeurIPS 2018.
@@ -92,11 +97,23 @@ class ModelRandomisation(Metric):
     summary = "rank correlation with maps of a top-down randomised model copy"
     reference = "Adebayo et al. 2018"
     needs = ("inputs", "model", "explain")
+    columns = (
+        Column(
+            "randomisation_ssim",
+            higher_is_better=False,
+            summary="SSIM with maps of a top-down randomised model copy",
+            extra="ssim_mean",
+            curve="ssim",
+        ),
+    )
 
-    def __init__(self, *, stages: int = 3, seed: int = 0, threshold: float = 0.5):
+    def __init__(
+        self, *, stages: int = 3, seed: int = 0, threshold: float = 0.5, ssim_threshold: float = 0.5
+    ):
         self.stages = check_positive_int("stages", stages)
         self.seed = seed
         self.threshold = check_fraction("threshold", threshold)
+        self.ssim_threshold = check_fraction("ssim_threshold", ssim_threshold)
 
     def _evaluate(self, sample: Sample) -> MetricResult:
         a = as_map(sample.attribution)
@@ -116,6 +133,12 @@ class ModelRandomisation(Metric):
             spearman.append(rank_correlation(a, b))
             ssim.append(map_ssim(a, b))
         value = float(np.mean(np.abs(spearman)))
+        ssim_mean = float(np.mean(np.abs(ssim)))
         steps = [float(i + 1) for i in range(len(spearman))]
-        extras = {"ssim": ssim, "passed": value < self.threshold, "last_layer": randomised[-1]}
+        extras = {
+            "ssim": ssim,
+            "ssim_mean": ssim_mean,
+            "passed": value < self.threshold and ssim_mean < self.ssim_threshold,
+            "last_layer": randomised[-1],
+        }
         return MetricResult(value, curve=(steps, spearman), extras=extras)
