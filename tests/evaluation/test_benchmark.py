@@ -1,17 +1,30 @@
-"""``cnnlens benchmark`` end to end on the tiny CNN: outputs, attribution cache, resume."""
+"""``cnnlens benchmark`` end to end on the tiny CNN: outputs, attribution cache, resume, data."""
 
 from __future__ import annotations
 
+import csv
 import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from cnnlens.attribution import Attribution
+from cnnlens.attribution import Attribution, create
 from cnnlens.cli import main
-from cnnlens.evaluation.benchmark import load_dataset, mean_ci, reference_map
+from cnnlens.data.synthetic import SynthConfig, generate
+from cnnlens.errors import DataWarning
+from cnnlens.evaluation import create_metric
+from cnnlens.evaluation.benchmark import (
+    BenchmarkRun,
+    load_dataset,
+    mean_ci,
+    metric_key,
+    reference_map,
+    row_key,
+    run_benchmark,
+)
 from cnnlens.evaluation.faithfulness import Deletion
 from tests.conftest import tiny_loaded
 
@@ -68,7 +81,9 @@ def test_end_to_end(data: Path, tmp_path: Path) -> None:
         for name, cell in row["metrics"].items():
             assert cell["n"] == 2 or name == "energy_pointing", (row["row"], name)
     assert {m["name"]: m["higher_is_better"] for m in summary["metrics"]}["deletion"] is False
-    assert set(summary["curves"]) == {"deletion", "insertion", "randomisation"}
+    assert set(summary["curves"]) == {"deletion", "insertion", "randomisation", "randomisation_ssim"}
+    ssim = next(m for m in summary["metrics"] if m["name"] == "randomisation_ssim")
+    assert (ssim["category"], ssim["higher_is_better"], ssim["of"]) == ("sanity", False, "randomisation")
     csv = (out / "benchmark.csv").read_text().splitlines()
     assert csv[0] == "row,metric,category,higher_is_better,mean,ci95,n"
     assert len(csv) == 1 + 4 * len(summary["metrics"])
@@ -76,10 +91,13 @@ def test_end_to_end(data: Path, tmp_path: Path) -> None:
     assert 'class="best"' in html
     assert "data:image/png;base64," in html
     assert "&darr;" in html
+    assert "randomisation_ssim" in html
+    assert any(line.startswith("saliency,randomisation_ssim,sanity,False,") for line in csv)
     assert "http" not in html.replace("http-equiv", "")
     # the reference maps ignore the model: they fail the sanity check
     ref = next(r for r in summary["table"] if r["row"] == "reference: gaussian")
     assert ref["metrics"]["randomisation"]["mean"] == pytest.approx(1.0)
+    assert ref["metrics"]["randomisation_ssim"]["mean"] == pytest.approx(1.0)
     assert ref["metrics"]["max_sensitivity"]["mean"] == 0.0
 
 
@@ -185,3 +203,149 @@ def test_all_methods_skip_what_cannot_explain_the_model_and_quick_applies(data: 
     assert "spn" not in names and "gradcam" in names  # tiny has no SPN: left out of 'all'
     params = {m["name"]: m["params"] for m in summary["methods"]}
     assert params["rise"]["n_masks"] == 256 and params["integrated_gradients"]["steps"] == 16
+
+
+# -- results belong to the model, input and mask that produced them ------------------------------
+
+
+def api_run(out: Path, seed: int, metrics: tuple[str, ...] = ("sparseness", "pointing_game")) -> BenchmarkRun:
+    model = tiny_loaded(seed)
+    methods = [create("saliency", model)]
+    chosen = [create_metric(m) for m in metrics]
+    return BenchmarkRun(model, methods, chosen, out, out / "cache", references=("random",))
+
+
+def per_image(summary: dict[str, Any], metric: str, row: str = "saliency") -> dict[str, float]:
+    cells = next(r for r in summary["table"] if r["row"] == row)["metrics"]
+    return dict(cells[metric]["per_image"])
+
+
+def test_another_model_into_the_same_folder_gets_its_own_results(
+    data: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    out = tmp_path / "out"
+    images = load_dataset(data)
+    first = run_benchmark(api_run(out, 0), images)
+    assert "another model" not in caplog.text
+    second = run_benchmark(api_run(out, 1), images)
+    assert "also holds results of another model" in caplog.text
+    alone = run_benchmark(api_run(tmp_path / "alone", 1), images)
+    assert per_image(second, "sparseness") == per_image(alone, "sparseness")
+    assert per_image(second, "sparseness") != per_image(first, "sparseness")
+    lines = len((out / "results.jsonl").read_text().splitlines())
+    assert lines == 2 * (2 * 2 * 2)  # two models x two images x two rows x two metrics
+    again = run_benchmark(api_run(out, 0), images)  # back to the first model: nothing to compute
+    assert len((out / "results.jsonl").read_text().splitlines()) == lines
+    assert per_image(again, "sparseness") == per_image(first, "sparseness")
+
+
+def test_a_changed_image_or_mask_is_recomputed_and_only_what_uses_it(data: Path, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    before = run_benchmark(api_run(out, 0), load_dataset(data))
+    lines = len((out / "results.jsonl").read_text().splitlines())
+    mask = np.zeros((32, 32), np.uint8)
+    mask[0:4, 0:4] = 255  # a corner far from the old mask
+    Image.fromarray(mask).save(data / "masks" / "a.png")
+    after = run_benchmark(api_run(out, 0), load_dataset(data))
+    new = (out / "results.jsonl").read_text().splitlines()[lines:]
+    assert sorted((json.loads(r)["image"], json.loads(r)["metric"]) for r in new) == [
+        ("a", "pointing_game"),
+        ("a", "pointing_game"),  # the saliency row and the random reference row
+    ]
+    assert per_image(after, "sparseness") == per_image(before, "sparseness")
+    Image.fromarray(np.zeros((32, 32, 3), np.uint8)).save(data / "images" / "b.png")
+    changed = run_benchmark(api_run(out, 0), load_dataset(data))
+    assert per_image(changed, "sparseness")["b"] != per_image(before, "sparseness")["b"]
+    assert per_image(changed, "sparseness")["a"] == per_image(before, "sparseness")["a"]
+
+
+def test_records_without_an_input_key_are_not_reused(data: Path, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    out.mkdir()
+    run = api_run(out, 0, ("sparseness",))
+    keys = {"row_key": row_key(run.methods[0]), "metric_key": metric_key(run.metrics[0])}
+    stale = [{"image": s, **keys, "value": 9.0, "curve": None, "extras": {}} for s in ("a", "b")]
+    (out / "results.jsonl").write_text("".join(json.dumps(r) + "\n" for r in stale))
+    summary = run_benchmark(run, load_dataset(data))
+    assert 9.0 not in per_image(summary, "sparseness").values()
+    assert None not in per_image(summary, "sparseness").values()
+
+
+# -- data: recursive folders, manifests and splits, unusable files --------------------------------
+
+
+@pytest.fixture
+def synth(tmp_path: Path) -> Path:
+    generate(tmp_path / "synth", SynthConfig(classes=2, per_class=3, size=32))
+    return tmp_path / "synth"
+
+
+def manifest_rows(root: Path) -> list[dict[str, str]]:
+    with open(root / "manifest.csv", newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def test_a_synthetic_dataset_folder_is_read_recursively_with_its_masks(synth: Path) -> None:
+    items = load_dataset(synth)
+    rows = manifest_rows(synth)
+    assert sorted(i.stem for i in items) == sorted(Path(r["path"]).stem for r in rows)
+    for item in items:
+        expected = np.asarray(Image.open(synth / "masks" / f"{item.stem}.png")) > 0
+        assert item.mask is not None and np.array_equal(item.mask, expected)
+
+
+@pytest.mark.parametrize("manifest", [False, True])
+def test_a_manifest_split_keeps_only_its_rows(synth: Path, manifest: bool) -> None:
+    test_stems = sorted(Path(r["path"]).stem for r in manifest_rows(synth) if r["split"] == "test")
+    assert 0 < len(test_stems) < 6
+    items = load_dataset(synth / "manifest.csv" if manifest else synth, split="test")
+    assert sorted(i.stem for i in items) == test_stems
+    assert all(i.mask is not None for i in items)
+    assert len(load_dataset(synth / "manifest.csv")) == 6
+
+
+def test_split_errors(synth: Path, data: Path, tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="no .*manifest.csv"):
+        load_dataset(data, split="test")
+    with pytest.raises(ValueError, match="'samples' has no splits"):
+        load_dataset("samples", split="test")
+    with pytest.raises(ValueError, match="split must be one of"):
+        load_dataset(synth, split="testing")
+    lines = (synth / "manifest.csv").read_text().splitlines()
+    (synth / "manifest.csv").write_text("\n".join(line for line in lines if ",test," not in line) + "\n")
+    with pytest.raises(ValueError, match="no row has split 'test' \\(splits present: train, val\\)"):
+        load_dataset(synth, split="test")
+
+
+def test_images_sharing_a_stem_are_named_by_their_path(tmp_path: Path) -> None:
+    for folder in ("x", "y"):
+        (tmp_path / "images" / folder).mkdir(parents=True)
+        Image.new("RGB", (8, 8)).save(tmp_path / "images" / folder / "1.png")
+    assert [i.stem for i in load_dataset(tmp_path)] == ["x/1", "y/1"]
+    (tmp_path / "masks").mkdir()
+    Image.new("L", (8, 8), 255).save(tmp_path / "masks" / "1.png")
+    with pytest.raises(ValueError, match="cannot say which one its mask belongs to"):
+        load_dataset(tmp_path)
+
+
+def test_an_empty_mask_or_unreadable_image_is_skipped_with_a_warning(data: Path) -> None:
+    Image.fromarray(np.zeros((32, 32), np.uint8)).save(data / "masks" / "a.png")
+    (data / "images" / "c.png").write_bytes(b"not a png")
+    with pytest.warns(DataWarning) as caught:
+        items = load_dataset(data)
+    messages = [str(w.message) for w in caught]
+    assert any("a.png" in m and "mask is empty" in m and "without a mask" in m for m in messages)
+    assert any("c.png" in m and "left out" in m for m in messages)
+    assert [(i.stem, i.mask is not None) for i in items] == [("a", False), ("b", True)]
+
+
+@pytest.mark.usefixtures("tiny_cli")
+def test_an_empty_mask_leaves_only_that_images_localisation_out(data: Path, tmp_path: Path) -> None:
+    Image.fromarray(np.zeros((32, 32), np.uint8)).save(data / "masks" / "a.png")
+    out = tmp_path / "out"
+    with pytest.warns(DataWarning, match="a.png"):
+        assert bench(data, out, "sparseness,pointing_game") == 0
+    summary = json.loads((out / "benchmark.json").read_text())
+    pointing = per_image(summary, "pointing_game")
+    assert pointing["a"] is None and pointing["b"] is not None
+    assert next(r for r in summary["table"] if r["row"] == "saliency")["metrics"]["sparseness"]["n"] == 2

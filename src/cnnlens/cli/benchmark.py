@@ -19,8 +19,16 @@ from cnnlens.cli.common import (
     parse_params,
     split_list,
 )
+from cnnlens.data.folders import SPLITS
 from cnnlens.evaluation.benchmark import REFERENCES, BenchmarkRun, load_dataset, run_benchmark
-from cnnlens.evaluation.metrics import Metric, create_metric, get_metric, metric_names
+from cnnlens.evaluation.metrics import (
+    Metric,
+    column_names,
+    create_metric,
+    get_metric,
+    metric_names,
+    metric_of,
+)
 from cnnlens.report.benchmark import benchmark_report, best_rows, format_cell
 
 
@@ -29,17 +37,31 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "benchmark",
         help="score attribution methods with faithfulness, localisation, sanity and other metrics",
         description="Writes OUT/benchmark.json, OUT/benchmark.csv, OUT/benchmark.html and "
-        "OUT/results.jsonl (per image; a re-run resumes and only computes what is missing). "
-        "DATA is 'samples' (the shipped photos with hand-drawn object masks) or a folder with "
-        "images/<name>.<ext> and optional masks/<name>.<ext> (non-zero = object), matched by name.",
+        "OUT/results.jsonl (per image; a re-run resumes and only computes what is missing, and "
+        "results are keyed by model, image and mask, so another model or data never reuses them). "
+        "DATA is 'samples' (the shipped photos with hand-drawn object masks), a folder with "
+        "images/ (searched recursively) and optional masks/<name>.<ext> (non-zero = object) matched "
+        "by file name, or a CSV manifest path,label[,mask][,split] such as the one `cnnlens data "
+        "synth` writes. An unreadable image or an empty mask is skipped with a warning.",
     )
     add_model_arguments(p)
-    p.add_argument("--data", default="samples", help="'samples' or a folder (default: samples)")
+    p.add_argument(
+        "--data", default="samples", help="'samples', a folder or a manifest .csv (default: samples)"
+    )
+    p.add_argument(
+        "--split",
+        choices=SPLITS,
+        help="only the manifest rows of this split (DATA is a manifest or a folder with manifest.csv)",
+    )
     p.add_argument("--methods", action="append", help=method_choices_help() + " (default: all)")
     p.add_argument(
         "--metrics",
         action="append",
-        help="comma-separated metrics, or 'all': " + ", ".join(metric_names()) + " (default: all)",
+        help="comma-separated metrics, or 'all': "
+        + ", ".join(metric_names())
+        + " (default: all); naming a further column ("
+        + ", ".join(column_names())
+        + ") selects the metric that reports it",
     )
     p.add_argument("-p", "--param", action="append", metavar="KEY=VALUE", help="method parameter")
     p.add_argument(
@@ -64,6 +86,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 def selected(values: list[str] | None, every: list[str]) -> list[str]:
     names = split_list(values)
     return every if not names or names == ["all"] else names
+
+
+def selected_metrics(values: list[str] | None) -> list[str]:
+    """The metric names asked for; a further column (``randomisation_ssim``) names its metric."""
+    return list(dict.fromkeys(metric_of(n) for n in selected(values, metric_names())))
 
 
 def build_metrics(names: list[str], params: dict[str, Any]) -> list[Metric]:
@@ -103,9 +130,9 @@ def print_table(summary: dict[str, Any]) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    metrics = build_metrics(selected(args.metrics, metric_names()), parse_params(args.metric_param))
+    metrics = build_metrics(selected_metrics(args.metrics), parse_params(args.metric_param))
     names = selected(args.methods, method_names())
-    images = load_dataset(args.data)
+    images = load_dataset(args.data, split=args.split)
     model = model_from_args(args)
     every = not split_list(args.methods) or split_list(args.methods) == ["all"]
     methods = build_methods(

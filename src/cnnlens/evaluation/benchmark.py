@@ -1,14 +1,19 @@
 """The benchmark: every method (plus two reference maps) x every metric over a set of images.
 
-Data: ``"samples"`` (the shipped photos with their hand-drawn object polygons) or a folder laid out as
-``DIR/images/<name>.<ext>`` with optional masks ``DIR/masks/<name>.<ext>`` matched by file stem (any
-non-zero mask pixel is the object). A folder without ``images/`` is read as images only. Images without
-a mask get NaN for the localisation metrics.
+Data (see :func:`load_dataset`): ``"samples"`` (the shipped photos with their hand-drawn object
+polygons); a folder ``DIR/images/`` searched recursively (class subfolders are fine) with optional
+masks ``DIR/masks/<name>.<ext>`` matched by file stem (any non-zero mask pixel is the object); or a
+CSV manifest with the columns ``path,label[,mask][,split]`` (what ``cnnlens data synth`` writes),
+optionally filtered to one split. A folder without ``images/`` is read as images only. Images without
+a usable mask get NaN for the localisation metrics.
 
 Attributions are cached on disk (``.npz`` keyed by model, method, parameters, input and target), so a
 re-run with a new metric does not recompute them. Results are appended to ``results.jsonl`` one
-(image, row) at a time, in one write, so an interrupted run resumes where it stopped; metric results
-are keyed by the metric's parameters, so changing them recomputes only those.
+(image, row) at a time, in one write, so an interrupted run resumes where it stopped. Each result is
+keyed by what produced it: the model (a hash of its parameters), the preprocessed input, the target,
+the mask (for the metrics that use one), the method's and the metric's parameters. A run with another
+model, other images or other masks into the same folder so computes its own results instead of
+reusing stale ones; the summary and the report show only the current run's.
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ import json
 import logging
 import math
 import os
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,10 +38,11 @@ from scipy import stats
 
 from cnnlens.attribution.base import Attribution
 from cnnlens.attribution.explanation import Explanation
+from cnnlens.data.folders import SPLITS, read_manifest
 from cnnlens.data.images import load_image
 from cnnlens.data.masks import load_mask, mask_to_input, sample_mask
 from cnnlens.data.samples import SAMPLE_NAMES, load_sample
-from cnnlens.errors import CnnlensError
+from cnnlens.errors import CnnlensError, DataWarning, ImageLoadError
 from cnnlens.evaluation.metrics import ExplainFn, Metric, MetricResult, Sample, nan_result
 from cnnlens.models.loaded import LoadedModel
 
@@ -48,7 +55,14 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 
 @dataclass
 class BenchImage:
-    """One benchmark image and its optional object mask (original size)."""
+    """One benchmark image and its optional object mask (original size).
+
+    Attributes:
+        stem: The image's name in the results: its file stem, or its path (without suffix) relative
+            to the data folder when two images share a stem.
+        image: The photo.
+        mask: ``(height, width)`` boolean object mask, or ``None``.
+    """
 
     stem: str
     image: Image.Image
@@ -58,40 +72,141 @@ class BenchImage:
 # -- data ------------------------------------------------------------------------------------------
 
 
-def load_dataset(data: str | os.PathLike[str]) -> list[BenchImage]:
-    """``"samples"`` or a folder (see the module docstring) as a list of :class:`BenchImage`.
+def load_dataset(data: str | os.PathLike[str], *, split: str | None = None) -> list[BenchImage]:
+    """Read the benchmark images (see the module docstring) as a list of :class:`BenchImage`.
+
+    An image that cannot be read is left out, and a mask that cannot be read or is empty (every
+    pixel zero) is dropped, each with a :class:`~cnnlens.errors.DataWarning` naming the file: the
+    image then gets NaN for the localisation metrics instead of stopping the benchmark.
+
+    Args:
+        data: ``"samples"``, a folder, a ``.csv`` manifest, or a folder holding ``manifest.csv``
+            (read as that manifest when ``split`` is given).
+        split: Keep only the manifest rows of this split (``train``, ``val`` or ``test``).
 
     Raises:
-        FileNotFoundError: The folder does not exist.
-        ValueError: It holds no image, or a mask does not match its image's size.
+        FileNotFoundError: ``data`` does not exist.
+        ValueError: No image can be read, ``split`` is given without a manifest or matches no row, two
+            masks (or two images that a mask would belong to) share a stem, or a mask does not match
+            its image's size.
     """
+    if split is not None and split not in SPLITS:
+        raise ValueError(f"split must be one of {', '.join(SPLITS)}, got {split!r}")
     if str(data) == "samples":
+        if split is not None:
+            raise ValueError("--split selects rows of a manifest; 'samples' has no splits")
         return [BenchImage(n, load_sample(n), sample_mask(n)) for n in SAMPLE_NAMES]
     root = Path(data)
-    if not root.is_dir():
-        raise FileNotFoundError(f"{root}: no such folder; pass a folder of images or 'samples'")
-    image_dir = root / "images" if (root / "images").is_dir() else root
-    files = sorted(p for p in image_dir.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
-    if not files:
-        raise ValueError(f"{image_dir}: no image files ({', '.join(IMAGE_SUFFIXES)})")
-    masks = _mask_files(root / "masks")
-    items = []
-    for path in files:
-        image = load_image(path)
-        mask = load_mask(masks[path.stem]) if path.stem in masks else None
-        if mask is not None and mask.shape != (image.height, image.width):
+    if root.is_file():
+        entries = _manifest_entries(root, split)
+    elif root.is_dir() and split is not None:
+        if not (root / "manifest.csv").is_file():
             raise ValueError(
-                f"{masks[path.stem]}: mask is {mask.shape[1]}x{mask.shape[0]} but {path.name} is "
-                f"{image.width}x{image.height}; masks must have their image's size"
+                f"{root}: --split {split} selects rows of a manifest, but there is no "
+                f"{root / 'manifest.csv'}; pass the manifest (path,label[,mask],split) or leave out --split"
             )
-        items.append(BenchImage(path.stem, image, mask))
+        entries = _manifest_entries(root / "manifest.csv", split)
+    elif root.is_dir():
+        entries = _folder_entries(root)
+    else:
+        raise FileNotFoundError(f"{root}: no such folder or manifest; pass a folder, a .csv or 'samples'")
+    items = [item for item in (_read_entry(*e) for e in _named(entries)) if item is not None]
+    if not items:
+        raise ValueError(f"{root}: none of the {len(entries)} images could be read")
     return items
+
+
+#: ``(image file, mask file or None, folder the name is relative to)``.
+_Entry = tuple[Path, Path | None, Path]
+
+
+def _folder_entries(root: Path) -> list[_Entry]:
+    image_dir = root / "images" if (root / "images").is_dir() else root
+    mask_dir = root / "masks"
+    files = sorted(
+        p
+        for p in image_dir.rglob("*")
+        if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES and mask_dir not in p.parents
+    )
+    if not files:
+        raise ValueError(f"{image_dir}: no image files ({', '.join(IMAGE_SUFFIXES)}) in it or its subfolders")
+    masks = _mask_files(mask_dir)
+    stems = [p.stem for p in files]
+    shared = sorted({s for s in stems if stems.count(s) > 1 and s in masks})
+    if shared:
+        raise ValueError(
+            f"several images are called {shared[0]!r}, so {mask_dir} cannot say which one its mask "
+            "belongs to; rename them or use a manifest with a mask column"
+        )
+    return [(p, masks.get(p.stem), image_dir) for p in files]
 
 
 def _mask_files(folder: Path) -> dict[str, Path]:
     if not folder.is_dir():
         return {}
-    return {p.stem: p for p in sorted(folder.iterdir()) if p.suffix.lower() in IMAGE_SUFFIXES}
+    found: dict[str, Path] = {}
+    for p in sorted(folder.rglob("*")):
+        if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES:
+            if p.stem in found:
+                raise ValueError(
+                    f"masks {found[p.stem]} and {p} have the same name; masks are matched by name"
+                )
+            found[p.stem] = p
+    return found
+
+
+def _manifest_entries(path: Path, split: str | None) -> list[_Entry]:
+    samples = read_manifest(path).samples
+    if split is not None:
+        kept = [s for s in samples if s.split == split]
+        if not kept:
+            present = sorted({s.split for s in samples if s.split is not None})
+            raise ValueError(
+                f"{path}: no row has split {split!r} (splits present: {', '.join(present) or 'none'})"
+            )
+        samples = kept
+    if not samples:
+        raise ValueError(f"{path}: the manifest lists no image")
+    return [(s.path, s.mask, path.parent) for s in samples]
+
+
+def _named(entries: list[_Entry]) -> list[tuple[str, Path, Path | None]]:
+    """Each entry with its name: the file stem, or the relative path when stems are shared."""
+    stems = [image.stem for image, _, _ in entries]
+    if len(set(stems)) == len(stems):
+        return [(stem, image, mask) for stem, (image, mask, _) in zip(stems, entries, strict=True)]
+    named = []
+    for image, mask, base in entries:
+        try:
+            name = image.relative_to(base).with_suffix("").as_posix()
+        except ValueError:
+            name = image.with_suffix("").as_posix()
+        named.append((name, image, mask))
+    return named
+
+
+def _read_entry(name: str, path: Path, mask_path: Path | None) -> BenchImage | None:
+    try:
+        image = load_image(path)
+    except ImageLoadError as err:
+        warnings.warn(f"{err}; image left out of the benchmark", DataWarning, stacklevel=3)
+        return None
+    mask = None
+    if mask_path is not None:
+        try:
+            mask = load_mask(mask_path)
+        except ImageLoadError as err:
+            warnings.warn(
+                f"{err}; {name} is benchmarked without a mask (its localisation metrics are n/a)",
+                DataWarning,
+                stacklevel=3,
+            )
+    if mask is not None and mask.shape != (image.height, image.width):
+        raise ValueError(
+            f"{mask_path}: mask is {mask.shape[1]}x{mask.shape[0]} but {path.name} is "
+            f"{image.width}x{image.height}; masks must have their image's size"
+        )
+    return BenchImage(name, image, mask)
 
 
 def reference_map(kind: str, shape: tuple[int, int], seed: int = 0) -> torch.Tensor:
@@ -161,12 +276,59 @@ class AttributionCache:
         return explanation.attributions[0]
 
 
+@dataclass(frozen=True)
+class ImageKey:
+    """One image of a run and the digests of what its results depend on besides row and metric.
+
+    Attributes:
+        name: The image's name (:attr:`BenchImage.stem`).
+        target: The explained class (the model's top-1).
+        class_name: Its name.
+        model: The model's fingerprint.
+        inputs: Digest of the model, the target and the preprocessed input.
+        mask: Digest of ``inputs`` and the object mask in the input view.
+        seed: The seed of this image's random reference map.
+    """
+
+    name: str
+    target: int
+    class_name: str
+    model: str
+    inputs: str
+    mask: str
+    seed: int
+
+    @classmethod
+    def of(
+        cls,
+        name: str,
+        target: int,
+        class_name: str,
+        model: str,
+        x: torch.Tensor,
+        mask: np.ndarray | None,
+        seed: int,
+    ) -> ImageKey:
+        inputs = digest(model, target, x)
+        mask_part = None if mask is None else torch.from_numpy(np.ascontiguousarray(mask, dtype=np.uint8))
+        return cls(name, target, class_name, model, inputs, digest(inputs, mask_part), seed)
+
+    def input_key(self, row: Attribution | str, metric: Metric) -> str:
+        """The digest of what this (row, metric) result depends on besides their parameters."""
+        key = self.mask if "mask" in metric.needs else self.inputs
+        return digest(key, self.seed) if isinstance(row, str) else key
+
+
 class ResultsFile:
-    """``results.jsonl``: one JSON record per (image, row, metric), appended in whole-row writes."""
+    """``results.jsonl``: one JSON record per (image, row, metric), appended in whole-row writes.
+
+    A record is found by the image's name, its input key (see :meth:`ImageKey.input_key`), the row
+    key and the metric key; records written by older versions without an input key are ignored.
+    """
 
     def __init__(self, path: str | os.PathLike[str]):
         self.path = Path(path)
-        self.records: dict[tuple[str, str, str], dict[str, Any]] = {}
+        self.records: dict[tuple[str, str, str, str], dict[str, Any]] = {}
         if self.path.exists():
             for line in self.path.read_text(encoding="utf-8").splitlines():
                 try:
@@ -174,10 +336,23 @@ class ResultsFile:
                 except json.JSONDecodeError:
                     log.warning("%s: skipping a truncated line (interrupted run)", self.path)
                     continue
-                self.records[(rec["image"], rec["row_key"], rec["metric_key"])] = rec
+                if isinstance(rec, dict) and "input_key" in rec:
+                    self.records[self._key(rec)] = rec
 
-    def has(self, image: str, row: str, metric: str) -> bool:
-        return (image, row, metric) in self.records
+    @staticmethod
+    def _key(rec: dict[str, Any]) -> tuple[str, str, str, str]:
+        return (rec["image"], rec["input_key"], rec["row_key"], rec["metric_key"])
+
+    def get(self, image: ImageKey, row: Attribution | str, metric: Metric) -> dict[str, Any] | None:
+        """The record of this (image, row, metric), or ``None``."""
+        return self.records.get((image.name, image.input_key(row, metric), row_key(row), metric_key(metric)))
+
+    def has(self, image: ImageKey, row: Attribution | str, metric: Metric) -> bool:
+        return self.get(image, row, metric) is not None
+
+    def models(self) -> set[str]:
+        """The fingerprints of the models whose results the file holds."""
+        return {str(r.get("model")) for r in self.records.values()}
 
     def append(self, records: list[dict[str, Any]]) -> None:
         """Append records in one write (after a newline if an interrupted write left none)."""
@@ -195,7 +370,7 @@ class ResultsFile:
             f.flush()
             os.fsync(f.fileno())
         for r in records:
-            self.records[(r["image"], r["row_key"], r["metric_key"])] = r
+            self.records[self._key(r)] = r
 
 
 # -- running ---------------------------------------------------------------------------------------
@@ -256,21 +431,29 @@ def run_benchmark(
     """
     results = ResultsFile(run.out / "results.jsonl")
     cache = AttributionCache(run.cache, run.model)
+    if results.models() - {cache.model_id}:
+        log.warning(
+            "%s also holds results of another model; they are kept, and this run's summary and "
+            "report show only %s's",
+            results.path,
+            run.model.name,
+        )
     rows: list[Attribution | str] = [*run.methods, *run.references]
-    targets: dict[str, tuple[int, str]] = {}
+    keys: list[ImageKey] = []
     for index, item in enumerate(images):
         x = run.model.prepare(item.image)
         target, name, _ = run.model.top_k(x, 1)[0][0]
-        targets[item.stem] = (target, name)
         mask = None if item.mask is None else mask_to_input(item.mask, run.model.preprocessing)
+        key = ImageKey.of(item.stem, target, name, cache.model_id, x, mask, run.seed + index)
+        keys.append(key)
         for row in rows:
-            todo = [m for m in run.metrics if not results.has(item.stem, row_key(row), metric_key(m))]
+            todo = [m for m in run.metrics if not results.has(key, row, m)]
             if todo:
-                sample = _sample(run, row, cache, x, target, mask, run.seed + index)
-                results.append([_record(item.stem, row, m, evaluate_metric(m, sample)) for m in todo])
+                sample = _sample(run, row, cache, x, target, mask, key.seed)
+                results.append([_record(key, row, m, evaluate_metric(m, sample)) for m in todo])
             if progress is not None:
                 progress(f"{item.stem}: {row if isinstance(row, str) else row.name}")
-    summary = summarize(run, results, [i.stem for i in images], targets)
+    summary = summarize(run, results, keys)
     write_summary(summary, run.out)
     return summary
 
@@ -301,10 +484,13 @@ def _sample(
     )
 
 
-def _record(image: str, row: Attribution | str, metric: Metric, result: MetricResult) -> dict[str, Any]:
+def _record(key: ImageKey, row: Attribution | str, metric: Metric, result: MetricResult) -> dict[str, Any]:
     extras = {k: v for k, v in result.extras.items() if isinstance(v, (int, float, str, bool, list))}
     return {
-        "image": image,
+        "image": key.name,
+        "model": key.model,
+        "target": key.target,
+        "input_key": key.input_key(row, metric),
         "row": row_label(row),
         "row_key": row_key(row),
         "metric": metric.name,
@@ -337,50 +523,81 @@ def mean_ci(values: Sequence[float], level: float = 0.95) -> tuple[float, float,
     return float(v.mean()), float(half), int(v.size)
 
 
-def summarize(
-    run: BenchmarkRun,
-    results: ResultsFile,
-    stems: list[str],
-    targets: dict[str, tuple[int, str]],
-) -> dict[str, Any]:
-    """The method x metric table (mean, 95% CI, n), mean curves, per-image values and settings."""
+def summarize(run: BenchmarkRun, results: ResultsFile, images: Sequence[ImageKey]) -> dict[str, Any]:
+    """The method x metric table (mean, 95% CI, n), mean curves, per-image values and settings.
+
+    A metric's further columns (:attr:`Metric.columns`, such as ``randomisation_ssim``) get their own
+    entry in ``metrics`` and their own cell and curve, read from the metric's record extras.
+    """
     rows: list[Attribution | str] = [*run.methods, *run.references]
     table: list[dict[str, Any]] = []
     curves: dict[str, dict[str, Any]] = {}
     for row in rows:
         cells: dict[str, Any] = {}
         for metric in run.metrics:
-            recs = [results.records.get((s, row_key(row), metric_key(metric))) for s in stems]
-            found = [r for r in recs if r is not None]
-            mean, half, n = mean_ci([r["value"] if r["value"] is not None else math.nan for r in found])
-            cells[metric.name] = {
-                "mean": mean,
-                "ci95": half,
-                "n": n,
-                "per_image": {r["image"]: r["value"] for r in found},
-            }
-            mean_curve = _mean_curve([r["curve"] for r in found if r["curve"] is not None])
-            if mean_curve is not None:
-                curves.setdefault(metric.name, {})[row_label(row)] = mean_curve
+            found = [r for r in (results.get(i, row, metric) for i in images) if r is not None]
+            cells[metric.name] = _cell({r["image"]: r["value"] for r in found})
+            _add_curve(curves, metric.name, row, [r["curve"] for r in found if r["curve"] is not None])
+            for column in metric.columns:
+                cells[column.name] = _cell(
+                    {r["image"]: _number(r["extras"].get(column.extra)) for r in found}
+                )
+                if column.curve is not None:
+                    xy = [
+                        [r["curve"][0], r["extras"].get(column.curve)]
+                        for r in found
+                        if r["curve"] is not None
+                    ]
+                    _add_curve(curves, column.name, row, [c for c in xy if isinstance(c[1], list)])
         table.append({"row": row_label(row), "reference": isinstance(row, str), "metrics": cells})
     return {
         "model": {"name": run.model.name, "arch": run.model.arch, "source": run.model.source},
-        "images": [{"stem": s, "target": targets[s][0], "class_name": targets[s][1]} for s in stems],
+        "images": [{"stem": i.name, "target": i.target, "class_name": i.class_name} for i in images],
         "methods": [{"name": m.name, "params": m.get_params()} for m in run.methods],
-        "metrics": [
-            {
-                "name": m.name,
-                "category": m.category,
-                "higher_is_better": m.higher_is_better,
-                "summary": m.summary,
-                "reference": m.reference,
-                "params": m.get_params(),
-            }
-            for m in run.metrics
-        ],
+        "metrics": [entry for m in run.metrics for entry in _metric_entries(m)],
         "table": table,
         "curves": curves,
     }
+
+
+def _number(value: Any) -> float | None:
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+
+
+def _cell(per_image: dict[str, float | None]) -> dict[str, Any]:
+    mean, half, n = mean_ci([math.nan if v is None else v for v in per_image.values()])
+    return {"mean": mean, "ci95": half, "n": n, "per_image": per_image}
+
+
+def _add_curve(
+    curves: dict[str, dict[str, Any]], name: str, row: Attribution | str, found: list[list[list[float]]]
+) -> None:
+    mean_curve = _mean_curve(found)
+    if mean_curve is not None:
+        curves.setdefault(name, {})[row_label(row)] = mean_curve
+
+
+def _metric_entries(metric: Metric) -> list[dict[str, Any]]:
+    """The summary's ``metrics`` entries of one metric: its own, then one per further column."""
+    entry = {
+        "name": metric.name,
+        "category": metric.category,
+        "higher_is_better": metric.higher_is_better,
+        "summary": metric.summary,
+        "reference": metric.reference,
+        "params": metric.get_params(),
+    }
+    columns = [
+        {
+            **entry,
+            "name": c.name,
+            "higher_is_better": c.higher_is_better,
+            "summary": c.summary,
+            "of": metric.name,
+        }
+        for c in metric.columns
+    ]
+    return [entry, *columns]
 
 
 def _mean_curve(curves: list[list[list[float]]]) -> list[list[float]] | None:

@@ -16,6 +16,7 @@ CURVE_AXES = {
     "deletion": ("share of pixels removed", "target probability"),
     "insertion": ("share of pixels inserted", "target probability"),
     "randomisation": ("randomisation stage (top layers first)", "Spearman correlation"),
+    "randomisation_ssim": ("randomisation stage (top layers first)", "SSIM"),
 }
 
 
