@@ -2,8 +2,8 @@
 ``cnnlens explain`` and ``cnnlens demo``.
 
 For each image and method it writes ``<out>/<image-stem>/<method>.png`` (overlay) and ``.npz``
-(attribution), and returns a summary (predictions, timings, errors) that is also written as
-``<out>/summary.json``.
+(attribution and the method's extra arrays), and returns a summary (predictions, timings, the
+methods' scalar results, errors) that is also written as ``<out>/summary.json``.
 """
 
 from __future__ import annotations
@@ -20,9 +20,9 @@ from typing import Any
 from PIL import Image
 
 from cnnlens.attribution.base import Attribution
-from cnnlens.attribution.explanation import Explanation
+from cnnlens.attribution.explanation import EXTRA_PREFIX, Explanation
 from cnnlens.attribution.targets import class_index
-from cnnlens.data.images import load_image
+from cnnlens.data.images import MAX_PIXELS, load_image
 from cnnlens.errors import CnnlensError
 from cnnlens.models.loaded import LoadedModel
 
@@ -44,9 +44,13 @@ class ImageResult:
 
 
 def load_images(
-    paths: Sequence[str | os.PathLike[str]],
+    paths: Sequence[str | os.PathLike[str]], *, max_pixels: int = MAX_PIXELS
 ) -> tuple[list[tuple[str, str, Image.Image]], list[dict[str, str]]]:
     """Load image files, keeping going past bad ones.
+
+    Args:
+        paths: Image files.
+        max_pixels: Refuse images with more pixels than this (see :func:`~cnnlens.data.load_image`).
 
     Returns:
         ``(stem, path, image)`` for each readable file (stems made unique), and one
@@ -57,7 +61,7 @@ def load_images(
     used: set[str] = set()
     for path in paths:
         try:
-            image = load_image(path)
+            image = load_image(path, max_pixels=max_pixels)
         except CnnlensError as err:
             log.info("%s", err)
             errors.append({"path": str(path), "error": str(err)})
@@ -162,6 +166,7 @@ def summarize(
                         "params": e.params,
                         "png": str(png.relative_to(out)),
                         "npz": str(npz.relative_to(out)),
+                        **extras_summary(e),
                     }
                     for e, png, npz in r.explanations
                 ],
@@ -171,6 +176,18 @@ def summarize(
         ],
         "errors": list(errors),
     }
+
+
+def extras_summary(exp: Explanation) -> dict[str, Any]:
+    """What ``summary.json`` records of a method's extras (for the first input of ``exp``).
+
+    ``extras``: the scalar and small ones by name (e.g. Integrated Gradients' ``completeness_gap``,
+    LIME's ``r2``, KernelSHAP's ``sum_gap``); ``extra_arrays``: the ``.npz`` keys of the larger ones
+    (e.g. LIME's ``extra_segments``, ``extra_weights`` and ``extra_top_mask``).
+    """
+    small = exp.small_extras()
+    arrays = [f"{EXTRA_PREFIX}{name}" for name in exp.extras if name not in small]
+    return {"extras": small, "extra_arrays": arrays}
 
 
 def write_summary(summary: dict[str, Any], out: str | os.PathLike[str]) -> Path:

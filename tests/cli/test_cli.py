@@ -61,6 +61,83 @@ def test_explain_keeps_going_past_bad_images(
     assert (out / "chelsea" / "gradcam.npz").is_file()
 
 
+def test_explain_reports_each_bad_input_once(
+    chelsea: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    folder = tmp_path / "a_folder"
+    folder.mkdir()
+    text = tmp_path / "notes.jpg"  # a text file with an image name
+    text.write_text("not a picture\n")
+    truncated = tmp_path / "cut.jpg"
+    load_sample("coffee").save(truncated, quality=95)
+    data = truncated.read_bytes()
+    truncated.write_bytes(data[: len(data) // 2])
+    bomb = tmp_path / "bomb.png"  # 1,000,000 pixels in a few kB, over the limit given below
+    Image.new("L", (1000, 1000)).save(bomb)
+    out = tmp_path / "out"
+    bad = {
+        folder: "is a directory",
+        text: "not an image",
+        truncated: "corrupt or truncated",
+        bomb: "over the limit",
+    }
+    args = [
+        "explain",
+        *map(str, bad),
+        str(chelsea),
+        "-m",
+        "gradcam",
+        "--max-pixels",
+        "500000",
+        "-o",
+        str(out),
+    ]
+    assert main(args) == 1
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    for path, reason in bad.items():
+        mentions = [line for line in lines if path.name in line]
+        assert len(mentions) == 1, f"{path.name}: {mentions}"
+        assert mentions[0].startswith("error: ") and reason in mentions[0] and str(path) in mentions[0]
+    assert len(lines) == len(bad), lines
+    summary = json.loads((out / "summary.json").read_text())
+    assert [i["stem"] for i in summary["images"]] == ["chelsea"]
+    assert sorted(e["path"] for e in summary["errors"]) == sorted(map(str, bad))
+    assert (out / "chelsea" / "gradcam.npz").is_file()
+
+
+def test_explain_max_pixels_above_pillows_limit(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """--max-pixels decides, not Pillow's own limit (here lowered so that the image is over twice
+    it, while the 224 x 224 crop of the preprocessing is not)."""
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 60_000)
+    big = tmp_path / "big.png"
+    Image.new("RGB", (1000, 1000), (120, 80, 40)).save(big)
+    out = tmp_path / "out"
+    assert main(["explain", str(big), "-m", "gradcam", "--max-pixels", "1000000", "-o", str(out)]) == 0
+    assert main(["explain", str(big), "-m", "gradcam", "--max-pixels", "0", "-o", str(out)]) == 2
+
+
+def test_explain_writes_method_extras(chelsea: Path, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    args = ["explain", str(chelsea), "-m", "integrated_gradients,lime", "--quick", "-o", str(out)]
+    args += ["-p", "steps=4", "-p", "n_samples=32", "-p", "n_segments=12", "-p", "top_k=2"]
+    assert main(args) == 0
+    by_method = {
+        e["method"]: e for e in json.loads((out / "summary.json").read_text())["images"][0]["explanations"]
+    }
+    ig, lime = by_method["integrated_gradients"], by_method["lime"]
+    assert ig["extras"]["completeness_gap"] >= 0
+    with np.load(out / ig["npz"]) as f:
+        assert float(f["extra_completeness_gap"]) == pytest.approx(ig["extras"]["completeness_gap"], rel=1e-5)
+    assert {"r2", "intercept"} <= set(lime["extras"])
+    assert {"extra_segments", "extra_top_mask"} <= set(lime["extra_arrays"])
+    with np.load(out / lime["npz"]) as f:
+        segments, mask, weights = f["extra_segments"], f["extra_top_mask"], f["extra_weights"]
+        assert segments.shape == mask.shape == (224, 224) and mask.dtype == bool
+        assert weights.shape == (int(segments.max()) + 1,)
+        top = np.unique(segments[mask])  # the mask is made of the superpixels with the largest weights
+        assert 1 <= len(top) <= 2 and set(top) <= set(np.argsort(-weights)[:2])
+
+
 def test_explain_several_targets_and_names(chelsea: Path, tmp_path: Path) -> None:
     out = tmp_path / "out"
     code = main(
@@ -123,6 +200,8 @@ def test_demo_writes_report(tmp_path: Path) -> None:
     assert main(["demo", "--samples", "coffee", "--out", str(out)]) == 0
     html = (out / "index.html").read_text()
     assert html.count("data:image/") >= 2 and "espresso" in html
+    assert "completeness gap" in html  # Integrated Gradients' check of its own map
+    assert 'alt="lime top 5 superpixels"' in html  # LIME's top-k superpixel mask
     summary = json.loads((out / "summary.json").read_text())
     assert summary["images"][0]["predictions"][0]["class_name"] == "espresso"
 

@@ -29,10 +29,18 @@ def test_formats(tmp_path: Path, ext: str) -> None:
 
 def test_exif_orientation(tmp_path: Path) -> None:
     path = tmp_path / "rotated.jpg"
+    stored = np.full((30, 40, 3), 128, dtype=np.uint8)
+    stored[:10, :10] = (255, 0, 0)  # red block in the stored top-left corner
     exif = Image.Exif()
-    exif[0x0112] = 6  # rotate 90 degrees clockwise on display
-    gradient_rgb(40, 30).save(path, exif=exif)
-    assert load_image(path).size == (30, 40)
+    exif[0x0112] = 6  # the stored image must be turned 90 degrees clockwise to display it
+    Image.fromarray(stored).save(path, exif=exif, quality=95)
+    out = np.asarray(load_image(path)).astype(int)
+    assert out.shape == (40, 30, 3)
+    red = (255, 0, 0)
+    # turned clockwise, the top-left corner goes to the top-right; counter-clockwise, bottom-left
+    assert np.abs(out[4, 25] - red).max() < 40, "the marked corner should be at the top right"
+    for row, col in ((4, 4), (35, 4), (35, 25)):
+        assert np.abs(out[row, col] - 128).max() < 40, f"({row}, {col}) should be gray"
 
 
 @pytest.mark.parametrize(
@@ -97,11 +105,35 @@ def test_truncated(tmp_path: Path) -> None:
         load_image(path)
 
 
-def test_decompression_bomb(tmp_path: Path) -> None:
+@pytest.mark.parametrize("max_pixels", [10_000, 50_000])  # above twice the limit, and just above it
+def test_decompression_bomb(tmp_path: Path, max_pixels: int) -> None:
     path = tmp_path / "big.png"
     Image.new("L", (300, 300)).save(path)
-    with pytest.raises(ImageLoadError, match="decompression bomb"):
-        load_image(path, max_pixels=10_000)
+    with pytest.raises(ImageLoadError, match=rf"big\.png: over the limit of {max_pixels:,} pixels"):
+        load_image(path, max_pixels=max_pixels)
+    assert load_image(path, max_pixels=90_000).size == (300, 300)
+
+
+def test_max_pixels_overrides_pillows_limit(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Raising ``max_pixels`` above Pillow's own limit works, lowering it below works, and Pillow's
+    limit is left as it was afterwards (also after a refusal)."""
+    path = tmp_path / "big.png"
+    Image.new("L", (300, 300)).save(path)
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1_000)  # Pillow would refuse 90,000 pixels
+    assert load_image(path, max_pixels=100_000).size == (300, 300)
+    assert Image.MAX_IMAGE_PIXELS == 1_000
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 10**9)  # Pillow would accept it
+    with pytest.raises(ImageLoadError, match="over the limit of 80,000 pixels"):
+        load_image(path, max_pixels=80_000)
+    assert Image.MAX_IMAGE_PIXELS == 10**9
+
+
+@pytest.mark.parametrize("bad", [0, -5, 2.5, True])
+def test_max_pixels_must_be_positive(tmp_path: Path, bad: object) -> None:
+    path = tmp_path / "a.png"
+    gradient_rgb().save(path)
+    with pytest.raises(ValueError, match="max_pixels must be a positive integer"):
+        load_image(path, max_pixels=bad)  # type: ignore[arg-type]
 
 
 def test_samples_ship_offline() -> None:

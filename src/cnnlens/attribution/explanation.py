@@ -14,6 +14,11 @@ from PIL import Image
 
 from cnnlens.data.transforms import Preprocessing
 
+#: Prefix of the ``.npz`` keys that hold :attr:`Explanation.extras`.
+EXTRA_PREFIX = "extra_"
+#: Extras with at most this many numbers per input also go into ``summary.json``.
+SMALL_EXTRA = 16
+
 
 @dataclass
 class Explanation:
@@ -51,10 +56,7 @@ class Explanation:
         if not -len(self) <= index < len(self):
             raise IndexError(f"index {index} out of range for {len(self)} explanations")
         sl = slice(index, index + 1) if index >= 0 else slice(len(self) + index, len(self) + index + 1)
-        extras = {
-            k: (v[sl] if isinstance(v, (list, torch.Tensor)) and len(v) == len(self) else v)
-            for k, v in self.extras.items()
-        }
+        extras = {k: (v[sl] if self.per_input(v) else v) for k, v in self.extras.items()}
         return replace(
             self,
             attributions=self.attributions[sl],
@@ -72,31 +74,45 @@ class Explanation:
         return self.attributions[index].detach().cpu().numpy().astype(np.float32)
 
     def save(self, path: str | os.PathLike[str]) -> Path:
-        """Write ``.npz``: ``attribution`` (H x W, or N x H x W for a batch), ``target``, ``score``,
-        plus ``method``, ``layer``, ``class_name`` and ``params`` (JSON)."""
+        """Write a compressed ``.npz`` that :meth:`load` reads back.
+
+        Keys: ``attribution`` (H x W, or N x H x W for a batch), ``target``, ``score``, ``method``,
+        ``layer``, ``class_name`` (of each target), ``class_names`` (the model's, when known),
+        ``signed``, ``params`` (JSON), and one ``extra_<name>`` array per entry of :attr:`extras`
+        (for a single input without the batch axis, like ``attribution``; per-input arrays of
+        different shapes in a batch are written as ``extra_<name>_<i>``). ``extras`` (JSON) records
+        how each extra was stored; extras that are not arrays or numbers are kept there as JSON.
+        """
         p = Path(path)
         p.parent.mkdir(parents=True, exist_ok=True)
         single = len(self) == 1
         att = self.attributions.detach().cpu().numpy().astype(np.float32)
         names = [self.target_name(i) for i in range(len(self))]
-        np.savez_compressed(
-            p,
-            attribution=att[0] if single else att,
-            target=np.asarray(self.targets.numpy()[0] if single else self.targets.numpy()),
-            score=np.asarray(self.scores.numpy()[0] if single else self.scores.numpy(), np.float32),
-            method=np.asarray(self.method),
-            layer=np.asarray(self.layer or ""),
-            class_name=np.asarray(names[0] if single else names),
-            params=np.asarray(json.dumps(self.params, default=str)),
-        )
+        arrays, layout = self._encode_extras()
+        content: dict[str, Any] = {
+            "attribution": att[0] if single else att,
+            "target": np.asarray(self.targets.numpy()[0] if single else self.targets.numpy()),
+            "score": np.asarray(self.scores.numpy()[0] if single else self.scores.numpy(), np.float32),
+            "method": np.asarray(self.method),
+            "layer": np.asarray(self.layer or ""),
+            "class_name": np.asarray(names[0] if single else names),
+            "signed": np.asarray(self.signed),
+            "params": np.asarray(json.dumps(self.params, default=str)),
+            "extras": np.asarray(json.dumps(layout, default=str)),
+            **arrays,
+        }
+        if self.class_names is not None:
+            content["class_names"] = np.asarray(list(self.class_names), dtype=str)
+        np.savez_compressed(p, **content)
         return p
 
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> Explanation:
-        """Read an explanation written by :meth:`save`."""
+        """Read an explanation written by :meth:`save` (files without the newer keys load too)."""
         with np.load(path, allow_pickle=False) as f:
             att = torch.from_numpy(f["attribution"])
             single = att.ndim == 2
+            layout = json.loads(str(f["extras"])) if "extras" in f else {}
             return cls(
                 attributions=att[None] if single else att,
                 targets=torch.as_tensor(f["target"]).reshape(-1).long(),
@@ -104,7 +120,65 @@ class Explanation:
                 method=str(f["method"]),
                 layer=str(f["layer"]) or None,
                 params=json.loads(str(f["params"])),
+                class_names=[str(n) for n in f["class_names"]] if "class_names" in f else None,
+                signed=bool(f["signed"]) if "signed" in f else False,
+                extras={name: _decode_extra(f, name, how) for name, how in layout.items()},
             )
+
+    def per_input(self, value: Any) -> bool:
+        """Whether an extra holds one entry per input (a list or tensor of length ``len(self)``)."""
+        if isinstance(value, torch.Tensor):
+            return value.ndim > 0 and value.shape[0] == len(self)
+        return isinstance(value, (list, tuple)) and len(value) == len(self)
+
+    def extra(self, name: str, index: int = 0) -> Any:
+        """The value of extra ``name`` for input ``index`` (per-input extras), or its one value."""
+        if name not in self.extras:
+            known = ", ".join(sorted(self.extras)) or "none"
+            raise KeyError(f"{self.method} has no extra {name!r}; it has: {known}")
+        value = self.extras[name]
+        return value[index] if self.per_input(value) else value
+
+    def small_extras(self, index: int = 0, max_values: int = SMALL_EXTRA) -> dict[str, Any]:
+        """JSON-ready extras of input ``index`` with at most ``max_values`` numbers each.
+
+        Scalars become Python numbers (non-finite ones ``None``), small arrays nested lists; larger
+        arrays (segments, masks, maps) are left to the ``.npz`` written by :meth:`save`.
+        """
+        out: dict[str, Any] = {}
+        for name in self.extras:
+            value = _as_array(self.extra(name, index))
+            if value is None:
+                continue
+            if value.size <= max_values and value.dtype.kind in "biufU":
+                out[name] = _json_ready(value)
+        return out
+
+    def _encode_extras(self) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+        """The ``extra_*`` arrays of :meth:`save`, and per extra how :meth:`load` rebuilds it."""
+        arrays: dict[str, np.ndarray] = {}
+        layout: dict[str, Any] = {}
+        for name, value in self.extras.items():
+            stored, layout[name] = self._encode_extra(f"{EXTRA_PREFIX}{name}", value)
+            arrays.update(stored)
+        return arrays, layout
+
+    def _encode_extra(self, key: str, value: Any) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+        kind = "tensor" if isinstance(value, torch.Tensor) else "list"
+        as_json = {"store": "json", "value": _json_ready_any(value)}
+        if not self.per_input(value):
+            array = _as_array(value)
+            return ({}, as_json) if array is None else ({key: array}, {"store": "whole", "kind": kind})
+        items = [_as_array(v) for v in value]
+        arrays = [a for a in items if a is not None]
+        if len(arrays) < len(items):
+            return {}, as_json
+        if len(arrays) == 1:
+            return {key: arrays[0]}, {"store": "single", "kind": kind}
+        if len({(a.shape, a.dtype.str) for a in arrays}) == 1:
+            return {key: np.stack(arrays)}, {"store": "stacked", "kind": kind}
+        ragged = {f"{key}_{i}": a for i, a in enumerate(arrays)}
+        return ragged, {"store": "ragged", "kind": kind, "count": len(arrays)}
 
     def render(
         self,
@@ -128,9 +202,116 @@ class Explanation:
         """
         from cnnlens.viz.overlay import overlay
 
-        if preprocessing is not None:
-            image = image.crop(preprocessing.crop_box(image.size))
-        if max(image.size) > max_side:
-            scale = max_side / max(image.size)
-            image = image.resize((round(image.width * scale), round(image.height * scale)))
-        return overlay(image, self.numpy(index), signed=self.signed, alpha=alpha, cmap=cmap)
+        view = _view(image, preprocessing, max_side)
+        return overlay(view, self.numpy(index), signed=self.signed, alpha=alpha, cmap=cmap)
+
+    def render_mask(
+        self,
+        image: Image.Image,
+        name: str = "top_mask",
+        index: int = 0,
+        *,
+        preprocessing: Preprocessing | None = None,
+        dim: float = 0.3,
+        max_side: int = 512,
+    ) -> Image.Image:
+        """Show the image where a boolean ``(H, W)`` extra is true and darken it elsewhere, as in the
+        LIME figure of the top superpixels (LIME's ``top_mask``).
+
+        Args:
+            image: As for :meth:`render`.
+            name: The extra holding the mask.
+            index: Which input of the batch.
+            preprocessing: As for :meth:`render`.
+            dim: Brightness kept outside the mask (0 black, 1 unchanged).
+            max_side: As for :meth:`render`.
+
+        Raises:
+            KeyError: The method returned no extra ``name``.
+            ValueError: The extra is not an ``(H, W)`` mask.
+        """
+        mask = _as_array(self.extra(name, index))
+        if mask is None or mask.ndim != 2:
+            shape = "not an array" if mask is None else f"shape {mask.shape}"
+            raise ValueError(f"extra {name!r} of {self.method} is {shape}, expected an (H, W) mask")
+        view = _view(image, preprocessing, max_side).convert("RGB")
+        keep = Image.fromarray(mask.astype(bool).astype(np.uint8) * 255)
+        keep = keep.resize(view.size, Image.Resampling.NEAREST)
+        dark = Image.eval(view, lambda v: round(v * dim))
+        return Image.composite(view, dark, keep)
+
+
+def _view(image: Image.Image, preprocessing: Preprocessing | None, max_side: int) -> Image.Image:
+    """The part of ``image`` the model saw (with ``preprocessing``), at most ``max_side`` pixels.
+
+    A large photo is cropped and scaled in one ``resize(box=...)``: no full-resolution copy of the
+    crop is made (Pillow's ``crop`` would also apply its decompression-bomb check again, failing on
+    photos that :func:`~cnnlens.data.load_image` was allowed to read with a higher ``max_pixels``).
+    """
+    left, top, right, bottom = (
+        preprocessing.crop_box(image.size) if preprocessing is not None else (0, 0, *image.size)
+    )
+    width, height = right - left, bottom - top
+    inside = left >= 0 and top >= 0 and right <= image.width and bottom <= image.height
+    if max(width, height) <= max_side or not inside:  # small, or padded beyond the photo's edges
+        image = image.crop((left, top, right, bottom))
+        left, top, right, bottom = 0, 0, width, height
+    if max(width, height) <= max_side:
+        return image
+    scale = max_side / max(width, height)
+    size = (round(width * scale), round(height * scale))
+    return image.resize(size, box=(left, top, right, bottom))
+
+
+def _as_array(value: Any) -> np.ndarray | None:
+    """A tensor, number, bool or string as a NumPy array; ``None`` for anything else."""
+    if isinstance(value, torch.Tensor):
+        return value.detach().cpu().numpy()
+    if isinstance(value, (bool, int, float, str, np.generic, np.ndarray)):
+        array = np.asarray(value)
+        return None if array.dtype.kind == "O" else array
+    return None
+
+
+def _json_ready(array: np.ndarray) -> Any:
+    """An array as a Python scalar or nested list, with non-finite floats as ``None``."""
+    return _finite_or_none(array.tolist())
+
+
+def _finite_or_none(value: Any) -> Any:
+    if isinstance(value, list):
+        return [_finite_or_none(v) for v in value]
+    return None if isinstance(value, float) and not np.isfinite(value) else value
+
+
+def _json_ready_any(value: Any) -> Any:
+    """Any extra as something :func:`json.dumps` accepts (arrays as lists, the rest as given)."""
+    array = _as_array(value)
+    if array is not None:
+        return array.tolist()
+    if isinstance(value, (list, tuple)):
+        return [_json_ready_any(v) for v in value]
+    if isinstance(value, dict):
+        return {str(k): _json_ready_any(v) for k, v in value.items()}
+    return value if value is None or isinstance(value, (bool, int, float, str)) else str(value)
+
+
+def _from_array(array: np.ndarray) -> Any:
+    """One stored item back as a Python scalar (0-d) or a tensor."""
+    return array.item() if array.ndim == 0 else torch.from_numpy(np.array(array))
+
+
+def _decode_extra(f: Any, name: str, how: dict[str, Any]) -> Any:
+    """Rebuild extra ``name`` from an open ``.npz`` as :meth:`Explanation._encode_extras` stored it."""
+    store, key = how["store"], f"{EXTRA_PREFIX}{name}"
+    if store == "json":
+        return how["value"]
+    if store == "whole":
+        array = f[key]
+        return torch.from_numpy(np.array(array)) if how["kind"] == "tensor" else _from_array(array)
+    if store == "ragged":
+        return [_from_array(f[f"{key}_{i}"]) for i in range(how["count"])]
+    stacked = f[key][None] if store == "single" else f[key]
+    if how["kind"] == "tensor":
+        return torch.from_numpy(np.array(stacked))
+    return [_from_array(a) for a in stacked]

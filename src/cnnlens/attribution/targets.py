@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
 from cnnlens.errors import unknown
+
+if TYPE_CHECKING:  # the methods import this module
+    from cnnlens.attribution.base import Attribution
+    from cnnlens.attribution.explanation import Explanation
 
 #: What a caller may pass as ``target``: None (top-1), an index, a class name, or one per image.
 Target = None | int | str | Sequence[int | str] | torch.Tensor | np.ndarray
@@ -49,6 +54,17 @@ def class_index(value: int | str, class_names: Sequence[str] | None, num_classes
     return idx
 
 
+def target_count_error(targets: int, inputs: int) -> ValueError:
+    """The error for a list of targets whose length is not the number of inputs, with the way to
+    explain the same inputs for several classes."""
+    return ValueError(
+        f"got {targets} targets for {inputs} inputs; give one target for all inputs or one per "
+        "input. To explain the same inputs for several classes, use "
+        "cnnlens.attribution.targets.explain_targets(method, inputs, targets), which returns one "
+        "Explanation per target"
+    )
+
+
 def resolve_targets(
     target: Target, logits: torch.Tensor, class_names: Sequence[str] | None = None
 ) -> torch.Tensor:
@@ -56,9 +72,15 @@ def resolve_targets(
 
     Args:
         target: ``None`` for each input's top-1 class; an index or a class name for all inputs;
-            or a sequence (or 1-D tensor) with one index or name per input.
+            or a sequence (or 1-D tensor) with one index or name per input. A list is always one
+            target per input, never several targets for one input (see :func:`explain_targets`).
         logits: The model output, ``(N, num_classes)``.
         class_names: Names of the classes, needed only when targets are given by name.
+
+    Raises:
+        ValueError: A sequence whose length is not ``N``, or a class index out of range.
+        TypeError: A target that is neither an index, a name nor a sequence of them.
+        UnknownNameError: A class name the model does not have.
     """
     n, num_classes = logits.shape
     if target is None:
@@ -75,7 +97,42 @@ def resolve_targets(
         )
     items = list(target)
     if len(items) != n:
-        raise ValueError(
-            f"got {len(items)} targets for {n} inputs; give one target for all inputs or one per input"
-        )
+        raise target_count_error(len(items), n)
     return torch.tensor([class_index(v, class_names, num_classes) for v in items], dtype=torch.long)
+
+
+def explain_targets(
+    method: Attribution,
+    inputs: torch.Tensor,
+    targets: Sequence[int | str] | int | str,
+    *,
+    batch_size: int | str | None = None,
+) -> list[Explanation]:
+    """Explain the same inputs for several target classes: one :class:`Explanation` per target.
+
+    ``method.explain(x, target=[a, b])`` reads the list as one target per input, so for a single
+    image it is an error; this is the way to ask "why a, and why b?" of the same image(s).
+
+    Args:
+        method: An attribution method built on the model.
+        inputs: ``(N, C, H, W)`` or ``(C, H, W)`` preprocessed images.
+        targets: Class indices or names; each is explained for every input.
+        batch_size: Passed to :meth:`~cnnlens.attribution.base.Attribution.explain`.
+
+    Returns:
+        ``explanations[k]`` explains every input for ``targets[k]`` (``N`` maps each).
+
+    Raises:
+        ValueError: ``targets`` is empty, or a class index is out of range.
+        UnknownNameError: A class name the model does not have.
+
+    Example:
+        >>> tabby, tiger = explain_targets(gradcam, x, ["tabby", "tiger cat"])  # doctest: +SKIP
+    """
+    wanted = [targets] if isinstance(targets, (int, str, np.integer)) else list(targets)
+    if not wanted:
+        raise ValueError("explain_targets needs at least one target class (an index or a name)")
+    names = method.class_names
+    if names:  # a misspelt name fails before any work is done
+        wanted = [class_index(t, names, len(names)) for t in wanted]
+    return [method.explain(inputs, target, batch_size=batch_size) for target in wanted]

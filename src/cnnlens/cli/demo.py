@@ -77,7 +77,14 @@ def run(args: argparse.Namespace) -> int:
     summary = summarize(model, results, [], args.out)
     write_summary(summary, args.out)
     settings = {m.name: _settings_text(m) for m in methods}
-    report = demo_report(results, summary, [m.name for m in methods], args.out, settings=settings)
+    report = demo_report(
+        results,
+        summary,
+        [m.name for m in methods],
+        args.out,
+        settings=settings,
+        preprocessing=model.preprocessing,
+    )
     console.print(f"wrote {report} and {args.out / 'summary.json'}")
     return 1 if any(r.errors for r in results) else 0
 

@@ -19,6 +19,7 @@ from cnnlens.cli.common import (
     parse_params,
     split_list,
 )
+from cnnlens.data.images import MAX_PIXELS
 from cnnlens.pipeline import (
     ImageResult,
     check_targets,
@@ -65,6 +66,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         help="lighter settings for a first look (fewer samples/steps/windows; see `cnnlens methods`)",
     )
     p.add_argument("--top", type=int, default=5, help="how many predictions to print (default 5)")
+    p.add_argument(
+        "--max-pixels",
+        type=int,
+        default=MAX_PIXELS,
+        metavar="N",
+        help=f"refuse images of more than N pixels as possible decompression bombs (default {MAX_PIXELS:,})",
+    )
     p.add_argument("-o", "--out", required=True, type=Path, help="output folder")
     p.set_defaults(func=run)
 
@@ -94,6 +102,8 @@ def print_results(results: list[ImageResult], top: int) -> None:
 def run(args: argparse.Namespace) -> int:
     if args.top < 1:
         raise ValueError(f"--top must be at least 1, got {args.top}")
+    if args.max_pixels < 1:
+        raise ValueError(f"--max-pixels must be at least 1, got {args.max_pixels}")
     names = selected_methods(args.method)
     model = model_from_args(args)
     every = not split_list(args.method) or split_list(args.method) == ["all"]
@@ -107,7 +117,7 @@ def run(args: argparse.Namespace) -> int:
         precision=args.precision,
     )
     targets = check_targets(model, split_list(args.target))
-    images, errors = load_images(args.images)
+    images, errors = load_images(args.images, max_pixels=args.max_pixels)
     for e in errors:
         error_console.print(f"[red]error:[/] {e['error']}", highlight=False)
     args.out.mkdir(parents=True, exist_ok=True)

@@ -8,7 +8,10 @@ file can be wrong (missing, a directory, not an image, truncated, a decompressio
 from __future__ import annotations
 
 import os
+import threading
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -19,35 +22,43 @@ from cnnlens.errors import ImageLoadError
 #: Largest image (width x height) cnnlens decodes; larger files are refused as possible bombs.
 MAX_PIXELS = 100_000_000
 
+_PIXEL_LIMIT_LOCK = threading.Lock()
+
 
 def load_image(path: str | os.PathLike[str], *, max_pixels: int = MAX_PIXELS) -> Image.Image:
     """Read an image file as an 8-bit RGB image, upright according to its EXIF orientation.
 
     Args:
         path: A JPEG, PNG, BMP, TIFF, WebP (or any other format Pillow reads) file.
-        max_pixels: Refuse images with more pixels than this (decompression bombs).
+        max_pixels: Refuse images with more pixels than this (decompression bombs). Pillow's own
+            limit (``PIL.Image.MAX_IMAGE_PIXELS``) is set to this value for the duration of the call
+            and restored afterwards, so the limit can be raised as well as lowered.
 
     Returns:
         The decoded image in mode ``"RGB"``; transparent areas are composited on white.
 
     Raises:
         ImageLoadError: The file is missing, a directory, not an image, truncated or too large.
+        ValueError: ``max_pixels`` is not a positive integer.
     """
+    if isinstance(max_pixels, bool) or not isinstance(max_pixels, int) or max_pixels < 1:
+        raise ValueError(f"max_pixels must be a positive integer, got {max_pixels!r}")
     p = Path(path)
     if not p.exists():
         raise ImageLoadError(f"{p}: no such file")
     if p.is_dir():
         raise ImageLoadError(f"{p}: is a directory, expected an image file")
+    too_large = (
+        f"{p}: over the limit of {max_pixels:,} pixels (a possible decompression bomb); "
+        "raise max_pixels (--max-pixels) if the file is trusted"
+    )
     try:
-        with warnings.catch_warnings():
+        with _pillow_pixel_limit(max_pixels), warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             with Image.open(p) as im:
                 width, height = im.size
                 if width * height > max_pixels:
-                    raise ImageLoadError(
-                        f"{p}: {width}x{height} pixels is over the limit of {max_pixels:,} "
-                        "(a possible decompression bomb); raise max_pixels if the file is trusted"
-                    )
+                    raise ImageLoadError(f"{too_large}: {width}x{height} pixels")
                 im.load()
                 upright = ImageOps.exif_transpose(im)
                 return to_rgb(upright if upright is not None else im)
@@ -56,9 +67,27 @@ def load_image(path: str | os.PathLike[str], *, max_pixels: int = MAX_PIXELS) ->
     except Image.UnidentifiedImageError:
         raise ImageLoadError(f"{p}: not an image file Pillow can read") from None
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
-        raise ImageLoadError(f"{p}: too many pixels, a possible decompression bomb ({err})") from None
+        raise ImageLoadError(f"{too_large} ({err})") from None
     except (OSError, SyntaxError, ValueError) as err:
         raise ImageLoadError(f"{p}: corrupt or truncated image ({err})") from None
+
+
+@contextmanager
+def _pillow_pixel_limit(max_pixels: int) -> Iterator[None]:
+    """Set Pillow's decompression-bomb limit to ``max_pixels`` inside the block, then restore it.
+
+    Pillow checks its limit while opening and, for some formats (GIF frames, TIFF tiles, ICO),
+    while decoding, warning above it and failing above twice it. Setting it to ``max_pixels`` makes
+    every such check use cnnlens' limit. The limit is global, so the block holds a lock: threads
+    loading images concurrently take turns instead of seeing each other's limits.
+    """
+    with _PIXEL_LIMIT_LOCK:
+        previous = Image.MAX_IMAGE_PIXELS
+        Image.MAX_IMAGE_PIXELS = max_pixels
+        try:
+            yield
+        finally:
+            Image.MAX_IMAGE_PIXELS = previous
 
 
 def to_rgb(im: Image.Image) -> Image.Image:

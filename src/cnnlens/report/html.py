@@ -12,6 +12,8 @@ from typing import Any
 from jinja2 import Environment, PackageLoader, select_autoescape
 from PIL import Image
 
+from cnnlens.attribution.explanation import Explanation
+from cnnlens.data.transforms import Preprocessing
 from cnnlens.pipeline import ImageResult
 
 
@@ -34,6 +36,42 @@ def image_data_uri(image: Image.Image, max_side: int = 320, fmt: str = "JPEG") -
     return f"data:image/{mime};base64,{base64.b64encode(buf.getvalue()).decode('ascii')}"
 
 
+#: Scalar extras worth a line under a method's overlay: extra name -> label and number format.
+EXTRA_NOTES: dict[str, tuple[str, str]] = {
+    "completeness_gap": ("completeness gap", "{:.3g}"),  # Integrated Gradients
+    "sum_gap": ("Shapley sum gap", "{:.2g}"),  # KernelSHAP
+    "r2": ("surrogate R\u00b2", "{:.2f}"),  # LIME
+}
+
+
+def extra_notes(exp: Explanation) -> list[str]:
+    """Short lines for the scalar extras of :data:`EXTRA_NOTES` that ``exp`` carries."""
+    small = exp.small_extras()
+    return [
+        f"{label} {fmt.format(small[name])}"
+        for name, (label, fmt) in EXTRA_NOTES.items()
+        if isinstance(small.get(name), (int, float))
+    ]
+
+
+def _cell(
+    exp: Explanation, png: Path, image: Image.Image, preprocessing: Preprocessing | None
+) -> dict[str, Any]:
+    cell: dict[str, Any] = {
+        "uri": image_data_uri(Image.open(png)),
+        "seconds": exp.seconds,
+        "target": exp.target_name(),
+        "layer": exp.layer,
+        "notes": extra_notes(exp),
+        "mask_uri": None,
+    }
+    if preprocessing is not None and "top_mask" in exp.extras:  # LIME's top-k superpixels
+        cell["mask_uri"] = image_data_uri(exp.render_mask(image, "top_mask", preprocessing=preprocessing))
+        top_k = exp.params.get("top_k")
+        cell["mask_label"] = f"top {top_k} superpixels" if top_k else "top superpixels"
+    return cell
+
+
 def demo_report(
     results: Sequence[ImageResult],
     summary: dict[str, Any],
@@ -42,9 +80,15 @@ def demo_report(
     *,
     title: str = "cnnlens: why the model decided",
     settings: Mapping[str, str] | None = None,
+    preprocessing: Preprocessing | None = None,
 ) -> Path:
     """Write ``index.html``: predictions, an image x method grid of overlays, the timings and each
-    method's settings."""
+    method's settings.
+
+    Under each overlay go the method's telling scalar results (:data:`EXTRA_NOTES`, e.g. Integrated
+    Gradients' completeness gap); with ``preprocessing`` (the model's, to place masks on the photo)
+    LIME's cell also shows its top-k superpixels, the rest of the photo darkened.
+    """
     rows: list[dict[str, Any]] = []
     totals = dict.fromkeys(methods, 0.0)
     for r in results:
@@ -54,14 +98,7 @@ def demo_report(
             if m in by_method:
                 e, png = by_method[m]
                 totals[m] += e.seconds
-                cells.append(
-                    {
-                        "uri": image_data_uri(Image.open(png)),
-                        "seconds": e.seconds,
-                        "target": e.target_name(),
-                        "layer": e.layer,
-                    }
-                )
+                cells.append(_cell(e, png, r.image, preprocessing))
             else:
                 cells.append(None)
         rows.append(
