@@ -18,7 +18,7 @@ from cnnlens.attribution.registry import (
     methods_markdown,
     register,
 )
-from cnnlens.attribution.targets import resolve_targets
+from cnnlens.attribution.targets import explain_targets, resolve_targets
 
 __all__ = [
     "Attributed",
@@ -26,6 +26,7 @@ __all__ = [
     "Explanation",
     "check_inputs",
     "create",
+    "explain_targets",
     "get_method",
     "method_names",
     "methods_markdown",

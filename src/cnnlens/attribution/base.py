@@ -29,7 +29,7 @@ from cnnlens.attribution.engine import (
 )
 from cnnlens.attribution.explanation import Explanation
 from cnnlens.attribution.hooks import preserved_state
-from cnnlens.attribution.targets import Target, resolve_targets
+from cnnlens.attribution.targets import Target, resolve_targets, target_count_error
 from cnnlens.models.layers import default_cam_layer, resolve_layer
 from cnnlens.models.loaded import LoadedModel
 
@@ -79,10 +79,7 @@ class TargetPicker:
         if isinstance(target, (torch.Tensor, np.ndarray)) and np.asarray(target).ndim > 0:
             target = [int(v) for v in np.asarray(target).reshape(-1)]
         if isinstance(target, (list, tuple)) and len(target) != count:
-            raise ValueError(
-                f"got {len(target)} targets for {count} inputs; give one target for all inputs or one "
-                "per input"
-            )
+            raise target_count_error(len(target), count)
         return target
 
     @classmethod

@@ -20,6 +20,7 @@ from cnnlens.attribution.base import (
     TargetPicker,
     chunk_targets,
 )
+from cnnlens.attribution.engine import precision_context, to_precision
 from cnnlens.attribution.hooks import capture_outputs
 from cnnlens.attribution.registry import register
 
@@ -46,19 +47,25 @@ def layer_gradient(
     """Activations ``A`` of the method's target layer and ``d(target logit)/dA``, both ``(N, C, h, w)``.
 
     Only the gradient at that layer is computed (no weight gradients, nothing below the layer). With a
-    :class:`~cnnlens.attribution.base.TargetPicker` the targets come from the same forward pass.
+    :class:`~cnnlens.attribution.base.TargetPicker` the targets come from the same forward pass. The
+    pass runs at the method's :meth:`~cnnlens.attribution.base.Attribution.compute_precision`.
     """
     name, layer = attribution.target_layer(inputs)
+    precision = attribution.compute_precision(inputs.device)
     acts, grads = [], []
     for start in range(0, len(inputs), batch_size):
-        x = inputs[start : start + batch_size]
-        with capture_outputs({name: layer}) as store, torch.enable_grad():
+        x = to_precision(inputs[start : start + batch_size], precision)
+        with (
+            capture_outputs({name: layer}) as store,
+            torch.enable_grad(),
+            precision_context(precision, x.device),
+        ):
             logits = attribution.module(x.detach().requires_grad_(True)).float()
             a = feature_map(store, name)
             t = chunk_targets(targets, logits, start)
             (g,) = torch.autograd.grad(logits.gather(1, t.view(-1, 1)).sum(), a)
-        acts.append(a.detach())
-        grads.append(g.detach())
+        acts.append(a.detach().float())
+        grads.append(g.detach().float())
     return torch.cat(acts), torch.cat(grads)
 
 
@@ -72,8 +79,15 @@ class GradientCAM(OnePass):
     needs_gradients = True
     uses_layer = True
 
-    def __init__(self, model: ModelLike, *, layer: LayerSpec = None, batch_size: int | None = None):
-        super().__init__(model, layer=layer, batch_size=batch_size)
+    def __init__(
+        self,
+        model: ModelLike,
+        *,
+        layer: LayerSpec = None,
+        batch_size: int | None = None,
+        precision: str = "auto",
+    ):
+        super().__init__(model, layer=layer, batch_size=batch_size, precision=precision)
 
     @abstractmethod
     def weights(self, acts: torch.Tensor, grads: torch.Tensor) -> torch.Tensor:

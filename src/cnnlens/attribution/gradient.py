@@ -24,6 +24,7 @@ from cnnlens.attribution.base import (
     chunk_targets,
     target_scores,
 )
+from cnnlens.attribution.engine import precision_context, to_precision
 from cnnlens.attribution.registry import register
 from cnnlens.models.loaded import LoadedModel
 
@@ -33,21 +34,23 @@ def input_gradient(
     inputs: torch.Tensor,
     targets: torch.Tensor | TargetPicker,
     batch_size: int,
+    precision: str = "fp32",
 ) -> torch.Tensor:
     """d(target logit)/d(input) for each input, ``(N, C, H, W)``, computed in chunks.
 
     Only the input gradient is computed: the caller has switched parameter gradients off. With a
     :class:`~cnnlens.attribution.base.TargetPicker`, each chunk's targets are chosen from the logits
-    of the same forward pass.
+    of the same forward pass. ``precision="bf16"`` runs the pass under bfloat16 autocast with
+    ``channels_last`` inputs (the gradient is returned in float32).
     """
     grads = []
     for start in range(0, len(inputs), batch_size):
         x = inputs[start : start + batch_size].detach().requires_grad_(True)
-        with torch.enable_grad():
-            logits = module(x).float()
+        with torch.enable_grad(), precision_context(precision, x.device):
+            logits = module(to_precision(x, precision)).float()
             t = chunk_targets(targets, logits, start)
             (g,) = torch.autograd.grad(logits.gather(1, t.view(-1, 1)).sum(), x)
-        grads.append(g.detach())
+        grads.append(g.detach().float())
     return torch.cat(grads)
 
 
@@ -78,18 +81,23 @@ class Saliency(OnePass):
     reference = "Simonyan et al. 2014"
     needs_gradients = True
 
-    def __init__(self, model: ModelLike, *, batch_size: int | None = None):
-        super().__init__(model, batch_size=batch_size)
+    def __init__(self, model: ModelLike, *, batch_size: int | None = None, precision: str = "auto"):
+        super().__init__(model, batch_size=batch_size, precision=precision)
 
     def _attribute_picking(self, inputs: torch.Tensor, picker: TargetPicker, batch_size: int) -> torch.Tensor:
-        return saliency_reduction(input_gradient(self.module, inputs, picker, batch_size))
+        precision = self.compute_precision(inputs.device)
+        return saliency_reduction(input_gradient(self.module, inputs, picker, batch_size, precision))
 
 
 Point = tuple[int, float, torch.Tensor]
 
 
 def point_gradients(
-    module: torch.nn.Module, points: Iterator[Point], targets: torch.Tensor, batch_size: int
+    module: torch.nn.Module,
+    points: Iterator[Point],
+    targets: torch.Tensor,
+    batch_size: int,
+    precision: str = "fp32",
 ) -> Iterator[Point]:
     """Gradients at a stream of points, evaluated ``batch_size`` points per forward/backward pass.
 
@@ -98,6 +106,7 @@ def point_gradients(
         points: ``(input index, weight, point)`` triples; ``point`` is ``(C, H, W)``.
         targets: One class per input, indexed by the triples' input index.
         batch_size: Most points per pass; only one batch of points is held in memory at a time.
+        precision: ``"fp32"`` or ``"bf16"`` (see :func:`input_gradient`).
 
     Returns:
         An iterator of ``(input index, weight, gradient at the point)``, in the order of ``points``.
@@ -106,7 +115,8 @@ def point_gradients(
 
     def flush() -> Iterator[Point]:
         index = torch.tensor([i for i, _, _ in buffer], device=targets.device)
-        grads = input_gradient(module, torch.stack([p for _, _, p in buffer]), targets[index], len(buffer))
+        stacked = torch.stack([p for _, _, p in buffer])
+        grads = input_gradient(module, stacked, targets[index], len(buffer), precision)
         yield from ((i, w, g) for (i, w, _), g in zip(buffer, grads))
         buffer.clear()
 
@@ -157,11 +167,12 @@ class GradientXInput(OnePass):
     needs_gradients = True
     signed = True
 
-    def __init__(self, model: ModelLike, *, batch_size: int | None = None):
-        super().__init__(model, batch_size=batch_size)
+    def __init__(self, model: ModelLike, *, batch_size: int | None = None, precision: str = "auto"):
+        super().__init__(model, batch_size=batch_size, precision=precision)
 
     def _attribute_picking(self, inputs: torch.Tensor, picker: TargetPicker, batch_size: int) -> torch.Tensor:
-        return (input_gradient(self.module, inputs, picker, batch_size) * inputs).sum(dim=1)
+        precision = self.compute_precision(inputs.device)
+        return (input_gradient(self.module, inputs, picker, batch_size, precision) * inputs).sum(dim=1)
 
 
 SMOOTHGRAD_VARIANTS = ("smoothgrad", "squared", "vargrad")
@@ -214,8 +225,9 @@ class SmoothGrad(Attribution):
         seed: int = 0,
         variant: str = "smoothgrad",
         batch_size: int | None = None,
+        precision: str = "auto",
     ):
-        super().__init__(model, batch_size=batch_size)
+        super().__init__(model, batch_size=batch_size, precision=precision)
         if not 0 <= noise < float("inf"):
             raise ValueError(f"noise must be a fraction of the input range >= 0 (e.g. 0.15), got {noise}")
         if isinstance(n_samples, bool) or not isinstance(n_samples, int) or n_samples < 1:
@@ -238,7 +250,8 @@ class SmoothGrad(Attribution):
     def _attribute(self, inputs: torch.Tensor, targets: torch.Tensor, batch_size: int) -> torch.Tensor:
         total = torch.zeros(inputs.shape, dtype=torch.float64, device=inputs.device)
         squares = torch.zeros_like(total)
-        for i, _, g in point_gradients(self.module, self._points(inputs), targets, batch_size):
+        precision = self.compute_precision(inputs.device)
+        for i, _, g in point_gradients(self.module, self._points(inputs), targets, batch_size, precision):
             total[i] += g
             squares[i] += g.double() ** 2
         mean, mean_square = total / self.n_samples, squares / self.n_samples
@@ -324,8 +337,9 @@ class IntegratedGradients(Attribution):
         blur_sigma: float = 10.0,
         seed: int = 0,
         batch_size: int | None = None,
+        precision: str = "auto",
     ):
-        super().__init__(model, batch_size=batch_size)
+        super().__init__(model, batch_size=batch_size, precision=precision)
         if isinstance(baseline, torch.Tensor):
             if not baseline.is_floating_point() or not torch.isfinite(baseline).all():
                 raise ValueError("a baseline tensor must be a finite float tensor in the model's input space")
@@ -378,7 +392,8 @@ class IntegratedGradients(Attribution):
         baselines = self.baselines(inputs)
         integral = torch.zeros(inputs.shape, dtype=torch.float64, device=inputs.device)
         points = self._points(inputs, baselines)
-        for i, w, g in point_gradients(self.module, points, targets, batch_size):
+        precision = self.compute_precision(inputs.device)
+        for i, w, g in point_gradients(self.module, points, targets, batch_size, precision):
             integral[i] += w * g.double()
         attr = ((inputs - baselines).double() * integral).sum(dim=1)
         ends = target_scores(self.forward(torch.cat([inputs, baselines]), batch_size), targets.repeat(2))

@@ -130,8 +130,9 @@ def rule_gradient(
     batch_size: int,
 ) -> torch.Tensor:
     """The input "gradient" of the target logit under a backpropagation rule: ``(N, C, H, W)``."""
+    precision = attribution.compute_precision(inputs.device)
     with backprop_rule(attribution.module, rule) as calls:
-        grads = input_gradient(attribution.module, inputs, targets, batch_size)
+        grads = input_gradient(attribution.module, inputs, targets, batch_size, precision)
     if calls[0] == 0:
         raise ValueError(
             f"no ReLU module of {type(attribution.module).__name__} ran in the forward pass (its "
@@ -147,8 +148,8 @@ class _RuleMethod(OnePass):
     needs_gradients = True
     rule: str
 
-    def __init__(self, model: ModelLike, *, batch_size: int | None = None):
-        super().__init__(model, batch_size=batch_size)
+    def __init__(self, model: ModelLike, *, batch_size: int | None = None, precision: str = "auto"):
+        super().__init__(model, batch_size=batch_size, precision=precision)
 
     def _attribute_picking(self, inputs: torch.Tensor, picker: TargetPicker, batch_size: int) -> torch.Tensor:
         return saliency_reduction(rule_gradient(self, self.rule, inputs, picker, batch_size))
@@ -214,8 +215,15 @@ class GuidedGradCAM(GradCAM):
     summary = "guided backprop map times the upsampled Grad-CAM"
     reference = "Selvaraju et al. 2017"
 
-    def __init__(self, model: ModelLike, *, layer: LayerSpec = None, batch_size: int | None = None):
-        super().__init__(model, layer=layer, batch_size=batch_size)
+    def __init__(
+        self,
+        model: ModelLike,
+        *,
+        layer: LayerSpec = None,
+        batch_size: int | None = None,
+        precision: str = "auto",
+    ):
+        super().__init__(model, layer=layer, batch_size=batch_size, precision=precision)
 
     def _attribute_picking(self, inputs: torch.Tensor, picker: TargetPicker, batch_size: int) -> torch.Tensor:
         cam = super()._attribute_picking(inputs, picker, batch_size)
