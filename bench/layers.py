@@ -1,12 +1,15 @@
 """Benchmark of the layer atlas and of channel Shapley values; prints ratios (no timed tests).
 
-1. The atlas over all selected layers against one single-layer attribution with the same method (the
-   issue's target: at most 1.5x), against one call per layer (cnnlens' own single-layer method and,
-   where installed, Captum's LayerGradientXActivation / LayerIntegratedGradients).
+1. The atlas over all selected layers, for each of its four methods (gradxact, ig, gradshap, gradcam),
+   against one single-layer attribution with the same method and settings, at the model's default
+   (CAM) layer and at the layer nearest the input, with PASS/FAIL against the issue's target (at most
+   1.5x); and against one call per layer (cnnlens' own single-layer method and, where installed,
+   Captum's LayerGradientXActivation / LayerIntegratedGradients / LayerGradientShap / LayerGradCam).
 2. Channel Shapley values on efficientnet_lite0's last conv layer: time per permutation with only the
    network after the layer re-run, against a full-network re-run per coalition.
 
-Run: ``PYTHONPATH=src python bench/layers.py [--reps 5] [--vgg] [--device cuda]``.
+Run: ``PYTHONPATH=src python bench/layers.py [--reps 5] [--part atlas] [--methods ig,gradcam] [--vgg]
+[--no-per-layer] [--device cuda]``.
 """
 
 from __future__ import annotations
@@ -15,11 +18,12 @@ import argparse
 import statistics
 import time
 from collections.abc import Callable
+from functools import partial
+from typing import Any
 
 import torch
 
-from cnnlens.attribution import create
-from cnnlens.attribution.atlas import layer_atlas
+from cnnlens.attribution.atlas import ATLAS_METHODS, layer_atlas
 from cnnlens.attribution.channels import CoalitionGame, channel_shapley, permutation_chain
 from cnnlens.attribution.engine import suffix_runner
 from cnnlens.attribution.hooks import preserved_state
@@ -43,56 +47,112 @@ def timed(fn: Callable[[], object], reps: int) -> float:
     return statistics.median(times)
 
 
+#: The issue's target: the atlas over all layers costs at most this times one single-layer attribution.
+ATLAS_TARGET = 1.5
+
+
+def method_params(steps: int, samples: int) -> dict[str, dict[str, Any]]:
+    """Each atlas method's hyper-parameters, the same for the atlas, the single layer and Captum."""
+    return {"gradxact": {}, "ig": {"steps": steps}, "gradshap": {"n_samples": samples}, "gradcam": {}}
+
+
+def captum_call(
+    model: LoadedModel, layer: torch.nn.Module, method: str, params: dict[str, Any]
+) -> tuple[Any, dict[str, Any]]:
+    """Captum's layer method matching ``method`` and the keyword arguments of its ``attribute``."""
+    from captum.attr import (  # type: ignore[import-untyped]
+        LayerGradCam,
+        LayerGradientShap,
+        LayerGradientXActivation,
+        LayerIntegratedGradients,
+    )
+
+    module = model.module
+    if method == "gradxact":
+        return LayerGradientXActivation(module, layer), {}
+    if method == "ig":
+        n = int(params["steps"]) + 1
+        return LayerIntegratedGradients(module, layer), {"n_steps": n, "internal_batch_size": n}
+    if method == "gradshap":
+        impl = LayerGradientShap(module, layer)
+        return impl, {"n_samples": params["n_samples"], "stdevs": 0.0}
+    return LayerGradCam(module, layer), {}
+
+
 def captum_per_layer(
-    model: LoadedModel, x: torch.Tensor, layers: list[str], method: str, steps: int
+    model: LoadedModel, x: torch.Tensor, layers: list[str], method: str, params: dict[str, Any]
 ) -> float:
-    """One Captum call per layer, summed (None when Captum is not installed)."""
-    from captum.attr import LayerGradientXActivation, LayerIntegratedGradients
+    """One Captum call per layer, summed (raises ImportError when Captum is not installed)."""
+    from cnnlens.attribution.layer import LayerGradientShap as OurGradientShap
 
     module = model.module
     target = int(model.logits(x).argmax())
+    extra: dict[str, object] = {}
+    if method == "gradshap":  # the same baselines as cnnlens' default set
+        extra["baselines"] = OurGradientShap(model, **params).baseline_set(x)
     total = 0.0
     with preserved_state(module, freeze_parameters=True):
         for name in layers:
-            layer = module.get_submodule(name)
-            if method == "gradxact":
-                algo: object = LayerGradientXActivation(module, layer)
-                kwargs: dict[str, object] = {}
-            else:
-                algo = LayerIntegratedGradients(module, layer)
-                kwargs = {"n_steps": steps + 1, "internal_batch_size": steps + 1}
+            algo, kwargs = captum_call(model, module.get_submodule(name), method, params)
             start = time.perf_counter()
-            algo.attribute(x, target=target, **kwargs)  # type: ignore[attr-defined]
+            algo.attribute(x, target=target, **kwargs, **extra)
             total += time.perf_counter() - start
     return total
 
 
+def single(
+    model: LoadedModel, x: torch.Tensor, method: str, layer: str, params: dict[str, Any]
+) -> Callable[[], object]:
+    """One single-layer attribution with the atlas method's own class and settings."""
+    return lambda: ATLAS_METHODS[method](model, layer=layer, **params).explain(x)
+
+
+def verdict(ratio: float) -> str:
+    return "PASS" if ratio <= ATLAS_TARGET else "FAIL"
+
+
 def atlas_rows(
-    model: LoadedModel, x: torch.Tensor, label: str, reps: int, steps: int, methods: tuple[str, ...]
+    model: LoadedModel,
+    x: torch.Tensor,
+    label: str,
+    reps: int,
+    params: dict[str, dict[str, Any]],
+    methods: tuple[str, ...],
+    per_layer_calls: bool = True,
 ) -> None:
+    """Time the atlas of each method against one single-layer attribution with the same method.
+
+    The single layer is the model's default (CAM) layer, near the output, and the layer nearest the
+    input (the first to run: its backward pass crosses the whole network, as the atlas's does).
+    """
     layers = list(select_layers(model.module))
     first = layers_in_order(model, x, layers)[0]
-    print(f"\n## {label}: {len(layers)} atlas layers ({', '.join(layers[:3])}, ...), first to run: {first}")
-    print("method    atlas_s  single_first_s  single_default_s  atlas/single_first  per_layer_calls_s  "
-          "per_layer/atlas  captum_per_layer_s  captum/atlas")  # fmt: skip
-    rows = {"gradxact": ("layer_gradxact", {}), "ig": ("layer_ig", {"steps": steps})}
+    default = model.layer(None)[0]
+    print(
+        f"\n## {label}: {len(layers)} atlas layers ({', '.join(layers[:3])}, ...); single layer: default "
+        f"(CAM) {default}, nearest the input {first}; target atlas/single <= {ATLAS_TARGET}x"
+    )
+    print("method    atlas_s  single_default_s  atlas/default       single_first_s  atlas/first         "
+          "per_layer_calls_s  per_layer/atlas  captum_per_layer_s  captum/atlas")  # fmt: skip
     for method in methods:
-        single, params = rows[method]
-        atlas = timed(lambda m=method, p=params: layer_atlas(model, x, method=m, layers=layers, **p), reps)
-        one_first = timed(lambda s=single, p=params: create(s, model, layer=first, **p).explain(x), reps)
-        one_default = timed(lambda s=single, p=params: create(s, model, **p).explain(x), reps)
-        per_layer = sum(
-            timed(lambda s=single, n=n, p=params: create(s, model, layer=n, **p).explain(x), 1)
-            for n in layers
-        )
+        p = params[method]
+        atlas = timed(partial(layer_atlas, model, x, method=method, layers=layers, **p), reps)
+        one_default = timed(single(model, x, method, default, p), reps)
+        one_first = timed(single(model, x, method, first, p), reps)
+        if per_layer_calls:
+            per_layer = sum(timed(single(model, x, method, n, p), 1) for n in layers)
+            per_layer_text = f"{per_layer:17.3f}  {per_layer / atlas:15.2f}"
+        else:
+            per_layer_text = f"{'skipped':>17}  {'-':>15}"
         try:
-            captum = captum_per_layer(model, x, layers, method, steps)
+            captum = captum_per_layer(model, x, layers, method, p)
             captum_text = f"{captum:18.3f}  {captum / atlas:12.2f}"
         except ImportError:
             captum_text = f"{'not installed':>18}  {'-':>12}"
+        by_default, by_first = atlas / one_default, atlas / one_first
         print(
-            f"{method:8} {atlas:8.3f}  {one_first:14.3f}  {one_default:16.3f}  {atlas / one_first:18.2f}  "
-            f"{per_layer:17.3f}  {per_layer / atlas:15.2f}  {captum_text}"
+            f"{method:8} {atlas:8.3f}  {one_default:16.3f}  {by_default:6.2f} {verdict(by_default)}  "
+            f"{one_first:18.3f}  {by_first:6.2f} {verdict(by_first)}  {per_layer_text}  {captum_text}"
         )
 
 
@@ -118,7 +178,7 @@ def shapley_rows(model: LoadedModel, x: torch.Tensor, layer: str, permutations: 
         for mode in ("fx", "full"):
             runner = suffix_runner(module, layer, x, mode=mode)
             game = CoalitionGame(runner, torch.zeros_like(runner.activation), result.target, 64)
-            timings[mode] = timed(lambda g=game: g(masks), 1) / len(masks)
+            timings[mode] = timed(partial(game, masks), 1) / len(masks)
     full_perm, suffix_perm = timings["full"] * (c - 1), timings["fx"] * (c - 1)
     print("suffix_s_per_coalition  full_s_per_coalition  full/suffix  suffix_s_per_permutation  "
           "end_to_end_s_per_permutation  full_rerun_s_per_permutation  full_rerun/end_to_end")  # fmt: skip
@@ -134,6 +194,15 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--reps", type=int, default=5)
     parser.add_argument("--steps", type=int, default=8, help="IG steps (default 8)")
+    parser.add_argument("--samples", type=int, default=8, help="GradientSHAP samples (default 8)")
+    parser.add_argument(
+        "--methods",
+        default="gradxact,ig,gradshap,gradcam",
+        help="atlas methods to time (default: all four)",
+    )
+    parser.add_argument(
+        "--no-per-layer", action="store_true", help="skip the one-call-per-layer column (the slowest part)"
+    )
     parser.add_argument("--threads", type=int, default=1, help="1: OpenMP spin-waits on a busy machine")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--vgg", action="store_true", help="also VGG19 (random weights, 224 px, gradxact)")
@@ -145,12 +214,20 @@ def main() -> None:
     print(f"torch {torch.__version__}, {args.threads} threads, device {args.device}, median of {args.reps}")
     lite0 = load_model("efficientnet_lite0", device=args.device)
     x = lite0.prepare(load_sample("chelsea"))
+    params = method_params(args.steps, args.samples)
+    methods = tuple(m.strip() for m in args.methods.split(",") if m.strip())
+    unknown = [m for m in methods if m not in ATLAS_METHODS]
+    if unknown:
+        parser.error(f"unknown atlas methods {unknown}; choose from {', '.join(ATLAS_METHODS)}")
+    per_layer = not args.no_per_layer
     if args.part in ("all", "atlas"):
-        atlas_rows(lite0, x, "efficientnet_lite0 224 px, chelsea", args.reps, args.steps, ("gradxact", "ig"))
+        label = "efficientnet_lite0 224 px, chelsea"
+        atlas_rows(lite0, x, label, args.reps, params, methods, per_layer)
     if args.vgg:
         vgg = load_model("vgg19", pretrained=False, device=args.device)
         x_vgg = vgg.prepare(load_sample("chelsea"))
-        atlas_rows(vgg, x_vgg, "vgg19 (random) 224 px", max(1, args.reps // 2), args.steps, ("gradxact",))
+        reps = max(1, args.reps // 2)
+        atlas_rows(vgg, x_vgg, "vgg19 (random) 224 px", reps, params, ("gradxact",), per_layer)
     if args.part in ("all", "shapley"):
         shapley_rows(lite0, x, "conv_head", args.permutations, args.coalitions)
 

@@ -129,8 +129,9 @@ def test_channels_of_the_seed_model(files: dict[str, Path], tmp_path: Path) -> N
     rows = list(csv.DictReader((out / "channels.csv").open()))
     assert len(rows) == 512
     assert rows[0]["rank"] == "1"
-    report = json.loads((out / "channels.json").read_text())
+    report = json.loads((out / "channels.json").read_text(), parse_constant=pytest.fail)  # strict JSON
     assert report["permutations"] == 2
+    assert report["max_stderr"] is None  # one antithetic pair: no standard error (not Infinity)
     assert report["suffix_mode"] == "fx"
     assert report["sum_of_values"] == pytest.approx(report["full"] - report["empty"], abs=1e-6)
     assert (out / "channels.png").stat().st_size > 5_000
@@ -190,4 +191,64 @@ def test_errors_are_clear(files: dict[str, Path], tmp_path: Path, capsys: pytest
     assert "need a (N, C, h, w) feature map" in error()
     with pytest.raises(SystemExit):  # argparse: --samples and --stderr exclude each other
         main(["channels", str(files["chelsea"]), *model, "--samples", "4", "--stderr", "0.1"])
+    assert not (tmp_path / "x").exists()
+
+
+@pytest.fixture(scope="module")
+def class_folders(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A class-folder dataset, images one folder deeper than the class (found recursively)."""
+    data = tmp_path_factory.mktemp("mean-data")
+    for cls, sample in (("cats", "chelsea"), ("cups", "coffee")):
+        (data / cls / "sub").mkdir(parents=True)
+        for i in range(3):
+            load_sample(sample).rotate(40 * i).save(data / cls / "sub" / f"{sample}{i}.png")
+    (data / "cats" / "notes.txt").write_text("not an image")
+    return data
+
+
+def test_channels_mean_from_a_class_folder_dataset_with_probe_patches(
+    files: dict[str, Path], class_folders: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "folder-mean"
+    args = ["channels", str(files["chelsea"]), "--model", str(files["resnet18"]), "--layer", "layer3"]
+    args += ["--samples", "2", "--top", "2", "--baseline", "mean", "--mean-from", str(class_folders)]
+    assert main([*args, "--mean-limit", "4", "--patches", "3", "--out", str(out)]) == 0
+    report = json.loads((out / "channels.json").read_text())
+    assert report["baseline"] == "tensor"
+    assert report["mean_images"] == 4
+    probes = [Path(p) for p in report["probe_images"]]
+    assert [p.name for p in probes] == ["chelsea0.png", "chelsea1.png", "coffee0.png", "coffee1.png"]
+    top = report["top_channels"]
+    assert 1 <= len(top) <= 4
+    assert {row["sign"] for row in top} <= {"+", "-"}
+    for row in top:
+        left, upper, right, lower = row["patch"]["box"]
+        assert 0 <= left < right <= 64
+        assert 0 <= upper < lower <= 64
+        assert right - left > 8  # layer3 of a ResNet-18 sees far more than one 4 px cell
+        activations = [p["activation"] for p in row["probe_patches"]]
+        assert len(activations) == 3
+        assert activations == sorted(activations, reverse=True)
+        assert {Path(p["path"]) for p in row["probe_patches"]} <= set(probes)
+    assert (out / "channels.png").stat().st_size > 5_000
+
+
+def test_channels_probes_with_a_zero_baseline_and_bad_mean_sources(
+    files: dict[str, Path], class_folders: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    base = ["channels", str(files["chelsea"]), "--model", str(files["resnet18"]), "--layer", "layer4"]
+    out = tmp_path / "probes"
+    assert main([*base, "--samples", "2", "--top", "1", "--probes", str(class_folders), "-o", str(out)]) == 0
+    report = json.loads((out / "channels.json").read_text())
+    assert (report["baseline"], report["mean_images"], len(report["probe_images"])) == ("zero", 0, 6)
+    assert all(len(row["probe_patches"]) == 4 for row in report["top_channels"])
+    empty = tmp_path / "empty"
+    (empty / "cls").mkdir(parents=True)
+    mean = [*base, "--baseline", "mean", "-o", str(tmp_path / "x")]
+    assert main([*mean, "--mean-from", str(empty)]) == 2
+    assert "no image files in this folder" in capsys.readouterr().err
+    assert main([*mean, "--mean-from", str(tmp_path / "nope")]) == 2
+    assert "no such file or folder" in capsys.readouterr().err
+    assert main([*mean, "--mean-from", str(class_folders), "--mean-limit", "0"]) == 2
+    assert "--mean-limit must be at least 1" in capsys.readouterr().err
     assert not (tmp_path / "x").exists()

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from cnnlens.data.folders import class_weights, scan_dataset, warn_imbalance
+from cnnlens.data.folders import ImageSet, class_weights, scan_dataset, warn_imbalance
 from cnnlens.data.split import load_split, save_split, split_dataset, stratified_split
 from cnnlens.errors import DataWarning, ImageLoadError
 
@@ -68,6 +68,54 @@ def test_corrupt_image_is_skipped_with_a_warning_or_an_error_under_strict(tmp_pa
     assert [Path(s["path"]).name for s in ds.skipped] == ["broken.png"]
     with pytest.raises(ImageLoadError, match=r"broken\.png.*--strict"):
         scan_dataset(root, strict=True)
+
+
+def _broken(path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n not really")
+    return path
+
+
+def _assert_b_left_out(ds: ImageSet) -> None:
+    assert ds.class_names == ["a", "c"]
+    assert ds.counts() == {"a": 3, "c": 2}
+    assert {s.path.stem[0]: s.label for s in ds.samples} == {"a": 0, "c": 1}
+    assert sorted(Path(s["path"]).name for s in ds.skipped) == ["b0.png", "b1.png"]
+    class_weights(list(ds.counts().values()))  # no class without images is left to break training
+
+
+def test_class_whose_images_are_all_unreadable_is_left_out_and_labels_renumbered(tmp_path: Path) -> None:
+    root = _folder(tmp_path, {"a": 3, "c": 2})
+    for i in range(2):
+        _broken(root / "b" / f"b{i}.png")
+    with pytest.warns(DataWarning, match="class b has no readable images; left out"):
+        ds = scan_dataset(root)
+    _assert_b_left_out(ds)
+
+
+def test_manifest_class_whose_images_are_all_unreadable_is_left_out(tmp_path: Path) -> None:
+    rows = ["path,label"]
+    for name, n in (("a", 3), ("b", 2), ("c", 2)):
+        for i in range(n):
+            image = tmp_path / "img" / f"{name}{i}.png"
+            if name == "b":
+                _broken(image)
+            else:
+                _png(image)
+            rows.append(f"img/{name}{i}.png,{name}")
+    (tmp_path / "m.csv").write_text("\n".join(rows) + "\n")
+    with pytest.warns(DataWarning, match="class b has no readable images; left out"):
+        ds = scan_dataset(tmp_path / "m.csv")
+    _assert_b_left_out(ds)
+    parts = split_dataset(ds, (0.6, 0.2, 0.2))
+    assert sorted(s.label for v in parts.values() for s in v) == [0, 0, 0, 1, 1]
+
+
+def test_only_one_class_readable_is_an_error_listing_the_empty_one(tmp_path: Path) -> None:
+    root = _folder(tmp_path, {"a": 3})
+    _broken(root / "b" / "b0.png")
+    with pytest.warns(DataWarning), pytest.raises(ValueError, match=r"at least two classes.*b \(0\)"):
+        scan_dataset(root)
 
 
 def test_non_image_files_are_listed_and_skipped(tmp_path: Path) -> None:

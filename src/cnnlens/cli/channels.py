@@ -5,16 +5,31 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import math
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
+from PIL import Image
 from rich.table import Table
 
-from cnnlens.attribution.channels import ChannelShapley, channel_shapley, mean_activation
-from cnnlens.cli.common import add_model_arguments, console, model_from_args
+from cnnlens.attribution.channels import (
+    PATCH_MASS,
+    ChannelShapley,
+    Patch,
+    channel_patches,
+    channel_shapley,
+    mean_activation,
+)
+from cnnlens.cli.common import add_model_arguments, console, error_console, model_from_args
+from cnnlens.data.folders import IMAGE_SUFFIXES, read_manifest
 from cnnlens.data.images import load_image
 from cnnlens.models.loaded import LoadedModel
-from cnnlens.pipeline import check_targets
+from cnnlens.pipeline import check_targets, load_images
+
+#: Images read at most from the folders and manifests given to --mean-from and --probes.
+MEAN_LIMIT = 64
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -22,9 +37,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "channels",
         help="Shapley values of the channels of one layer for one image",
         description="Writes OUT/channels.csv and OUT/channels.json (channels ranked by Shapley value, with "
-        "standard errors) and OUT/channels.png (the top positive and negative channels' activation maps). "
-        "A removed channel is replaced by zero or by its mean over --mean-from images; only the network "
-        "after the layer is re-run per coalition.",
+        "standard errors) and OUT/channels.png: for each top positive and negative channel its activation "
+        "map, the image patch where it fires most (the receptive field of its peak) and, given probe "
+        "images, the probe patches where it fires most (boxes in channels.json). A removed channel is "
+        "replaced by zero or by its mean over --mean-from images; only the network after the layer is "
+        "re-run per coalition.",
     )
     p.add_argument("image", metavar="IMAGE", help="image file")
     add_model_arguments(p)
@@ -39,7 +56,32 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "--baseline", choices=("zero", "mean"), default="zero", help="what a removed channel becomes"
     )
     p.add_argument(
-        "--mean-from", nargs="+", metavar="IMAGE", help="images whose mean activation is the baseline"
+        "--mean-from",
+        nargs="+",
+        metavar="PATH",
+        help="images whose mean activation is the baseline: image files, folders (searched recursively, "
+        "so a class-folder dataset works) or CSV manifests",
+    )
+    p.add_argument(
+        "--mean-limit",
+        type=int,
+        default=MEAN_LIMIT,
+        help=f"most images taken from --mean-from / --probes, spread evenly over them (default {MEAN_LIMIT})",
+    )
+    p.add_argument(
+        "--probes",
+        nargs="+",
+        metavar="PATH",
+        help="images to find each top channel's strongest patches in, as --mean-from (default: the "
+        "--mean-from images)",
+    )
+    p.add_argument("--patches", type=int, default=4, help="probe patches per channel (default 4)")
+    p.add_argument(
+        "--patch-mass",
+        type=float,
+        default=PATCH_MASS,
+        help="share of a unit's input gradient its patch holds; 1 = its whole receptive field "
+        f"(default {PATCH_MASS})",
     )
     p.add_argument("--top", type=int, default=6, help="channels of each sign in the figure (default 6)")
     p.add_argument("--seed", type=int, default=0, help="seed of the permutations (default 0)")
@@ -48,24 +90,133 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
-def baseline_of(args: argparse.Namespace, model: LoadedModel, layer: str) -> str | torch.Tensor:
+def image_paths(paths: list[str], limit: int) -> list[Path]:
+    """The image files named by ``paths``, at most ``limit`` of them, spread evenly.
+
+    A file is taken as given, a ``.csv`` file is a manifest (its ``path`` column), a folder is searched
+    recursively for image files (so a class-folder dataset gives the images of every class).
+
+    Raises:
+        ValueError: A path does not exist, a folder has no image files, or ``limit`` is below 1.
+    """
+    if limit < 1:
+        raise ValueError(f"--mean-limit must be at least 1, got {limit}")
+    files: list[Path] = []
+    for text in paths:
+        path = Path(text)
+        if path.is_dir():
+            found = sorted(
+                p
+                for p in path.rglob("*")
+                if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith(".")
+            )
+            if not found:
+                raise ValueError(f"{path}: no image files in this folder or below it")
+            files += found
+        elif path.suffix.lower() == ".csv" and path.is_file():
+            files += [s.path for s in read_manifest(path).samples]
+        elif path.exists():
+            files.append(path)
+        else:
+            raise ValueError(f"{path}: no such file or folder")
+    if len(files) > limit:
+        files = [files[i * len(files) // limit] for i in range(limit)]
+    return files
+
+
+def read_images(paths: list[str], limit: int, what: str) -> tuple[list[str], list[Image.Image]]:
+    """Load the images of ``paths`` (see :func:`image_paths`), skipping unreadable ones with a warning."""
+    loaded, errors = load_images(image_paths(paths, limit))
+    for err in errors:
+        error_console.print(f"[yellow]warning:[/] skipped {err['error']}", highlight=False)
+    if not loaded:
+        raise ValueError(f"none of the {what} images could be read")
+    return [path for _, path, _ in loaded], [image for _, _, image in loaded]
+
+
+def baseline_of(
+    args: argparse.Namespace, model: LoadedModel, layer: str, images: list[Image.Image]
+) -> str | torch.Tensor:
     if args.baseline == "zero":
         if args.mean_from:
-            raise ValueError("--mean-from is only used with --baseline mean")
+            raise ValueError("--mean-from is only used with --baseline mean (use --probes for probe images)")
         return "zero"
-    if not args.mean_from:
-        raise ValueError("--baseline mean needs the images to average over: --mean-from IMAGE [IMAGE ...]")
-    images = model.prepare([load_image(p) for p in args.mean_from])
-    return mean_activation(model, images, layer)
+    if not images:
+        raise ValueError("--baseline mean needs the images to average over: --mean-from PATH [PATH ...]")
+    return mean_activation(model, model.prepare(images), layer)
 
 
-def write_tables(result: ChannelShapley, out: Path) -> None:
+@dataclass
+class Probes:
+    """The probe images and where each top channel fires most in them and in the explained image."""
+
+    paths: list[str]
+    views: list[Image.Image]
+    here: dict[int, list[Patch]]
+    found: dict[int, list[Patch]]
+
+
+def find_patches(
+    args: argparse.Namespace,
+    model: LoadedModel,
+    result: ChannelShapley,
+    x: torch.Tensor,
+    probes: tuple[list[str], list[Image.Image]],
+) -> Probes:
+    """Where each of the top channels fires most: in the image ``x`` and in the probe images."""
+    paths, images = probes
+    pos, neg = result.top(args.top)
+    chosen, batch, mass = pos + neg, min(args.batch_size, 32), args.patch_mass
+    here = channel_patches(model, x, result.layer, chosen, mass=mass, batch_size=batch) if chosen else {}
+    found = {}
+    if chosen and images:
+        probe_x = model.prepare(images)
+        found = channel_patches(
+            model, probe_x, result.layer, chosen, per_channel=args.patches, mass=mass, batch_size=batch
+        )
+    return Probes(paths, [model.preprocessing.view(im) for im in images], here, found)
+
+
+def top_channels(result: ChannelShapley, probes: Probes, k: int) -> list[dict[str, Any]]:
+    """The JSON rows of the top channels: value, sign and patches (probe patches name their file)."""
+    pos, neg = result.top(k)
+    return [
+        {
+            "channel": c,
+            "sign": "+" if c in pos else "-",
+            "shapley": float(result.values[c]),
+            "stderr": float(result.stderr[c]),
+            "patch": probes.here[c][0].to_dict(),
+            "probe_patches": [
+                {**p.to_dict(), "path": probes.paths[p.image]} for p in probes.found.get(c, [])
+            ],
+        }
+        for c in pos + neg
+    ]
+
+
+def write_tables(result: ChannelShapley, out: Path, extra: dict[str, Any]) -> None:
     rows = result.ranking()
     with (out / "channels.csv").open("w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=list(rows[0]))
         writer.writeheader()
         writer.writerows(rows)
-    (out / "channels.json").write_text(json.dumps({**result.summary(), "channels": rows}, indent=2))
+    body = {**result.summary(), **extra, "channels": rows}
+    (out / "channels.json").write_text(json.dumps(json_safe(body), indent=2, allow_nan=False))
+
+
+def json_safe(value: Any) -> Any:
+    """``value`` with infinite and NaN floats as ``None`` (strict JSON has no ``Infinity``).
+
+    A standard error is infinite after one antithetic pair (``--samples 2``).
+    """
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(v) for v in value]
+    return value
 
 
 def print_top(result: ChannelShapley, k: int) -> None:
@@ -84,17 +235,22 @@ def print_top(result: ChannelShapley, k: int) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    if args.top < 1:
-        raise ValueError(f"--top must be at least 1, got {args.top}")
+    if args.top < 1 or args.patches < 1:
+        raise ValueError(f"--top and --patches must be at least 1, got {args.top} and {args.patches}")
+    if not 0 < args.patch_mass <= 1:
+        raise ValueError(f"--patch-mass is a share in (0, 1], got {args.patch_mass}")
     image = load_image(args.image)
     model = model_from_args(args)
     layer = model.layer(args.layer)[0]
     target = check_targets(model, [args.target])[0] if args.target is not None else None
-    baseline = baseline_of(args, model, layer)
+    mean_images = read_images(args.mean_from, args.mean_limit, "--mean-from") if args.mean_from else ([], [])
+    probe_images = read_images(args.probes, args.mean_limit, "--probes") if args.probes else mean_images
+    baseline = baseline_of(args, model, layer, mean_images[1])
+    x = model.prepare(image)
     with console.status(f"channel Shapley values of {layer}"):
         result = channel_shapley(
             model,
-            model.prepare(image),
+            x,
             target,
             layer=layer,
             baseline=baseline,
@@ -105,13 +261,28 @@ def run(args: argparse.Namespace) -> int:
             seed=args.seed,
             batch_size=args.batch_size,
         )
+    with console.status("patches where the top channels fire most"):
+        probes = find_patches(args, model, result, x, probe_images)
     args.out.mkdir(parents=True, exist_ok=True)
-    write_tables(result, args.out)
+    extra = {
+        "mean_images": len(mean_images[0]) if args.baseline == "mean" else 0,
+        "probe_images": probes.paths,
+        "top_channels": top_channels(result, probes, args.top),
+    }
+    write_tables(result, args.out, extra)
     from cnnlens.viz.layers import channels_figure
 
-    channels_figure(result, model.preprocessing.view(image), k=args.top).savefig(
-        args.out / "channels.png", dpi=110
+    names = [Path(p).stem for p in probes.paths]
+    figure = channels_figure(
+        result,
+        model.preprocessing.view(image),
+        k=args.top,
+        patches=probes.here,
+        probes=probes.found,
+        probe_views=probes.views,
+        probe_names=names,
     )
+    figure.savefig(args.out / "channels.png", dpi=110)
     print_top(result, args.top)
     console.print(f"wrote {args.out / 'channels.csv'}, channels.json and channels.png")
     return 0

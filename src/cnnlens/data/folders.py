@@ -115,7 +115,8 @@ def scan_dataset(
         verify: Decode every image (and mask) once to find corrupt files and mask size mismatches.
 
     Returns:
-        The dataset; skipped files are in ``skipped`` with the reason.
+        The dataset; skipped files are in ``skipped`` with the reason. A class none of whose images
+        can be read is left out (with a warning) and the labels of the others are renumbered.
 
     Raises:
         ValueError: The data is missing, has fewer than two non-empty classes, a manifest is
@@ -135,6 +136,7 @@ def scan_dataset(
     for item in dataset.skipped:
         _skip_or_raise(item, strict)
     _check_classes(dataset)
+    dataset = drop_empty_classes(dataset)
     warn_imbalance(dataset.counts())
     return dataset
 
@@ -269,6 +271,26 @@ def check_mask(mask: Path, image: Path, size: tuple[int, int]) -> None:
             f"mask {mask} is {msize[0]}x{msize[1]} but its image {image} is {size[0]}x{size[1]}; "
             "a mask must have its image's size"
         )
+
+
+def drop_empty_classes(dataset: ImageSet) -> ImageSet:
+    """Leave out the classes without samples (with a warning) and renumber the labels.
+
+    A class loses all its samples when none of its images can be read (:func:`verify_images`). The
+    remaining classes keep their order; ``class_names`` and every sample's label are renumbered
+    together, so ``class_names[sample.label]`` names the same class as before.
+    """
+    present = set(dataset.labels)
+    if len(present) == len(dataset.class_names):
+        return dataset
+    for i, name in enumerate(dataset.class_names):
+        if i not in present:
+            warnings.warn(f"class {name} has no readable images; left out", DataWarning, stacklevel=3)
+    kept = [i for i in range(len(dataset.class_names)) if i in present]
+    new_label = {old: new for new, old in enumerate(kept)}
+    dataset.class_names = [dataset.class_names[i] for i in kept]
+    dataset.samples = [replace(s, label=new_label[s.label]) for s in dataset.samples]
+    return dataset
 
 
 def _check_classes(dataset: ImageSet) -> None:

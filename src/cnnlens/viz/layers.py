@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -12,10 +12,11 @@ from PIL import Image
 from cnnlens.viz.overlay import overlay
 
 if TYPE_CHECKING:
+    from matplotlib.axes import Axes
     from matplotlib.figure import Figure
 
     from cnnlens.attribution.atlas import LayerAtlas
-    from cnnlens.attribution.channels import ChannelShapley
+    from cnnlens.attribution.channels import ChannelShapley, Patch
 
 
 def _grid(count: int, columns: int | None) -> tuple[int, int]:
@@ -63,16 +64,81 @@ def atlas_figure(atlas: LayerAtlas, view: Image.Image, *, columns: int | None = 
     return _panels(view, maps, titles, signed=atlas.signed, columns=columns)
 
 
-def channels_figure(result: ChannelShapley, view: Image.Image, *, k: int = 6) -> Figure:
-    """The ``k`` most positive and ``k`` most negative channels: their activation maps over the image.
+def channels_figure(
+    result: ChannelShapley,
+    view: Image.Image,
+    *,
+    k: int = 6,
+    patches: Mapping[int, Sequence[Patch]] | None = None,
+    probes: Mapping[int, Sequence[Patch]] | None = None,
+    probe_views: Sequence[Image.Image] = (),
+    probe_names: Sequence[str] = (),
+) -> Figure:
+    """The ``k`` most positive and ``k`` most negative channels, one row each: what they respond to.
 
-    Each title gives the channel, its Shapley value and standard error.
+    Each row shows the channel's activation map over the image (titled with its Shapley value and
+    standard error) with the receptive field of its peak outlined, that patch of the image, and the
+    patches of the probe images where the channel fires most.
+
+    Args:
+        result: The channel Shapley values.
+        view: The model-input view of the explained image (``Preprocessing.view``).
+        k: Channels of each sign.
+        patches: ``{channel: [patch]}`` in the explained image (:func:`channel_patches`).
+        probes: ``{channel: [patches]}`` in the probe images, strongest first.
+        probe_views: The model-input views of the probe images (``Patch.image`` indexes them).
+        probe_names: A short name per probe image for the titles (default: ``#index``).
+
+    Returns:
+        A matplotlib ``Figure``.
     """
+    from matplotlib.figure import Figure
+
     pos, neg = result.top(k)
     chosen = pos + neg
-    titles = [f"{result.layer}: {result.target_name}\nv(all)-v(none)={result.full - result.empty:+.3g}"]
-    for c in chosen:
+    here, found = patches or {}, probes or {}
+    crops = {
+        c: [(p, view, "peak here") for p in here.get(c, ())[:1]]
+        + [(p, probe_views[p.image], _name(probe_names, p.image)) for p in found.get(c, ())]
+        for c in chosen
+    }
+    rows, cols = max(1, len(chosen)), 1 + max((len(v) for v in crops.values()), default=0)
+    height = 2.25 * rows + 0.6
+    fig = Figure(figsize=(2.1 * max(cols, 2), height))
+    fig.suptitle(
+        f"{result.layer}: {result.target_name}, v(all) - v(none) = {result.full - result.empty:+.3g}",
+        fontsize=9,
+        y=1 - 0.12 / height,
+    )
+    fig.subplots_adjust(left=0.01, right=0.99, bottom=0.01, top=1 - 0.65 / height, hspace=0.35)
+    axes = fig.subplots(rows, cols, squeeze=False)
+    for ax in axes.ravel():
+        ax.set_axis_off()
+    if not chosen:
+        axes[0, 0].imshow(view)
+        axes[0, 0].set_title("no channel with a non-zero value", fontsize=7)
+    for row, c in zip(axes, chosen):
         sign = "+" if c in pos else "-"
-        titles.append(f"{sign} ch {c}: {float(result.values[c]):+.3g} ± {float(result.stderr[c]):.2g}")
-    maps = [result.activations[c].numpy() for c in chosen]
-    return _panels(view, maps, titles, signed=False, columns=min(k + 1, 7))
+        title = f"{sign} ch {c}: {float(result.values[c]):+.3g} ± {float(result.stderr[c]):.2g}"
+        row[0].imshow(overlay(view, result.activations[c].numpy(), alpha=0.55))
+        row[0].set_title(title, fontsize=7)
+        for p in here.get(c, ())[:1]:
+            _outline(row[0], p.box)
+        for ax, (p, image, name) in zip(row[1:], crops[c]):
+            ax.imshow(image.crop(p.box))
+            ax.set_title(f"{name}: {p.activation:.3g}", fontsize=7)
+    return fig
+
+
+def _name(names: Sequence[str], index: int) -> str:
+    return names[index] if index < len(names) else f"#{index}"
+
+
+def _outline(ax: Axes, box: tuple[int, int, int, int]) -> None:
+    """Draw ``(left, top, right, bottom)`` (pixels, right and bottom exclusive) on an image axis."""
+    from matplotlib.patches import Rectangle
+
+    left, top, right, bottom = box
+    ax.add_patch(
+        Rectangle((left - 0.5, top - 0.5), right - left, bottom - top, fill=False, ec="white", lw=1.2)
+    )
