@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from typing import Any, ClassVar
+import numbers
+from collections.abc import Iterator, Sequence
+from typing import Any, ClassVar, TypeGuard
 
 import torch
 import torch.nn.functional as F
@@ -14,12 +15,87 @@ from cnnlens.attribution.engine import LayerSplit
 from cnnlens.attribution.hooks import Handles
 from cnnlens.attribution.registry import register
 
+#: A window as ``(top, left, height, width)`` in pixels.
+Box = tuple[int, int, int, int]
+
+FIXED_MODES = ("center", "sweep")
+
 
 def check_score(score: str) -> str:
     """Validate a ``score=`` argument (``"logit"`` or ``"probability"``)."""
     if score not in SCORES:
         raise ValueError(f"score must be one of {', '.join(SCORES)}, got {score!r}")
     return score
+
+
+def _is_int(value: object) -> TypeGuard[numbers.Integral]:
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def _given(value: object) -> str:
+    """``value`` and its type for an error message, with a hint for the usual mistakes."""
+    text = f"{value!r} ({type(value).__name__})"
+    if isinstance(value, float) and value.is_integer():
+        return f"{text}; use {int(value)}"
+    if isinstance(value, str):
+        return f"{text}; pass a number, not a string"
+    return text
+
+
+def check_int(name: str, value: object) -> int:
+    """Validate the type of an integer hyper-parameter and return it as an ``int``.
+
+    Ranges are left to the caller; this rejects what is not an integer (``bool`` and integral
+    floats such as ``8.0`` included) with a message naming the parameter. The CLI's
+    ``-p window=8`` already arrives as the integer ``8`` (:func:`cnnlens.cli.common.parse_params`).
+
+    Raises:
+        TypeError: ``value`` is not an integer.
+    """
+    if not _is_int(value):
+        raise TypeError(f"{name} must be an integer, got {_given(value)}")
+    return int(value)
+
+
+def check_real(name: str, value: object) -> float:
+    """Validate the type of a real-valued hyper-parameter and return it as a ``float``.
+
+    Raises:
+        TypeError: ``value`` is not a real number (a string, ``None``, a ``bool`` ...).
+    """
+    if not isinstance(value, numbers.Real) or isinstance(value, bool):
+        raise TypeError(f"{name} must be a number, got {_given(value)}")
+    return float(value)
+
+
+def _sizes(name: str, value: object) -> int | tuple[int, ...]:
+    """An integer, or a non-empty list / tuple of integers (returned as a tuple)."""
+    if isinstance(value, (list, tuple)):
+        if not value:
+            raise ValueError(f"{name} must list at least one size, got {value!r}")
+        return tuple(check_int(f"{name}[{i}]", v) for i, v in enumerate(value))
+    if not _is_int(value):
+        raise TypeError(f"{name} must be an integer or a list of integers (pixels), got {_given(value)}")
+    return int(value)
+
+
+def _as_tuple(sizes: int | tuple[int, ...] | None) -> tuple[int, ...]:
+    if sizes is None:
+        return ()
+    return sizes if isinstance(sizes, tuple) else (sizes,)
+
+
+def _check_fixed(fixed: object) -> tuple[int, int] | str | None:
+    """Validate ``fixed=`` of :class:`DoubleOcclusion` (a list ``[top, left]`` becomes a tuple)."""
+    expected = "fixed must be None, 'center', 'sweep' or (top, left) with non-negative pixels"
+    if fixed is None or (isinstance(fixed, str) and fixed in FIXED_MODES):
+        return fixed
+    if not isinstance(fixed, (list, tuple)) or len(fixed) != 2:
+        raise ValueError(f"{expected}, got {fixed!r}")
+    top, left = check_int("fixed[0] (top)", fixed[0]), check_int("fixed[1] (left)", fixed[1])
+    if min(top, left) < 0:
+        raise ValueError(f"{expected}, got {fixed!r}")
+    return top, left
 
 
 def window_starts(size: int, window: int, stride: int) -> list[int]:
@@ -34,14 +110,31 @@ def window_starts(size: int, window: int, stride: int) -> list[int]:
 class Occlusion(Attribution):
     """Occlusion: slide a square of constant value over the image and record the score drop.
 
-    Each pixel gets the mean drop of the target score over the windows that cover it. Perturbed
-    images are evaluated ``batch_size`` at a time.
+    Each pixel gets the mean drop of the target score over the windows that cover it. Seed 002
+    slides windows of several sizes and compares them: give ``window`` as a list, and the map is
+    the mean of the per-size maps (each size weighs the same, however many windows it has), with
+    every per-size map in ``extras``. The windows of all sizes and the intact image are evaluated
+    in one stream, ``batch_size`` perturbed images at a time.
+
+    Args:
+        model: The network.
+        window: Side of the square in pixels, or a list of sides (several sizes).
+        stride: Step of the window in pixels: one step for every size, a list with one step per
+            size, or ``None`` for half of each window (at least 1).
+        fill: The value hidden pixels take (0 is the dataset mean colour in normalised inputs).
+        score: ``"logit"`` or ``"probability"`` of the target.
+        batch_size: Perturbed images per forward pass (``"auto"``: from free memory).
+        precision: ``"fp32"``, ``"bf16"`` or ``"auto"``.
 
     Shape:
-        A ``(N, H, W)`` signed map: positive where hiding the pixels lowers the score.
+        A ``(N, H, W)`` signed map: positive where hiding the pixels lowers the score. With a list of
+        sizes, ``extras["per_size"]`` is ``(N, S, H, W)`` (one map per size, in the order given) and
+        ``extras["scales"]`` ``(N, S, 2)`` the ``(window, stride)`` pairs used.
 
     References:
-        Zeiler, Fergus. Visualizing and Understanding Convolutional Networks. ECCV 2014.
+        Zeiler, Fergus. Visualizing and Understanding Convolutional Networks. ECCV 2014. Fang.
+        Convolutional Neural Network Interpretability Analysis for Image Classification (seed 002:
+        sliders of several sizes and steps).
     """
 
     name = "occlusion"
@@ -56,59 +149,91 @@ class Occlusion(Attribution):
         self,
         model: ModelLike,
         *,
-        window: int = 32,
-        stride: int = 16,
+        window: int | Sequence[int] = 32,
+        stride: int | Sequence[int] | None = 16,
         fill: float = 0.0,
         score: str = "logit",
         batch_size: int | str | None = None,
         precision: str = "auto",
     ):
         super().__init__(model, batch_size=batch_size, precision=precision)
-        if window < 1 or stride < 1:
+        windows = _sizes("window", window)
+        strides = None if stride is None else _sizes("stride", stride)
+        flat = [*_as_tuple(windows), *_as_tuple(strides)]
+        if min(flat) < 1:
             raise ValueError(f"window and stride must be positive, got window={window}, stride={stride}")
-        self.window = window
-        self.stride = stride
-        self.fill = fill
+        if isinstance(strides, tuple) and (not isinstance(windows, tuple) or len(strides) != len(windows)):
+            raise ValueError(
+                f"a list of strides needs a list of windows of the same length (one step per size), "
+                f"got window={window}, stride={stride}; or give one stride, or stride=None for half "
+                "of each window"
+            )
+        self.window = windows
+        self.stride = strides
+        self.fill = check_real("fill", fill)
         self.score = check_score(score)
 
-    def windows(self, height: int, width: int, window: int | None = None) -> list[tuple[int, int, int, int]]:
-        """Every window (of size ``window``, default ``self.window``) as ``(top, left, height, width)``."""
-        size = window or self.window
-        wh, ww = min(size, height), min(size, width)
+    def scales(self) -> list[tuple[int, int]]:
+        """The ``(window, stride)`` pairs this method slides, one per window size."""
+        windows = _as_tuple(self.window)
+        if self.stride is None:
+            strides = tuple(max(1, w // 2) for w in windows)
+        elif isinstance(self.stride, tuple):
+            strides = self.stride
+        else:
+            strides = (self.stride,) * len(windows)
+        return list(zip(windows, strides))
+
+    def windows(
+        self, height: int, width: int, window: int | None = None, stride: int | None = None
+    ) -> list[Box]:
+        """Every window as ``(top, left, height, width)``.
+
+        Args:
+            height: Image height.
+            width: Image width.
+            window: The square's side (default: ``self.window``, which must then be one size).
+            stride: The step (default: ``self.stride`` when it is one step, else half the window).
+        """
+        if window is None:
+            if not isinstance(self.window, int):
+                raise ValueError(f"window= is needed: this method slides several sizes {self.window}")
+            window = self.window
+        if stride is None:
+            stride = self.stride if isinstance(self.stride, int) else max(1, window // 2)
+        wh, ww = min(window, height), min(window, width)
         return [
             (y, x, wh, ww)
-            for y in window_starts(height, wh, self.stride)
-            for x in window_starts(width, ww, self.stride)
+            for y in window_starts(height, wh, stride)
+            for x in window_starts(width, ww, stride)
         ]
 
     def _batches(
-        self, image: torch.Tensor, windows: list[tuple[int, int, int, int] | None], batch_size: int
+        self, image: torch.Tensor, hidden: Sequence[Sequence[Box]], batch_size: int
     ) -> Iterator[torch.Tensor]:
-        """``image`` with each window filled (``None``: nothing filled), ``batch_size`` at a time."""
-        for i in range(0, len(windows), batch_size):
-            chunk = windows[i : i + batch_size]
+        """``image`` with every box of each entry of ``hidden`` filled, ``batch_size`` at a time."""
+        for i in range(0, len(hidden), batch_size):
+            chunk = hidden[i : i + batch_size]
             batch = image.expand(len(chunk), *image.shape).clone()
-            for j, box in enumerate(chunk):
-                if box is not None:
-                    y, x, h, w = box
+            for j, boxes in enumerate(chunk):
+                for y, x, h, w in boxes:
                     batch[j, :, y : y + h, x : x + w] = self.fill
             yield batch
 
     def drops(
-        self, image: torch.Tensor, target: int, windows: list[tuple[int, int, int, int]], batch_size: int
+        self, image: torch.Tensor, target: int, windows: Sequence[Box], batch_size: int
     ) -> torch.Tensor:
         """Target score of ``image`` minus its score with each window hidden: ``(len(windows),)``.
 
         The intact image rides along in the first batch (no separate forward pass for it).
         """
-        boxes: list[tuple[int, int, int, int] | None] = [None, *windows]
-        scores = self.scores_of(self._batches(image, boxes, batch_size), target, self.score)
+        scores = self.scores_of(
+            self._batches(image, [(), *((b,) for b in windows)], batch_size), target, self.score
+        )
         return scores[0] - scores[1:]
 
     @staticmethod
-    def paint(
-        values: torch.Tensor, windows: list[tuple[int, int, int, int]], size: tuple[int, int]
-    ) -> torch.Tensor:
+    def paint(values: torch.Tensor, windows: Sequence[Box], size: tuple[int, int]) -> torch.Tensor:
         """Each pixel's mean of ``values`` over the windows that cover it: ``(H, W)``."""
         total = torch.zeros(size, device=values.device)
         count = torch.zeros(size, device=values.device)
@@ -121,32 +246,63 @@ class Occlusion(Attribution):
         self, inputs: torch.Tensor, targets: torch.Tensor, batch_size: int
     ) -> torch.Tensor | Attributed:
         size = (inputs.shape[2], inputs.shape[3])
-        windows = self.windows(*size)
-        return torch.stack(
-            [
-                self.paint(self.drops(image, t, windows, batch_size), windows, size)
-                for image, t in zip(inputs, targets.tolist())
-            ]
-        )
+        scales = self.scales()
+        per_scale = [self.windows(*size, w, s) for w, s in scales]
+        every = [box for boxes in per_scale for box in boxes]
+        maps = []
+        for image, t in zip(inputs, targets.tolist()):
+            drops = self.drops(image, t, every, batch_size).split([len(b) for b in per_scale])
+            maps.append(torch.stack([self.paint(d, b, size) for d, b in zip(drops, per_scale)]))
+        per_size = torch.stack(maps)  # (N, S, H, W)
+        if not isinstance(self.window, tuple):
+            return per_size[:, 0]
+        pairs = torch.tensor(scales).expand(len(inputs), -1, -1).clone()  # per input, like every extra
+        return Attributed(per_size.mean(1), {"per_size": per_size.cpu(), "scales": pairs})
 
 
 @register
 class DoubleOcclusion(Occlusion):
     """Double occlusion (seed 002): one window held fixed while a second, smaller one slides.
 
-    The fixed window (size ``fixed_window``) sits at ``fixed`` (``(top, left)`` in pixels) or, when
-    ``fixed=None``, where single occlusion with that window size lowers the target score the most.
-    The sliding window (size ``window``, step ``stride``) then visits every position with the fixed
-    window hidden as well.
+    Seed 002 uses two sliders at once: it fixes one, slides the other over the picture, then moves
+    the fixed one a step and slides the other again. ``fixed`` chooses where the fixed window
+    (size ``fixed_window``) goes:
+
+    - ``None`` (default): where single occlusion with that window size lowers the score the most;
+    - ``"center"``: the centre of the image;
+    - ``(top, left)``: those pixels;
+    - ``"sweep"``: every position of the fixed window, stepping by ``stride`` (the seed's
+      procedure). It costs ``1 + n + p + p * n`` evaluations for ``n`` sliding and ``p`` fixed
+      positions (one fixed position costs ``1 + 2 n + 1``).
+
+    At each fixed position ``a`` the sliding window ``b`` (size ``window``, step ``stride``) visits
+    every position with ``a`` hidden as well. Everything is evaluated in one stream of
+    ``batch_size`` images.
+
+    Args:
+        model: The network.
+        window: Side of the sliding window in pixels (one size; :class:`Occlusion` takes several).
+        stride: Step of both windows in pixels (``None``: half of each window).
+        fixed_window: Side of the fixed window in pixels.
+        fixed: ``None``, ``"center"``, ``"sweep"`` or ``(top, left)``, as above.
+        fill: The value hidden pixels take.
+        score: ``"logit"`` or ``"probability"`` of the target.
+        batch_size: Perturbed images per forward pass.
+        precision: ``"fp32"``, ``"bf16"`` or ``"auto"``.
 
     Shape:
         A ``(N, H, W)`` signed map: each pixel's mean score drop ``f(x) - f(x without a and b)`` over
-        the sliding windows ``b`` covering it, ``a`` being the fixed window. ``extras`` holds
-        ``"single"`` (the ordinary occlusion map of the sliding window, ``f(x) - f(x without b)``),
-        ``"interaction"`` (``f(x) - f(x without a) - f(x without b) + f(x without a and b)``: zero
-        where the evidence under ``b`` adds to that under ``a``, negative where the two are
-        redundant (either one suffices), positive where they are needed together), ``"fixed"``
-        (``(N, 4)`` windows as top, left, height, width) and ``"fixed_drop"``.
+        the sliding windows ``b`` covering it (and, with ``"sweep"``, over the fixed positions
+        ``a``). ``extras`` holds ``"single"`` (the ordinary occlusion map of the sliding window,
+        ``f(x) - f(x without b)``), ``"interaction"`` (``f(x) - f(x without a) - f(x without b) +
+        f(x without a and b)``: zero where the evidence under ``b`` adds to that under ``a``,
+        negative where the two are redundant (either one suffices), positive where they are
+        needed together; with ``"sweep"`` its mean over ``a``), ``"fixed"`` (windows as top,
+        left, height, width: ``(N, 4)``, or ``(N, p, 4)`` with ``"sweep"``) and ``"fixed_drop"``
+        (``f(x) - f(x without a)``: ``(N,)``, or ``(N, p)``). With ``"sweep"``, ``"per_fixed"``
+        ``(N, p, H, W)`` holds the map of every fixed position (its interaction map is
+        ``single + fixed_drop[p] - per_fixed[p]`` wherever a sliding window reaches, i.e. everywhere
+        unless ``stride`` exceeds ``window``).
 
     References:
         Fang. Convolutional Neural Network Interpretability Analysis for Image Classification (the
@@ -165,14 +321,20 @@ class DoubleOcclusion(Occlusion):
         model: ModelLike,
         *,
         window: int = 16,
-        stride: int = 16,
+        stride: int | None = 16,
         fixed_window: int = 48,
-        fixed: tuple[int, int] | None = None,
+        fixed: tuple[int, int] | str | None = None,
         fill: float = 0.0,
         score: str = "logit",
         batch_size: int | str | None = None,
         precision: str = "fp32",
     ):
+        for key, value in (("window", window), ("stride", stride)):
+            if isinstance(value, (list, tuple)):
+                raise TypeError(
+                    f"double_occlusion slides one window size, got {key}={value!r}; "
+                    "use occlusion for several sizes"
+                )
         super().__init__(
             model,
             window=window,
@@ -182,48 +344,57 @@ class DoubleOcclusion(Occlusion):
             batch_size=batch_size,
             precision=precision,
         )
-        if fixed_window < 1:
+        if check_int("fixed_window", fixed_window) < 1:
             raise ValueError(f"fixed_window must be positive, got {fixed_window}")
-        if fixed is not None and (len(fixed) != 2 or min(fixed) < 0):
-            raise ValueError(f"fixed must be None or (top, left) with non-negative pixels, got {fixed!r}")
-        self.fixed_window = fixed_window
-        self.fixed = fixed
+        self.fixed_window = int(fixed_window)
+        self.fixed = _check_fixed(fixed)
 
-    def _fixed_window(
-        self, image: torch.Tensor, target: int, batch_size: int
-    ) -> tuple[tuple[int, int, int, int], float]:
+    def fixed_boxes(self, image: torch.Tensor, target: int, batch_size: int) -> list[Box]:
+        """Where the fixed window goes for ``image`` (one box, or every position with ``"sweep"``)."""
         height, width = image.shape[-2:]
-        if self.fixed is not None:
+        fh, fw = min(self.fixed_window, height), min(self.fixed_window, width)
+        if self.fixed == "sweep":
+            return self.windows(height, width, self.fixed_window)
+        if self.fixed == "center":
+            return [((height - fh) // 2, (width - fw) // 2, fh, fw)]
+        if isinstance(self.fixed, tuple):
             top, left = min(self.fixed[0], height - 1), min(self.fixed[1], width - 1)
-            box = (top, left, min(self.fixed_window, height - top), min(self.fixed_window, width - left))
-            return box, float(self.drops(image, target, [box], batch_size)[0])
+            return [(top, left, min(self.fixed_window, height - top), min(self.fixed_window, width - left))]
         candidates = self.windows(height, width, self.fixed_window)
-        drops = self.drops(image, target, candidates, batch_size)
-        best = int(drops.argmax())
-        return candidates[best], float(drops[best])
+        return [candidates[int(self.drops(image, target, candidates, batch_size).argmax())]]
 
     def _attribute(self, inputs: torch.Tensor, targets: torch.Tensor, batch_size: int) -> Attributed:
         size = (inputs.shape[2], inputs.shape[3])
         windows = self.windows(*size)
-        maps, singles, interactions, boxes, fixed_drops = [], [], [], [], []
+        n = len(windows)
+        maps, singles, interactions, per_fixed, boxes, fixed_drops = [], [], [], [], [], []
         for image, t in zip(inputs, targets.tolist()):
-            box, fixed_drop = self._fixed_window(image, t, batch_size)
-            hidden = image.clone()
-            y, x, h, w = box
-            hidden[:, y : y + h, x : x + w] = self.fill
-            single = self.drops(image, t, windows, batch_size)
-            both = fixed_drop + self.drops(hidden, t, windows, batch_size)
-            maps.append(self.paint(both, windows, size))
+            fixed = self.fixed_boxes(image, t, batch_size)
+            hidden = [(), *((b,) for b in windows), *((a,) for a in fixed)]
+            hidden += [(a, b) for a in fixed for b in windows]
+            scores = self.scores_of(self._batches(image, hidden, batch_size), t, self.score)
+            drop = scores[0] - scores[1:]
+            single, fixed_drop = drop[:n], drop[n : n + len(fixed)]
+            pairs = drop[n + len(fixed) :].view(len(fixed), n)  # (fixed position, sliding window)
+            both = torch.stack([self.paint(row, windows, size) for row in pairs])
+            interaction = torch.stack(
+                [self.paint(single + fd - row, windows, size) for fd, row in zip(fixed_drop, pairs)]
+            )
+            maps.append(both.mean(0))
             singles.append(self.paint(single, windows, size))
-            interactions.append(self.paint(single + fixed_drop - both, windows, size))
-            boxes.append(box)
-            fixed_drops.append(fixed_drop)
+            interactions.append(interaction.mean(0))
+            per_fixed.append(both)
+            boxes.append(fixed)
+            fixed_drops.append(fixed_drop.cpu())
+        sweep = self.fixed == "sweep"
         extras = {
             "single": torch.stack(singles).cpu(),
             "interaction": torch.stack(interactions).cpu(),
-            "fixed": torch.tensor(boxes),
-            "fixed_drop": torch.tensor(fixed_drops),
+            "fixed": torch.tensor(boxes) if sweep else torch.tensor([b[0] for b in boxes]),
+            "fixed_drop": torch.stack(fixed_drops) if sweep else torch.cat(fixed_drops),
         }
+        if sweep:
+            extras["per_fixed"] = torch.stack(per_fixed).cpu()
         return Attributed(torch.stack(maps), extras)
 
 
@@ -239,6 +410,19 @@ class RISE(Attribution):
     stays bounded at any ``n_masks``. Every image of a batch, and every batch size, sees the same
     masks. Hidden pixels are blended towards ``fill`` (0 is the dataset mean colour in
     normalised inputs).
+
+    Args:
+        model: The network.
+        n_masks: Number of random masks (the paper's ``N``).
+        cells: Grid cells per side of the low-resolution mask (the paper's ``h = w``, 7 for
+            ImageNet). This sets the cell size: ``cell_size = ceil(H / cells)`` pixels (and
+            ``ceil(W / cells)`` across), so more cells means smaller cells and a finer map.
+        p1: Probability that a cell is kept (shown).
+        fill: The value hidden pixels are blended towards.
+        score: ``"probability"`` (the paper) or ``"logit"`` of the target.
+        seed: Seed of the masks.
+        batch_size: Masks per forward pass.
+        precision: ``"fp32"``, ``"bf16"`` or ``"auto"``.
 
     Shape:
         A ``(N, H, W)`` non-negative map.
@@ -269,16 +453,16 @@ class RISE(Attribution):
         precision: str = "auto",
     ):
         super().__init__(model, batch_size=batch_size, precision=precision)
-        if n_masks < 1 or cells < 1:
+        if check_int("n_masks", n_masks) < 1 or check_int("cells (grid cells per side)", cells) < 1:
             raise ValueError(f"n_masks and cells must be positive, got n_masks={n_masks}, cells={cells}")
-        if not 0.0 < p1 <= 1.0:
+        if not 0.0 < check_real("p1", p1) <= 1.0:
             raise ValueError(f"p1 (the keep probability) must be in (0, 1], got {p1}")
-        self.n_masks = n_masks
-        self.cells = cells
-        self.p1 = p1
-        self.fill = fill
+        self.n_masks = int(n_masks)
+        self.cells = int(cells)
+        self.p1 = float(p1)
+        self.fill = check_real("fill", fill)
         self.score = check_score(score)
-        self.seed = seed
+        self.seed = check_int("seed", seed)
 
     def draws(self, size: tuple[int, int], generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
         """The random part of every mask: ``(n_masks, cells, cells)`` grids and ``(n_masks, 2)`` shifts.
@@ -390,7 +574,7 @@ class ScoreCAM(Attribution):
         precision: str = "auto",
     ):
         super().__init__(model, layer=layer, batch_size=batch_size, precision=precision)
-        self.fill = fill
+        self.fill = check_real("fill", fill)
         self.score = check_score(score)
 
     def _masks(self, acts: torch.Tensor, size: tuple[int, int], batch_size: int) -> Iterator[torch.Tensor]:

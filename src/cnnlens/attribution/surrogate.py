@@ -20,7 +20,7 @@ from skimage.segmentation import quickshift, slic
 from sklearn.linear_model import Ridge
 
 from cnnlens.attribution.base import Attributed, Attribution, ModelLike
-from cnnlens.attribution.perturbation import check_score
+from cnnlens.attribution.perturbation import check_int, check_real, check_score
 from cnnlens.attribution.registry import register
 
 SEGMENTATIONS = ("slic", "quickshift", "grid")
@@ -104,20 +104,20 @@ class SuperpixelSurrogate(Attribution):
         precision: str = "fp32",
     ):
         super().__init__(model, batch_size=batch_size, precision=precision)
-        if n_samples < 2:
+        if check_int("n_samples", n_samples) < 2:
             raise ValueError(f"n_samples must be at least 2, got {n_samples}")
         if segmentation not in SEGMENTATIONS:
             raise ValueError(f"segmentation must be one of {', '.join(SEGMENTATIONS)}, got {segmentation!r}")
-        if n_segments < 1:
+        if check_int("n_segments", n_segments) < 1:
             raise ValueError(f"n_segments must be positive, got {n_segments}")
         if fill not in FILLS:
             raise ValueError(f"fill must be one of {', '.join(FILLS)}, got {fill!r}")
-        self.n_samples = n_samples
+        self.n_samples = int(n_samples)
         self.segmentation = segmentation
-        self.n_segments = n_segments
+        self.n_segments = int(n_segments)
         self.fill = fill
         self.score = check_score(score)
-        self.seed = seed
+        self.seed = check_int("seed", seed)
 
     def _batches(
         self, image: torch.Tensor, base: torch.Tensor, segments: torch.Tensor, z: torch.Tensor, size: int
@@ -212,13 +212,18 @@ class LIME(SuperpixelSurrogate):
             batch_size=batch_size,
             precision=precision,
         )
-        if kernel_width <= 0 or alpha < 0 or top_k < 1:
+        width, ridge_alpha, k = (
+            check_real("kernel_width", kernel_width),
+            check_real("alpha", alpha),
+            check_int("top_k", top_k),
+        )
+        if width <= 0 or ridge_alpha < 0 or k < 1:
             raise ValueError(
                 f"need kernel_width > 0, alpha >= 0 and top_k >= 1, got {kernel_width}, {alpha}, {top_k}"
             )
-        self.kernel_width = kernel_width
-        self.alpha = alpha
-        self.top_k = top_k
+        self.kernel_width = width
+        self.alpha = ridge_alpha
+        self.top_k = k
 
     def fit(
         self,
