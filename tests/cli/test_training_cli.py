@@ -140,3 +140,52 @@ def test_saliency_aware_bad_flags(tmp_path: Path, capsys: pytest.CaptureFixture[
     )
     assert code == 2
     assert "no saliency prediction net" in capsys.readouterr().err
+
+
+def test_experiment_command_on_a_tiny_configuration(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from cnnlens.data.synthetic import SynthConfig, generate
+
+    data = generate(tmp_path / "data", SynthConfig(3, 12, 24, seed=3))
+    out = tmp_path / "exp"
+    argv = ["experiment", "saliency-aware", str(data), "--backbones", "tinycnn:random", "--ratios", "0,0.5",
+            "--loc-losses", "ce,l1", "--seeds", "2", "--epochs", "1", "--batch-size", "8",
+            "--image-size", "32", "--augment", "none", "--figure-images", "1", "-o", str(out)]  # fmt: skip
+    assert main(argv) == 0
+    printed = " ".join(capsys.readouterr().out.split())
+    for column in ("ratio", "loss", "acc", "prec", "sens", "spec", "F1", "SPN IoU", "CAM pointing"):
+        assert f" {column} " in printed
+    assert "[6/6] tinycnn:random SA r=0.5 l1 seed 1" in printed
+    body = json.loads((out / "results.json").read_text())
+    assert len(body["runs"]) == 6
+    assert [(r["method"], r["mask_ratio"], r["loc_loss"]) for r in body["table"]] == [
+        ("baseline", 0.0, None),
+        ("saliency-aware", 0.5, "ce"),
+        ("saliency-aware", 0.5, "l1"),
+    ]
+    assert all(r["freeze"] == "none" for r in body["runs"])  # random F-Nets train entirely
+    md = (out / "results.md").read_text()
+    assert "## Localisation loss compared" in md
+    assert (out / "figure.png").is_file()
+
+
+def test_saliency_aware_train_trains_the_last_stage_by_default(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from cnnlens.data.synthetic import SynthConfig, generate
+
+    data = generate(tmp_path / "data", SynthConfig(2, 6, 24, seed=2))
+    # tinycnn "pretrained" is its seeded initialisation, so it stands for a pretrained F-Net here
+    base = ["train", str(data), "--model", "tinycnn", "--epochs", "1", "--image-size", "32",
+            "--saliency-aware"]  # fmt: skip
+    assert main([*base, "-o", str(tmp_path / "run")]) == 0
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["freeze"] == "last-stage"
+    assert "freezes the whole F-Net" not in capsys.readouterr().err
+    assert main([*base, "--freeze", "features", "-o", str(tmp_path / "frozen")]) == 0
+    err = " ".join(capsys.readouterr().err.split())
+    assert "freezes the whole F-Net" in err
+    # --model RUN with the same head and classes: training continues from the trained head
+    again = ["train", str(data), "--model", str(tmp_path / "run"), "--epochs", "1", "--saliency-aware"]
+    assert main([*again, "-o", str(tmp_path / "again")]) == 0
+    assert "training continues from it" in " ".join(capsys.readouterr().err.split())

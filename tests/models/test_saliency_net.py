@@ -35,6 +35,40 @@ def test_spn_output_has_the_input_size(arch: str, size: int) -> None:
     assert float(prob.max()) <= 1
 
 
+def _blocks(net: torch.nn.Module) -> int:
+    spn = net.spn
+    assert spn is not None
+    return sum(isinstance(m, torch.nn.Upsample) for m in spn.blocks)
+
+
+@pytest.mark.parametrize(
+    ("arch", "size", "feature", "blocks"),
+    [
+        ("resnet34", 224, 7, 4),  # the seed's 7x7 -> 224x224
+        ("resnet50", 224, 7, 4),
+        ("vgg11", 224, 7, 4),
+        ("resnet34", 97, 4, 4),  # odd sizes: 97 -> 4x4 (ResNet), 3x3 (VGG)
+        ("resnet50", 97, 4, 4),
+        ("vgg11", 97, 3, 4),
+        ("resnet18", 65, 3, 3),
+        ("tf_efficientnet_lite0", 224, 7, 4),
+    ],
+)
+def test_spn_size_and_blocks_per_backbone(arch: str, size: int, feature: int, blocks: int) -> None:
+    """Random weights (no download); one image; the SPN map has the input's size at every size."""
+    torch.manual_seed(0)
+    backbone = build_architecture(arch, pretrained=False)[0]
+    net = build_saliency_net(backbone, num_classes=2, input_size=size).eval()
+    x = torch.randn(1, 3, size, size)
+    with torch.no_grad():
+        fmap = net.features(x)
+        logits, sal = net.forward_with_saliency(x)
+    assert fmap.shape[-2:] == (feature, feature)
+    assert _blocks(net) == blocks == spn_blocks(size, feature)
+    assert logits.shape == (1, 2)
+    assert sal is not None and sal.shape == (1, 1, size, size)
+
+
 def test_block_count_follows_the_resolution() -> None:
     assert spn_blocks(224, 7) == 4  # seed 004: four x2 blocks, then a final step to 224
     assert spn_blocks(64, 2) == 4
@@ -85,3 +119,19 @@ def test_loss_closed_forms_and_errors() -> None:
         localisation_loss(pred, mask, has, "dice")
     with pytest.raises(ValueError, match="does not match the SPN output"):
         localisation_loss(pred, torch.zeros(1, 1, 3, 3), has)
+
+
+@pytest.mark.parametrize(
+    ("arch", "until"),
+    [
+        ("resnet50", "features.layer3"),  # layer4 trains
+        ("vgg11", "features.15"),  # the last conv block (features.16, features.18) trains
+        ("tf_efficientnet_lite0", "features.model.blocks.4"),  # blocks 5, 6 and conv_head train
+    ],
+)
+def test_last_stage_of_the_f_net(arch: str, until: str) -> None:
+    """The default freeze of saliency-aware training leaves each F-Net's last stage trainable."""
+    from cnnlens.training import last_stage
+
+    net = build_saliency_net(build_architecture(arch, pretrained=False)[0], 2, 64)
+    assert last_stage(net, ["classifier", "spn"], 64) == until

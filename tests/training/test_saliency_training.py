@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 import torch
 
@@ -14,7 +16,7 @@ from cnnlens.data.synthetic import SynthConfig, generate
 from cnnlens.evaluation.localisation import soft_dice
 from cnnlens.models import load_model
 from cnnlens.models.saliency_net import SaliencyAwareNet
-from cnnlens.training import TrainConfig, Trainer
+from cnnlens.training import Listener, TrainConfig, Trainer
 
 
 @pytest.fixture(scope="module")
@@ -52,10 +54,56 @@ def test_lambda_zero_reproduces_plain_training(masked: Path, tmp_path: Path) -> 
     assert net_a.spn is None and net_b.spn is not None
     for (name, pa), (_, pb) in zip(net_a.named_parameters(), net_b.named_parameters()):
         assert torch.allclose(pa, pb, atol=1e-6), name
-    # with lambda > 0 the localisation loss changes the features
+    # with lambda > 0 the localisation loss reaches the (trainable) F-Net: its weights change
     sa2 = Trainer.create(sa_config(masked, loc_weight=1.0), tmp_path / "sa2")
     sa2.fit()
     assert sa2.history[0]["train_loss"] > sa.history[0]["train_loss"]
+    net_c = sa2.model.module
+    assert isinstance(net_c, SaliencyAwareNet)
+    fnet_b, fnet_c = dict(net_b.features.named_parameters()), dict(net_c.features.named_parameters())
+    assert fnet_b.keys() == fnet_c.keys()
+    for name in fnet_b:
+        assert not torch.allclose(fnet_b[name], fnet_c[name], atol=1e-6), name
+    # the validation classification loss leaves lambda * L_loc out; the objective does not
+    first = sa2.history[0]
+    assert first["val_cls_loss"] < first["val_loss"]
+    assert sa.history[0]["val_cls_loss"] == pytest.approx(sa.history[0]["val_loss"], rel=1e-5)
+
+
+def test_default_freeze_lets_the_localisation_loss_reach_a_pretrained_f_net(
+    masked: Path, tmp_path: Path
+) -> None:
+    """Seed 004 back-propagates L_loc into the F-Net; with a frozen F-Net it only trains the SPN."""
+    import warnings
+
+    from cnnlens.training import TrainingWarning
+
+    # tinycnn's "pretrained" weights are its seeded initialisation: freeze auto -> last-stage
+    config = sa_config(masked, freeze="auto", pretrained=True)
+    assert config.freeze == "last-stage"
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", TrainingWarning)
+        plain = Trainer.create(replace(config, loc_weight=0.0), tmp_path / "l0")
+        sa = Trainer.create(config, tmp_path / "l1")
+    init = {k: v.clone() for k, v in sa.model.module.state_dict().items()}
+    plain.fit()
+    sa.fit()
+    a, b = plain.model.module.state_dict(), sa.model.module.state_dict()
+    assert sa.frozen == [f"features.{i}.{j}" for i in (0, 1) for j in range(3)]  # tinycnn's blocks 1, 2
+    assert all(torch.equal(b[k], init[k]) for k in init if k.startswith(("features.0.", "features.1.")))
+    last = [k for k in a if k.startswith("features.2.") and "weight" in k]
+    assert last and all(not torch.allclose(a[k], b[k]) for k in last)
+    with pytest.warns(TrainingWarning, match="freezes the whole F-Net"):
+        Trainer.create(replace(config, freeze="features"), tmp_path / "frozen")
+
+
+def test_a_trained_saliency_aware_run_is_continued(masked: Path, tmp_path: Path) -> None:
+    Trainer.create(sa_config(masked, epochs=1), tmp_path / "run").fit()
+    trained = load_model(tmp_path / "run").module.state_dict()
+    again = Trainer.create(sa_config(masked, model=str(tmp_path / "run")), tmp_path / "again")
+    assert again.head_status == "continued" and again._head == ["classifier", "spn"]
+    state = again.model.module.state_dict()
+    assert state.keys() == trained.keys() and all(torch.equal(state[k], trained[k]) for k in state)
 
 
 def test_mask_ratio_keeps_a_seeded_fraction(masked: Path, tmp_path: Path) -> None:
@@ -165,16 +213,103 @@ def test_experiment_end_to_end_and_resume(masked: Path, tmp_path: Path) -> None:
         mean, std = r["f1"]
         assert 0.0 <= mean <= 1.0 and std >= 0.0
         assert 0.0 <= r["gradcam_energy"][0] <= 1.0
+    for r in rows:  # sample standard deviation over the seeds (ddof 1)
+        f1 = [x["scores"]["f1"] for x in result.runs if x["config"] == r["config"]]
+        assert r["f1"][1] == pytest.approx(float(np.std(f1, ddof=1)))
+    assert [(r["method"], r["mask_ratio"], r["loc_loss"]) for r in rows] == [
+        ("baseline", 0.0, None),
+        ("saliency-aware", 0.5, "ce"),
+        ("saliency-aware", 0.5, "l1"),
+    ]
     md = (out / "results.md").read_text()
-    assert "| tinycnn:random | random init | SA r=0.5 ce |" in md and "±" in md
+    assert "| backbone | weights | method | mask ratio | loc loss | accuracy |" in md
+    assert "| tinycnn:random | random init | saliency-aware | 0.5 | CE |" in md and "±" in md
+    assert "| tinycnn:random | random init | baseline | 0 | — |" in md
+    assert "## Localisation loss compared" in md
+    assert "| tinycnn:random | random init | L1 | 0.5 |" in md
+    assert all(r["train_config"]["epochs"] == 1 and r["threshold"] == 0.5 for r in result.runs)
     assert (out / "figure.png").stat().st_size > 1000
-    saved = __import__("json").loads((out / "results.json").read_text())
+    saved = json.loads((out / "results.json").read_text())
     assert len(saved["runs"]) == 6
     # a second call reuses the finished runs: no training (the run folders are untouched)
     stamp = (out / "runs" / "tinycnn-random" / "baseline" / "seed0" / "best.pt").stat().st_mtime_ns
     again = run_experiment(cfg, out)
     assert again.table() == rows
     assert (out / "runs" / "tinycnn-random" / "baseline" / "seed0" / "best.pt").stat().st_mtime_ns == stamp
+
+
+def _tiny_experiment(data: Path, **kw: Any) -> Any:
+    from cnnlens.training.experiment import Backbone, ExperimentConfig
+
+    base = ExperimentConfig(
+        data=str(data),
+        backbones=(Backbone("tinycnn", pretrained=False),),
+        ratios=(0.5,),
+        seeds=1,
+        epochs=2,
+        batch_size=8,
+        image_size=32,
+        augment="none",
+        figure_images=1,
+    )
+    return replace(base, **kw)
+
+
+def test_experiment_resumes_a_run_stopped_mid_training(masked: Path, tmp_path: Path) -> None:
+    from cnnlens.training.experiment import grid, run_experiment, train_config
+    from cnnlens.training.trainer import absolute_paths
+
+    cfg = _tiny_experiment(masked)
+    (spec,) = grid(cfg)
+    run = tmp_path / "exp" / "runs" / spec.folder
+
+    class StopAfterOne(Listener):  # like Ctrl-C once epoch 1 is checkpointed
+        def on_epoch(self, record: dict[str, Any]) -> None:
+            raise KeyboardInterrupt
+
+    stopped = Trainer.create(absolute_paths(train_config(cfg, spec)), run)
+    with pytest.raises(KeyboardInterrupt):
+        stopped.fit(StopAfterOne())
+    assert (run / "last.pt").is_file() and not (run / "result.json").exists()
+    first_epoch = stopped.history[0]
+    result = run_experiment(cfg, tmp_path / "exp")
+    (record,) = result.runs
+    history = json.loads((run / "history.json").read_text())
+    assert len(history) == 2
+    assert history[0] == first_epoch  # resumed (the same epoch 1, timing included), not retrained
+    assert record["train_config"]["epochs"] == 2
+
+
+def test_experiment_retrains_runs_whose_settings_changed(masked: Path, tmp_path: Path) -> None:
+    from cnnlens.training.experiment import run_experiment
+
+    out = tmp_path / "exp"
+    (one,) = run_experiment(_tiny_experiment(masked, epochs=1), out).runs
+    assert one["train_config"]["epochs"] == 1
+    (two,) = run_experiment(_tiny_experiment(masked, epochs=2), out).runs
+    assert two["train_config"]["epochs"] == 2
+    assert len(json.loads((Path(two["run"]) / "history.json").read_text())) == 2
+    (lam,) = run_experiment(_tiny_experiment(masked, epochs=2, loc_weight=0.5), out).runs
+    assert lam["train_config"]["loc_weight"] == 0.5
+    # a new threshold only re-scores: the weights stay
+    stamp = (Path(lam["run"]) / "best.pt").stat().st_mtime_ns
+    (rescored,) = run_experiment(_tiny_experiment(masked, epochs=2, loc_weight=0.5, threshold=0.3), out).runs
+    assert rescored["threshold"] == 0.3
+    assert (Path(lam["run"]) / "best.pt").stat().st_mtime_ns == stamp
+
+
+def test_experiment_default_freeze_trains_pretrained_f_nets(masked: Path) -> None:
+    from cnnlens.training.experiment import Backbone, grid, train_config
+
+    backbones = (Backbone("resnet18"), Backbone("tinycnn", pretrained=False))
+    cfg = _tiny_experiment(masked, backbones=backbones, ratios=(0.0, 1.0))
+    freeze = {(s.backbone.label, s.ratio): train_config(cfg, s).freeze for s in grid(cfg)}
+    assert freeze == {
+        ("resnet18", 0): "last-stage",  # the baseline too: a fair comparison
+        ("resnet18", 1): "last-stage",
+        ("tinycnn:random", 0): "none",
+        ("tinycnn:random", 1): "none",
+    }
 
 
 def test_experiment_bad_settings(masked: Path) -> None:

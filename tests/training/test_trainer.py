@@ -176,3 +176,122 @@ def test_fit_stops_early(small: Path, tmp_path: Path) -> None:
 def test_bad_settings(kwargs: dict[str, Any], message: str) -> None:
     with pytest.raises(ValueError, match=message):
         TrainConfig(data="x", **kwargs)
+
+
+def test_ties_are_broken_on_the_validation_classification_loss(small: Path, tmp_path: Path) -> None:
+    trainer = Trainer.create(tiny_config(small, epochs=1), tmp_path / "run")
+    trainer.fit()
+    record = trainer.history[0]
+    # plain cross-entropy: the objective is the classification loss
+    assert record["val_cls_loss"] == pytest.approx(record["val_loss"], rel=1e-6)
+    assert trainer.best is not None and "val_cls_loss" in trainer.best
+    trainer.best = {"epoch": 1, "val_accuracy": 0.5, "val_loss": 0.1, "val_cls_loss": 1.0}
+    # same accuracy, lower classification loss, higher objective (e.g. lambda * L_loc): better
+    assert trainer._improved({"val_accuracy": 0.5, "val_loss": 5.0, "val_cls_loss": 0.9})
+    assert not trainer._improved({"val_accuracy": 0.5, "val_loss": 0.01, "val_cls_loss": 1.1})
+    assert trainer._improved({"val_accuracy": 0.6, "val_loss": 9.0, "val_cls_loss": 9.0})
+
+
+class KilledError(Exception):
+    """Stands for a SIGKILL while a file is written."""
+
+
+def test_best_is_written_before_last(small: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import cnnlens.training.trainer as trainer_module
+
+    real = trainer_module.atomic_save
+    written: list[str] = []
+
+    def save(obj: Any, path: Any) -> Path:
+        written.append(Path(path).name)
+        if Path(path).name == "last.pt":
+            raise KilledError
+        return real(obj, path)
+
+    monkeypatch.setattr(trainer_module, "atomic_save", save)
+    trainer = Trainer.create(tiny_config(small, epochs=2), tmp_path / "run")
+    with pytest.raises(KilledError):
+        trainer.fit()
+    assert written == ["best.pt", "last.pt"]
+    # killed between the two: best.pt holds epoch 1, last.pt was never written, resume restarts
+    assert torch.load(tmp_path / "run" / "best.pt", weights_only=True)["extra"]["best"]["epoch"] == 1
+    assert not (tmp_path / "run" / "last.pt").exists()
+    monkeypatch.setattr(trainer_module, "atomic_save", real)
+    assert Trainer.resume(tmp_path / "run").epoch == 0
+
+
+def test_config_json_is_written_first(small: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import cnnlens.training.trainer as trainer_module
+
+    real = trainer_module.save_split
+    seen: list[bool] = []
+
+    def save_split(*args: Any, **kw: Any) -> None:
+        seen.append((tmp_path / "run" / "config.json").is_file())
+        real(*args, **kw)
+
+    monkeypatch.setattr(trainer_module, "save_split", save_split)
+    Trainer.create(tiny_config(small, epochs=1), tmp_path / "run")
+    assert seen == [True]
+
+
+def test_force_replaces_a_run_killed_before_its_config(small: Path, tmp_path: Path) -> None:
+    config = tiny_config(small, epochs=1)
+    Trainer.create(config, tmp_path / "run")
+    killed = tmp_path / "killed"  # what a SIGKILL during the first set-up could leave
+    killed.mkdir()
+    (killed / "split.json").write_text((tmp_path / "run" / "split.json").read_text())
+    (killed / ".config.json.tmp").write_text("{")
+    with pytest.raises(ValueError, match="already exists"):
+        Trainer.create(config, killed)
+    Trainer.create(config, killed, force=True).fit()
+    assert (killed / "best.pt").is_file()
+    assert not (killed / ".config.json.tmp").exists()
+
+
+def test_a_trained_head_is_continued_not_reinitialised(small: Path, tmp_path: Path) -> None:
+    from cnnlens.training import TrainingWarning
+
+    first = tiny_config(small, epochs=1, head="mlp64")
+    Trainer.create(first, tmp_path / "run").fit()
+    trained = load_model(tmp_path / "run").module.state_dict()
+    again = Trainer.create(replace(first, model=str(tmp_path / "run")), tmp_path / "again")
+    assert again.head_status == "continued"
+    assert again._head == ["classifier"]
+    state = again.model.module.state_dict()
+    assert state.keys() == trained.keys()
+    assert all(torch.equal(state[k], trained[k]) for k in trained)  # the head too
+    again.fit()  # and it trains on
+    # another class count: the head is re-initialised, and says so
+    two = generate(tmp_path / "two", SynthConfig(2, 10, 24, seed=1))
+    with pytest.warns(TrainingWarning, match="head is re-initialised"):
+        other = Trainer.create(replace(first, data=str(two), model=str(tmp_path / "run")), tmp_path / "o")
+    assert other.head_status == "reinitialised"
+    out = other.model.module.classifier[-1]  # type: ignore[index]
+    assert out.out_features == 2
+    assert torch.equal(other.model.module.features[0][0].weight, trained["features.0.0.weight"])
+
+
+def test_auto_freeze_policy() -> None:
+    assert TrainConfig(data="x", head="linear").freeze == "features"
+    assert TrainConfig(data="x", head="spn").freeze == "last-stage"
+    assert TrainConfig(data="x", head="cnet").freeze == "last-stage"
+    assert TrainConfig(data="x", head="spn", pretrained=False).freeze == "none"
+    assert TrainConfig(data="x", head="spn", freeze="features").freeze == "features"
+
+
+def test_last_stage_freezes_all_but_the_last_stage() -> None:
+    from cnnlens.models import build_architecture
+    from cnnlens.models.heads import attach_head
+    from cnnlens.training import last_stage
+
+    module = TinyCNN(10)
+    head = apply_head(module, "linear", 3)
+    assert last_stage(module, head, 32) == "features.1"
+    frozen = frozen_units(module, "last-stage", head, input_size=32)
+    assert frozen == frozen_units(module, "until:features.1", head)
+    resnet = attach_head(build_architecture("resnet18", pretrained=False)[0], "spn", 3, input_size=64)
+    assert last_stage(resnet.module, resnet.heads, 64) == "features.layer3"
+    frozen = frozen_units(resnet.module, "last-stage", resnet.heads, input_size=64)
+    assert "features.layer3.1.bn2" in frozen
+    assert not any(u.startswith(("features.layer4", "classifier", "spn")) for u in frozen)

@@ -6,6 +6,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
+from rich import box
 from rich.table import Table
 
 from cnnlens.cli.common import console, split_list
@@ -56,7 +57,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     sa.add_argument(
         "--freeze",
         default="auto",
-        help="auto (pretrained backbones frozen, random ones trained), features, none or until:LAYER",
+        help="auto (default: pretrained backbones train their last stage, random ones train entirely, "
+        "so the localisation loss reaches the F-Net), last-stage, features, none or until:LAYER",
     )
     sa.add_argument("--augment", default="standard", help="standard, noflip or none (default standard)")
     sa.add_argument("--threshold", type=float, default=0.5, help="threshold of the SPN map for its IoU")
@@ -94,6 +96,56 @@ def config_from_args(args: argparse.Namespace) -> ExperimentConfig:
     )
 
 
+#: Metric columns of the terminal tables (all of results.md's): classification, then localisation.
+CLASSIFICATION_COLUMNS = {
+    "accuracy": "acc",
+    "precision": "prec",
+    "sensitivity": "sens",
+    "specificity": "spec",
+    "f1": "F1",
+}
+LOCALISATION_COLUMNS = {
+    "spn_iou": "SPN IoU",
+    "spn_dice": "SPN Dice",
+    "gradcam_pointing": "CAM pointing",
+    "gradcam_energy": "CAM energy",
+}
+
+
+def _cell(value: tuple[float, float | None] | None) -> str:
+    if value is None:
+        return "n/a"
+    mean, std = value
+    return f"{mean:.2f}" if std is None else f"{mean:.2f}±{std:.2f}"
+
+
+def results_tables(rows: list[dict[str, Any]]) -> list[Table]:
+    """The experiment's rows (see :meth:`ExperimentResult.table`) as two terminal tables."""
+    tables = []
+    for title, columns in (
+        ("classification, per-class averages", CLASSIFICATION_COLUMNS),
+        ("localisation against the masks", LOCALISATION_COLUMNS),
+    ):
+        table = Table(
+            title=f"saliency-aware experiment: {title} (mean ± sample std over seeds, test split)",
+            title_justify="left",
+            box=box.SIMPLE_HEAD,
+            pad_edge=False,
+            collapse_padding=True,
+        )
+        for col in ("backbone", "mask\nratio", "loc\nloss", *columns.values()):
+            table.add_column(col, overflow="fold")
+        for row in rows:
+            table.add_row(
+                row["backbone"],
+                f"{row['mask_ratio']:g}",
+                "-" if row["loc_loss"] is None else str(row["loc_loss"]),
+                *(_cell(row[k]) for k in columns),
+            )
+        tables.append(table)
+    return tables
+
+
 def run(args: argparse.Namespace) -> int:
     cfg = config_from_args(args)
 
@@ -107,16 +159,14 @@ def run(args: argparse.Namespace) -> int:
             )
 
     result = run_experiment(cfg, args.out, on_run=progress)
-    table = Table(title="saliency-aware experiment (mean ± std over seeds, test split)", title_justify="left")
-    shown = {"accuracy": "acc", "f1": "F1", "spn_iou": "SPN IoU", "spn_dice": "SPN Dice"}
-    shown |= {"gradcam_pointing": "CAM pointing", "gradcam_energy": "CAM energy"}
-    for col in ("backbone", "configuration", *shown.values()):
-        table.add_column(col)
-    for row in result.table():
-        cells = ["n/a" if row[k] is None else f"{row[k][0]:.2f}±{row[k][1]:.2f}" for k in shown]
-        table.add_row(f"{row['backbone']} ({row['weights']})", row["config"], *cells)
-    console.print(table)
-    console.print("precision, sensitivity and specificity: see results.md", highlight=False)
+    for table in results_tables(result.table()):
+        console.print(table)
+    console.print(
+        "mask ratio 0: the baseline (C-Net, no SPN); > 0: saliency-aware (C-Net + SPN) with that share "
+        "of the training masks; prec/sens/spec: precision, sensitivity, specificity; NAME:random: a "
+        "randomly initialised F-Net",
+        highlight=False,
+    )
     console.print(
         f"wrote {args.out / 'results.md'}, {args.out / 'results.json'} and {args.out / 'figure.png'}"
     )

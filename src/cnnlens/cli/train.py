@@ -17,7 +17,7 @@ from cnnlens.cli.common import add_model_arguments, console, error_console
 from cnnlens.data.dataset import AUGMENTATIONS
 from cnnlens.errors import DataWarning
 from cnnlens.models.saliency_net import LOC_LOSSES
-from cnnlens.training import FREEZE_POLICIES, Listener, TrainConfig, Trainer
+from cnnlens.training import FREEZE_POLICIES, Listener, TrainConfig, Trainer, TrainingWarning
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -59,7 +59,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         default=1.0,
         help="weight of the localisation loss: L = L_cls + lambda * L_loc (default 1)",
     )
-    p.add_argument("--freeze", default="features", help=f"{' | '.join(FREEZE_POLICIES)} (default features)")
+    p.add_argument(
+        "--freeze",
+        default="auto",
+        help=f"auto | {' | '.join(FREEZE_POLICIES)}; auto (default): features for linear and mlp64 "
+        "heads; for cnet and spn (seed 004) last-stage with pretrained weights, none without, so the "
+        "localisation loss reaches the F-Net",
+    )
     p.add_argument("--epochs", type=int, default=10)
     p.add_argument(
         "--lr", type=float, default=1e-3, help="AdamW learning rate, cosine-annealed (default 1e-3)"
@@ -136,14 +142,16 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
 
 @contextmanager
 def shown_warnings() -> Iterator[None]:
-    """Print the data warnings raised inside the block (skipped files, imbalance) in yellow."""
+    """Print the data and training warnings raised inside the block (skipped files, imbalance, a
+    re-initialised head, a frozen F-Net) in yellow."""
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", DataWarning)
+        warnings.simplefilter("always", TrainingWarning)
         try:
             yield
         finally:
             for w in caught:
-                if issubclass(w.category, DataWarning):
+                if issubclass(w.category, (DataWarning, TrainingWarning)):
                     error_console.print(f"[yellow]warning:[/] {w.message}", highlight=False)
                 else:
                     warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
@@ -188,7 +196,14 @@ def _start(args: argparse.Namespace) -> Trainer:
         return Trainer.resume(folder)
     if args.data is None or args.out is None:
         raise ValueError("give DATA and --out RUN (or --resume RUN to continue a run)")
-    return Trainer.create(config_from_args(args), args.out, force=args.force)
+    trainer = Trainer.create(config_from_args(args), args.out, force=args.force)
+    if trainer.head_status == "continued":
+        error_console.print(
+            f"[yellow]note:[/] {args.model} already has a trained {trainer.config.head} head for these "
+            "classes; training continues from it (its head is kept, not re-initialised)",
+            highlight=False,
+        )
+    return trainer
 
 
 def summary_table(trainer: Trainer, seconds: float) -> Table:
@@ -198,6 +213,7 @@ def summary_table(trainer: Trainer, seconds: float) -> Table:
     rows: list[tuple[str, str]] = [
         ("classes", ", ".join(trainer.dataset.class_names)),
         ("images train/val/test", "/".join(str(len(trainer.parts[k])) for k in ("train", "val", "test"))),
+        ("freeze", trainer.config.freeze),
         ("trainable parameters", f"{trainer.trainable:,}"),
         ("epochs", f"{trainer.epoch}{stopped}"),
         ("best epoch", str(best.get("epoch", "-"))),

@@ -27,12 +27,53 @@ def _parent_and_attr(model: nn.Module, name: str) -> tuple[nn.Module, str]:
 
 def _head_slot(model: nn.Module) -> tuple[str, int]:
     """Name of the module the head replaces and the number of features it receives."""
+    mlp = _mlp64_name(model)
+    if mlp is not None:  # an mlp64 head already in place (anywhere, e.g. a ResNet's fc)
+        first = next(m for m in model.get_submodule(mlp).children() if isinstance(m, nn.Linear))
+        return mlp, first.in_features
     classifier = getattr(model, "classifier", None)
     if isinstance(classifier, nn.Sequential):
         linears = [m for m in classifier if isinstance(m, nn.Linear)]
         if len(linears) > 1:  # VGG / AlexNet: the whole classifier is the head
             return "classifier", linears[0].in_features
     return _last_linear(model)
+
+
+def _mlp64_name(model: nn.Module) -> str | None:
+    """Dotted name of an mlp64 head (Flatten, Linear, ReLU, Dropout, Linear) holding the last linear."""
+    try:
+        name, _ = _last_linear(model)
+    except ValueError:
+        return None
+    parent = name.rpartition(".")[0]
+    if not parent:
+        return None
+    module = model.get_submodule(parent)
+    kinds = [type(m) for m in module.children()]
+    return parent if kinds == [nn.Flatten, nn.Linear, nn.ReLU, nn.Dropout, nn.Linear] else None
+
+
+def head_names(model: nn.Module, head: str) -> list[str]:
+    """Dotted names of the head modules of a model that already has a ``head`` head.
+
+    Raises:
+        ValueError: Unknown head kind, or the model has no such head.
+    """
+    if head not in HEADS:
+        raise ValueError(f"unknown head {head!r}; expected one of {', '.join(HEADS)}")
+    if head in WRAPPING_HEADS:
+        spn = getattr(model, "spn", None) is not None
+        if not hasattr(model, "classifier") or (head == "spn") != spn:
+            raise ValueError(f"{type(model).__name__} has no {head} head")
+        return ["classifier", "spn"] if head == "spn" else ["classifier"]
+    if head == "mlp64":
+        name = _mlp64_name(model)
+        if name is None:
+            raise ValueError(f"{type(model).__name__} has no mlp64 head")
+        return [name]
+    if head == "linear":
+        return [_last_linear(model)[0]]
+    return [_head_slot(model)[0]]
 
 
 def _last_linear(model: nn.Module) -> tuple[str, int]:

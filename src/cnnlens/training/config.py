@@ -10,8 +10,31 @@ from typing import Any
 
 from cnnlens.data.dataset import AUGMENTATIONS
 from cnnlens.data.split import DEFAULT_FRACTIONS, check_fractions
-from cnnlens.models.heads import HEADS
+from cnnlens.models.heads import HEADS, WRAPPING_HEADS
 from cnnlens.models.saliency_net import LOC_LOSSES
+
+
+def auto_freeze(head: str, pretrained: bool) -> str:
+    """The freeze policy ``"auto"`` stands for.
+
+    ``linear`` and ``mlp64`` heads: ``"features"`` (transfer learning by linear probing, seeds 000
+    and 002). Seed 004's heads (``cnet``, ``spn``): the reconstruction loss must reach the feature
+    extraction network ("back propagated to optimize both the feature extraction network and
+    saliency prediction network"), so a pretrained F-Net trains its last stage (``"last-stage"``)
+    and a randomly initialised one trains entirely (``"none"``). The baseline ``cnet`` gets the
+    same policy as ``spn`` so that the two differ only in the SPN.
+    """
+    if head in WRAPPING_HEADS:
+        return "last-stage" if pretrained else "none"
+    return "features"
+
+
+def write_json(path: str | os.PathLike[str], obj: Any) -> None:
+    """Write ``obj`` as JSON to a temporary file beside ``path``, then rename it into place."""
+    target = Path(path)
+    tmp = target.with_name(f".{target.name}.tmp")
+    tmp.write_text(json.dumps(obj, indent=1))
+    os.replace(tmp, target)
 
 
 @dataclass(frozen=True)
@@ -24,7 +47,9 @@ class TrainConfig:
         head: ``"linear"``, ``"mlp64"``, ``"cnet"`` (seed 004's C-Net, no SPN) or ``"spn"`` (C-Net plus
             the saliency prediction net, trained with the masks: saliency-aware training); see
             :mod:`cnnlens.models.heads`.
-        freeze: ``"features"``, ``"none"`` or ``"until:LAYER"`` (see :mod:`cnnlens.training.freeze`).
+        freeze: ``"features"``, ``"none"``, ``"last-stage"`` or ``"until:LAYER"`` (see
+            :mod:`cnnlens.training.freeze`), or ``"auto"``, resolved when the config is made (see
+            :func:`auto_freeze`).
         epochs: Maximum number of epochs.
         lr: AdamW learning rate (cosine-annealed to 0 over ``epochs``).
         batch_size: Images per step.
@@ -49,7 +74,7 @@ class TrainConfig:
     data: str
     model: str = "efficientnet_lite0"
     head: str = "linear"
-    freeze: str = "features"
+    freeze: str = "auto"
     epochs: int = 10
     lr: float = 1e-3
     batch_size: int = 32
@@ -92,6 +117,8 @@ class TrainConfig:
         if self.image_size is not None and self.image_size < 8:
             raise ValueError(f"--image-size must be at least 8 pixels, got {self.image_size}")
         check_fractions(self.split)
+        if self.freeze == "auto":
+            object.__setattr__(self, "freeze", auto_freeze(self.head, self.pretrained))
 
     @property
     def saliency_aware(self) -> bool:
@@ -112,7 +139,8 @@ class TrainConfig:
         return cls(**values)
 
     def save(self, path: str | os.PathLike[str]) -> None:
-        Path(path).write_text(json.dumps(self.to_dict(), indent=1))
+        """Write the config as JSON, atomically (a killed process never leaves half a file)."""
+        write_json(path, self.to_dict())
 
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> TrainConfig:

@@ -2,10 +2,15 @@
 ratios, localisation losses and seeds.
 
 Each configuration is a training run (:class:`~cnnlens.training.trainer.Trainer`) in its own folder
-``OUT/runs/<backbone>/<config>/seed<k>``; a finished run (its ``result.json`` exists) is reused, so an
-interrupted experiment resumes where it stopped. Ratio 0 is the seed's baseline: C-Net without SPN
-(head ``cnet``), trained on the classification loss; ratio R > 0 trains head ``spn`` with the
-masks of a seeded fraction R of the training images.
+``OUT/runs/<backbone>/<config>/seed<k>``; a finished run (its ``result.json`` exists and records the
+same training settings and threshold) is reused and a stopped one (``last.pt``, no ``result.json``)
+is resumed, so an interrupted experiment continues where it stopped. A run whose settings differ
+from the current ones (``--epochs``, ``--lambda``, ``--image-size``...) is trained again from
+scratch. Ratio 0 is the seed's baseline: C-Net without SPN (head ``cnet``), trained on the
+classification loss; ratio R > 0 trains head ``spn`` with the masks of a seeded fraction R of the
+training images. By default (``freeze="auto"``) a pretrained F-Net trains its last stage and a
+random one trains entirely, in the baseline and the saliency-aware runs alike, so that the
+localisation loss reaches the features (seed 004 back-propagates it into the F-Net).
 
 Every run is scored on its test split:
 
@@ -15,7 +20,8 @@ Every run is scored on its test split:
 * Grad-CAM at the backbone's default layer against the masks: pointing game and the share of the
   positive attribution inside the mask, for the baseline and the saliency-aware models alike.
 
-The tables give mean +/- standard deviation over seeds (``OUT/results.md``, ``OUT/results.json``),
+The tables give mean +/- sample standard deviation (ddof 1) over seeds (``OUT/results.md``,
+``OUT/results.json``), with a table comparing the localisation losses when there are several,
 and ``OUT/figure.png`` shows image / mask / SPN map / Grad-CAM (baseline and saliency-aware) for a
 few test images.
 """
@@ -23,6 +29,7 @@ few test images.
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 from collections.abc import Callable
@@ -39,8 +46,13 @@ from cnnlens.data.dataset import ImageDataset, eval_transform
 from cnnlens.evaluation.classification import evaluate
 from cnnlens.evaluation.localisation import energy_in_mask, iou_at, pointing_game, soft_dice
 from cnnlens.models.saliency_net import LOC_LOSSES
-from cnnlens.training.config import TrainConfig
-from cnnlens.training.trainer import Trainer
+from cnnlens.training.config import TrainConfig, write_json
+from cnnlens.training.trainer import Trainer, absolute_paths
+
+log = logging.getLogger(__name__)
+
+#: Settings that change where a run trains, not what it computes: ignored when a run is reused.
+NOT_COMPARED = ("device",)
 
 CLASSIFICATION = ("accuracy", "precision", "sensitivity", "specificity", "f1")
 LOCALISATION = ("spn_iou", "spn_dice", "gradcam_pointing", "gradcam_energy")
@@ -77,8 +89,10 @@ class ExperimentConfig:
         ratios: Fractions of training images that keep their mask (0: the baseline without SPN).
         loc_losses: Localisation losses tried for each ratio > 0.
         seeds: Number of seeds (0 .. seeds-1) per configuration.
-        freeze: ``"auto"`` (pretrained backbones frozen, as the seed optimises C-Net and SPN;
-            random ones trained), or any :class:`TrainConfig` freeze policy.
+        freeze: ``"auto"`` (pretrained backbones train their last stage, ``"last-stage"``, so the
+            localisation loss reaches the F-Net as in the seed; random ones train entirely; the
+            same for the baseline and the saliency-aware runs), or any :class:`TrainConfig` freeze
+            policy.
         threshold: Threshold of the SPN map for its IoU with the mask.
         figure_images: How many test images the figure shows.
     """
@@ -130,6 +144,11 @@ class RunSpec:
         return "baseline" if self.ratio == 0 else f"SA r={self.ratio:g} {self.loc_loss}"
 
     @property
+    def method(self) -> str:
+        """The seed's "Method" column: ``baseline`` (no SPN) or ``saliency-aware``."""
+        return "baseline" if self.ratio == 0 else "saliency-aware"
+
+    @property
     def folder(self) -> Path:
         name = "baseline" if self.ratio == 0 else f"r{self.ratio:g}-{self.loc_loss}"
         return Path(self.backbone.label.replace(":", "-")) / name / f"seed{self.seed}"
@@ -146,14 +165,12 @@ def grid(cfg: ExperimentConfig) -> list[RunSpec]:
 
 
 def train_config(cfg: ExperimentConfig, spec: RunSpec) -> TrainConfig:
-    freeze = cfg.freeze
-    if freeze == "auto":
-        freeze = "features" if spec.backbone.pretrained else "none"
+    """The training settings of one run (``freeze="auto"`` resolved by :class:`TrainConfig`)."""
     return TrainConfig(
         data=cfg.data,
         model=spec.backbone.name,
         head="cnet" if spec.ratio == 0 else "spn",
-        freeze=freeze,
+        freeze=cfg.freeze,
         epochs=cfg.epochs,
         lr=cfg.lr,
         batch_size=cfg.batch_size,
@@ -212,72 +229,130 @@ def score_run(trainer: Trainer, run: Path, threshold: float) -> dict[str, Any]:
 
 @dataclass
 class ExperimentResult:
+    """The scored runs of an experiment and the tables made from them."""
+
     config: ExperimentConfig
     runs: list[dict[str, Any]] = field(default_factory=list)
 
     def table(self) -> list[dict[str, Any]]:
-        """Mean and standard deviation over seeds per (backbone, configuration)."""
+        """Mean and sample standard deviation (ddof 1; ``None`` for one seed) over seeds per
+        (backbone, mask ratio, localisation loss), in the order the runs were made.
+
+        Shape:
+            Each row: backbone, weights, config (label), method, mask_ratio, loc_loss (``None`` for
+            the baseline), seeds, and ``(mean, std)`` per metric of :data:`CLASSIFICATION` and
+            :data:`LOCALISATION` (``None`` where no run has the metric).
+        """
         groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
         for r in self.runs:
             groups.setdefault((r["backbone"], r["config"]), []).append(r)
         rows = []
         for (backbone, config), runs in groups.items():
+            first = runs[0]
             row: dict[str, Any] = {
                 "backbone": backbone,
-                "weights": runs[0]["weights"],
+                "weights": first["weights"],
                 "config": config,
+                "method": "baseline" if first["ratio"] == 0 else "saliency-aware",
+                "mask_ratio": first["ratio"],
+                "loc_loss": first["loc_loss"],
                 "seeds": len(runs),
             }
             for k in (*CLASSIFICATION, *LOCALISATION):
-                vals = [r["scores"][k] for r in runs if r["scores"].get(k) is not None]
-                row[k] = (float(np.mean(vals)), float(np.std(vals))) if vals else None
+                row[k] = mean_std([r["scores"][k] for r in runs if r["scores"].get(k) is not None])
             rows.append(row)
         return rows
 
     def to_dict(self) -> dict[str, Any]:
-        cfg = asdict(self.config)
-        cfg["backbones"] = [b.label for b in self.config.backbones]
-        return {"config": cfg, "runs": self.runs, "table": self.table()}
+        return {"config": _config_dict(self.config), "runs": self.runs, "table": self.table()}
 
 
-def _fmt(value: tuple[float, float] | None) -> str:
-    return "n/a" if value is None else f"{value[0]:.3f} ± {value[1]:.3f}"
+def mean_std(values: list[float]) -> tuple[float, float | None] | None:
+    """Mean and sample standard deviation (ddof 1) of seed results; std ``None`` for one value."""
+    if not values:
+        return None
+    std = float(np.std(values, ddof=1)) if len(values) > 1 else None
+    return float(np.mean(values)), std
+
+
+def _fmt(value: tuple[float, float | None] | None) -> str:
+    if value is None:
+        return "n/a"
+    mean, std = value
+    return f"{mean:.3f}" if std is None else f"{mean:.3f} ± {std:.3f}"
+
+
+def _loss_cell(row: dict[str, Any]) -> str:
+    return "—" if row["loc_loss"] is None else str(row["loc_loss"]).upper()
 
 
 def markdown(result: ExperimentResult) -> str:
-    """The seed's tables: classification (per-class averages) and localisation, mean ± std over seeds."""
+    """The seed's tables, mean ± sample std over seeds: classification (per-class averages; Table 1),
+    the localisation losses compared (Table 2, when the grid has several) and localisation."""
     rows = result.table()
     cfg = result.config
+    lead = "| backbone | weights | method | mask ratio | loc loss |"
     lines = [
         "# Saliency-aware training (seed 004)",
         "",
         f"Data: `{cfg.data}`; {cfg.seeds} seed(s); {cfg.epochs} epochs; lambda = {cfg.loc_weight}; "
-        f"freeze = {cfg.freeze}; image size = {cfg.image_size or 'the model default'}. "
-        "Mean ± standard deviation over seeds, on each run's test split. Baseline: C-Net without SPN; "
-        "SA r=R LOSS: C-Net + SPN with masks kept for a fraction R of the training images.",
+        f"freeze = {cfg.freeze} ({_freeze_note(result)}); image size = "
+        f"{cfg.image_size or 'the model default'}. Mean ± sample standard deviation (ddof 1) over "
+        "seeds, on each run's test split. Baseline: C-Net without SPN (mask ratio 0); saliency-aware: "
+        "C-Net + SPN with masks kept for a fraction (mask ratio) of the training images, trained with "
+        "the localisation loss (loc loss).",
         "",
         "## Classification (per-class averages)",
         "",
-        "| backbone | weights | configuration | accuracy | precision | sensitivity | specificity | F1 |",
-        "|---|---|---|---|---|---|---|---|",
+        f"{lead} accuracy | precision | sensitivity | specificity | F1 |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         cells = " | ".join(_fmt(r[k]) for k in CLASSIFICATION)
-        lines.append(f"| {r['backbone']} | {r['weights']} | {r['config']} | {cells} |")
+        lines.append(_lead_cells(r) + f" {cells} |")
+    losses = list(dict.fromkeys(r["loc_loss"] for r in rows if r["loc_loss"] is not None))
+    if len(losses) > 1:
+        lines += [
+            "",
+            "## Localisation loss compared (per-class averages)",
+            "",
+            "| backbone | weights | loc loss | mask ratio | precision | sensitivity | specificity | F1 |",
+            "|---|---|---|---|---|---|---|---|",
+        ]
+        sa = [r for r in rows if r["loc_loss"] is not None]
+        for r in sorted(sa, key=lambda r: (r["backbone"], losses.index(r["loc_loss"]), -r["mask_ratio"])):
+            cells = " | ".join(_fmt(r[k]) for k in CLASSIFICATION[1:])
+            lines.append(
+                f"| {r['backbone']} | {r['weights']} | {_loss_cell(r)} | {r['mask_ratio']:g} | {cells} |"
+            )
     lines += [
         "",
         f"## Localisation against the masks (SPN map thresholded at {cfg.threshold:g}; Grad-CAM at the "
         "backbone's last feature layer)",
         "",
-        "| backbone | weights | configuration | SPN IoU | SPN soft Dice | Grad-CAM pointing game | "
-        "Grad-CAM energy in mask |",
-        "|---|---|---|---|---|---|---|",
+        f"{lead} SPN IoU | SPN soft Dice | Grad-CAM pointing game | Grad-CAM energy in mask |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         cells = " | ".join(_fmt(r[k]) for k in LOCALISATION)
-        lines.append(f"| {r['backbone']} | {r['weights']} | {r['config']} | {cells} |")
+        lines.append(_lead_cells(r) + f" {cells} |")
     lines += ["", "![image, mask, SPN map, Grad-CAM](figure.png)", ""]
     return "\n".join(lines)
+
+
+def _lead_cells(row: dict[str, Any]) -> str:
+    return (
+        f"| {row['backbone']} | {row['weights']} | {row['method']} | {row['mask_ratio']:g} | "
+        f"{_loss_cell(row)} |"
+    )
+
+
+def _freeze_note(result: ExperimentResult) -> str:
+    """The freeze policy each backbone's runs used, e.g. ``efficientnet_lite0: last-stage``."""
+    used: dict[str, set[str]] = {}
+    for r in result.runs:
+        used.setdefault(r["backbone"], set()).add(str(r.get("freeze")))
+    return "; ".join(f"{b}: {', '.join(sorted(f))}" for b, f in used.items())
 
 
 def figure(result: ExperimentResult, out: Path, n_images: int) -> Path | None:
@@ -352,41 +427,76 @@ def run_experiment(
     """
     folder = Path(out)
     folder.mkdir(parents=True, exist_ok=True)
-    (folder / "experiment.json").write_text(json.dumps(_config_dict(cfg), indent=1))
+    write_json(folder / "experiment.json", _config_dict(cfg))
     result = ExperimentResult(cfg)
     specs = grid(cfg)
     for i, spec in enumerate(specs):
-        run = folder / "runs" / spec.folder
-        done = run / "result.json"
         if on_run:
             on_run(i, len(specs), spec, None)
-        if done.is_file():
-            record = json.loads(done.read_text())
-        else:
-            if (run / "last.pt").is_file():
-                trainer = Trainer.resume(run)
-            else:
-                trainer = Trainer.create(train_config(cfg, spec), run, force=run.exists())
-            trainer.fit()
-            record = {
-                "backbone": spec.backbone.label,
-                "weights": "ImageNet-pretrained" if spec.backbone.pretrained else "random init",
-                "config": spec.config_label,
-                "ratio": spec.ratio,
-                "loc_loss": spec.loc_loss,
-                "seed": spec.seed,
-                "run": str(run),
-                "freeze": trainer.config.freeze,
-                "scores": score_run(trainer, run, cfg.threshold),
-            }
-            done.write_text(json.dumps(record, indent=1))
+        record = run_one(cfg, spec, folder / "runs" / spec.folder)
         result.runs.append(record)
         if on_run:
             on_run(i, len(specs), spec, record["scores"])
-    (folder / "results.json").write_text(json.dumps(result.to_dict(), indent=1))
+    write_json(folder / "results.json", result.to_dict())
     figure(result, folder, cfg.figure_images)
     (folder / "results.md").write_text(markdown(result), encoding="utf-8")
     return result
+
+
+def run_one(cfg: ExperimentConfig, spec: RunSpec, run: Path) -> dict[str, Any]:
+    """Train (or resume, or reuse) and score one run; return its ``result.json`` record.
+
+    ``result.json`` is reused when it records the same training settings and threshold; a run
+    folder whose ``config.json`` matches is resumed (a stopped run continues, a finished one is
+    scored again); a run trained with other settings is trained again from scratch.
+    """
+    wanted = absolute_paths(train_config(cfg, spec))
+    done = run / "result.json"
+    if done.is_file():
+        record: dict[str, Any] = json.loads(done.read_text())
+        if not _changed(record.get("train_config"), wanted) and record.get("threshold") == cfg.threshold:
+            return record
+    trainer = None
+    if (run / "config.json").is_file():
+        changed = _changed(_stored_config(run), wanted)
+        if changed:
+            log.warning("%s was trained with other settings (%s); training it again", run, ", ".join(changed))
+        else:
+            trainer = Trainer.resume(run)
+    if trainer is None:
+        trainer = Trainer.create(wanted, run, force=run.exists())
+    trainer.fit()  # nothing to do for a finished run
+    record = {
+        "backbone": spec.backbone.label,
+        "weights": "ImageNet-pretrained" if spec.backbone.pretrained else "random init",
+        "config": spec.config_label,
+        "ratio": spec.ratio,
+        "loc_loss": spec.loc_loss,
+        "seed": spec.seed,
+        "run": str(run),
+        "freeze": trainer.config.freeze,
+        "train_config": trainer.config.to_dict(),
+        "threshold": cfg.threshold,
+        "scores": score_run(trainer, run, cfg.threshold),
+    }
+    write_json(done, record)
+    return record
+
+
+def _stored_config(run: Path) -> dict[str, Any] | None:
+    try:
+        return TrainConfig.load(run / "config.json").to_dict()
+    except (ValueError, TypeError, KeyError):  # unreadable or from an incompatible version
+        return None
+
+
+def _changed(stored: dict[str, Any] | None, wanted: TrainConfig) -> list[str]:
+    """The training settings that differ between a stored run and ``wanted`` (all when unknown)."""
+    target = wanted.to_dict()
+    if stored is None:
+        return ["(settings not recorded)"]
+    keys = (set(stored) | set(target)) - set(NOT_COMPARED)
+    return sorted(k for k in keys if stored.get(k) != target.get(k))
 
 
 def _config_dict(cfg: ExperimentConfig) -> dict[str, Any]:

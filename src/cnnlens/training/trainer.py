@@ -5,7 +5,8 @@ A run folder holds::
     config.json   the TrainConfig          split.json   the images of each split
     data.json     classes, counts, skipped files
     last.pt       the latest epoch: a cnnlens checkpoint plus optimizer, scheduler and history
-    best.pt       the best epoch by validation accuracy (ties: lower loss), a cnnlens checkpoint
+    best.pt       the best epoch by validation accuracy (ties: lower validation classification
+                  loss, never the localisation loss of saliency-aware runs), a cnnlens checkpoint
     history.json  per-epoch loss/accuracy      curves.png   the training curves
 
 Determinism: every source of randomness of an epoch (shuffling, augmentation, dropout) is seeded
@@ -13,15 +14,20 @@ from ``(seed, epoch)`` at the start of that epoch, so an epoch does not depend o
 there; with the weights, optimizer and scheduler state of ``last.pt``, ``resume`` continues to the
 same weights as an uninterrupted run. Checkpoints are written atomically at the end of every
 epoch, so an interruption loses at most the current epoch.
+
+Write order, so that a process killed at any point leaves a folder that ``--resume`` or
+``--force`` accepts: ``config.json`` first (a folder with it is a run), then ``split.json`` and
+``data.json``; at the end of an epoch ``best.pt`` before ``last.pt`` (``last.pt`` never records
+a best epoch that ``best.pt`` does not hold).
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import random
 import shutil
 import time
+import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -36,17 +42,48 @@ from cnnlens.data.dataset import ImageDataset, eval_transform, train_transform
 from cnnlens.data.folders import ImageSet, Sample, class_weights, scan_dataset
 from cnnlens.data.split import load_split, save_split, split_dataset
 from cnnlens.data.transforms import Preprocessing
-from cnnlens.models.checkpoint import atomic_save, checkpoint_dict, save_checkpoint
-from cnnlens.models.heads import attach_head
+from cnnlens.models.checkpoint import atomic_save, checkpoint_dict
+from cnnlens.models.heads import attach_head, head_names
 from cnnlens.models.loaded import LoadedModel
 from cnnlens.models.registry import load_model
 from cnnlens.models.saliency_net import localisation_loss
-from cnnlens.training.config import TrainConfig
+from cnnlens.training.config import TrainConfig, write_json
 from cnnlens.training.freeze import apply_freeze, frozen_units, set_train_mode
 
 log = logging.getLogger(__name__)
 
 Batch = dict[str, torch.Tensor]
+
+#: What ``--force`` may delete: the files a run writes (a folder of only these is a run, even one
+#: killed before its config.json existed).
+RUN_FILES = frozenset(
+    {"config.json", "split.json", "data.json", "last.pt", "best.pt", "history.json", "curves.png"}
+    | {"result.json"}  # written by the saliency-aware experiment
+)
+
+
+class TrainingWarning(UserWarning):
+    """A setting trains something other than what it may look like (a re-initialised head, an
+    F-Net the localisation loss cannot reach)."""
+
+
+def is_run_folder(folder: Path) -> bool:
+    """Whether ``folder`` holds a training run (its config.json, or only files a run writes)."""
+    if (folder / "config.json").is_file():
+        return True
+    entries = list(folder.iterdir())
+    return bool(entries) and all(
+        e.name in RUN_FILES or (e.name.startswith(".") and e.name.endswith(".tmp")) for e in entries
+    )
+
+
+def absolute_paths(config: TrainConfig) -> TrainConfig:
+    """``config`` with absolute data and mask paths, so a run resumes and evaluates from anywhere."""
+    return replace(
+        config,
+        data=str(Path(config.data).resolve()),
+        masks=None if config.masks is None else str(Path(config.masks).resolve()),
+    )
 
 
 class Objective(Protocol):
@@ -112,8 +149,11 @@ class Listener:
 
 @dataclass
 class EpochResult:
+    """Mean loss (of the objective), accuracy and mean classification loss over an epoch or split."""
+
     loss: float
     accuracy: float
+    cls_loss: float | None = None
 
 
 def epoch_seed(seed: int, epoch: int) -> int:
@@ -151,11 +191,15 @@ class Trainer:
         if config.saliency_aware:
             self.parts["train"] = self._keep_masks(self.parts["train"])
         torch.manual_seed(config.seed)
+        self.head_status = "new"
         self.model = self._build_model()
-        self.frozen = frozen_units(self.model.module, config.freeze, self._head)
+        self.frozen = frozen_units(
+            self.model.module, config.freeze, self._head, input_size=self.model.preprocessing.crop
+        )
         self.trainable = apply_freeze(self.model.module, self.frozen)
         if self.trainable == 0:
             raise ValueError(f"--freeze {config.freeze} leaves nothing to train")
+        self._check_loc_reaches_features()
         if objective is None and config.saliency_aware:
             objective = SaliencyAware(config.loc_loss, config.loc_weight, self._class_weights())
         self.objective = objective or CrossEntropy(self._class_weights())
@@ -183,21 +227,17 @@ class Trainer:
                 raise ValueError(
                     f"{folder} already exists; use --resume {folder} to continue it or --force to replace it"
                 )
-            if not (folder / "config.json").is_file():
+            if not is_run_folder(folder):
                 raise ValueError(f"{folder} is not empty and not a training run; --force will not delete it")
             shutil.rmtree(folder)
         folder.mkdir(parents=True, exist_ok=True)
-        config = replace(  # absolute paths, so the run can be resumed or evaluated from anywhere
-            config,
-            data=str(Path(config.data).resolve()),
-            masks=None if config.masks is None else str(Path(config.masks).resolve()),
-        )
+        config = absolute_paths(config)
         try:
+            config.save(folder / "config.json")  # first: from here on the folder is a run
             trainer = cls(config, folder, **kw)
         except BaseException:
             shutil.rmtree(folder, ignore_errors=True)
             raise
-        config.save(folder / "config.json")
         return trainer
 
     @classmethod
@@ -214,6 +254,21 @@ class Trainer:
         if (folder / "last.pt").is_file():
             trainer._load_state(folder / "last.pt")
         return trainer
+
+    def _check_loc_reaches_features(self) -> None:
+        """Warn when the localisation loss can train nothing but the SPN (the F-Net is frozen)."""
+        cfg = self.config
+        if not cfg.saliency_aware or cfg.loc_weight == 0:
+            return
+        features = getattr(self.model.module, "features", None)
+        if isinstance(features, nn.Module) and not any(p.requires_grad for p in features.parameters()):
+            warnings.warn(
+                f"--freeze {cfg.freeze} freezes the whole F-Net, so the localisation loss only trains "
+                "the SPN and cannot change the features the classifier sees (C-Net gets the baseline's "
+                "gradients); seed 004 trains both: use --freeze last-stage, none or until:LAYER",
+                TrainingWarning,
+                stacklevel=3,
+            )
 
     @property
     def _head(self) -> list[str]:
@@ -238,8 +293,22 @@ class Trainer:
         cfg = self.config
         base = load_model(cfg.model, weights=cfg.weights, pretrained=cfg.pretrained, device=cfg.device)
         if base.head not in ("original", cfg.head):
-            raise ValueError(f"{cfg.model} has a {base.head} head; train it on with --head {base.head}")
+            raise ValueError(
+                f"{cfg.model} has a {base.head} head, not {cfg.head}; train it on with --head {base.head}"
+            )
         pre = resized(base.preprocessing, cfg.image_size)
+        classes = list(self.dataset.class_names)
+        if base.head == cfg.head:
+            if base.num_classes == len(classes):
+                return self._continued(base, pre)
+            warnings.warn(
+                f"{cfg.model} has a trained {base.head} head for {base.num_classes} classes but "
+                f"{cfg.data} has {len(classes)}: the head is re-initialised (its trained weights are "
+                "not used); the rest of the network keeps its trained weights",
+                TrainingWarning,
+                stacklevel=4,
+            )
+            self.head_status = "reinitialised"
         attached = attach_head(
             base.module,
             cfg.head,
@@ -259,6 +328,26 @@ class Trainer:
             meta={"head_module": attached.heads},
         )
 
+    def _continued(self, base: LoadedModel, pre: Preprocessing) -> LoadedModel:
+        """Keep a trained model's head (same kind, same class count): training continues from it."""
+        classes = list(self.dataset.class_names)
+        if list(base.class_names) != classes:
+            warnings.warn(
+                f"{self.config.model} was trained on classes {', '.join(base.class_names)}; its head's "
+                f"outputs are kept and now stand, in that order, for {', '.join(classes)}",
+                TrainingWarning,
+                stacklevel=5,
+            )
+        log.info("continuing to train the trained %s head of %s", base.head, self.config.model)
+        self.head_status = "continued"
+        return replace(
+            base,
+            class_names=classes,
+            preprocessing=pre,
+            source=f"cnnlens train {self.config.data} (from {base.source})",
+            meta={"head_module": head_names(base.module, base.head)},
+        )
+
     def _class_weights(self) -> torch.Tensor | None:
         if not self.config.class_weights:
             return None
@@ -276,7 +365,7 @@ class Trainer:
             "masks_used_in_training": getattr(self, "masks_used", None),
             "skipped": self.dataset.skipped,
         }
-        (self.run / "data.json").write_text(json.dumps(report, indent=1))
+        write_json(self.run / "data.json", report)
 
     def loader(self, split: str, *, train: bool) -> DataLoader:
         """A loader over one split (training: augmented and shuffled with the epoch's generator)."""
@@ -318,7 +407,8 @@ class Trainer:
         """Train until ``config.epochs`` or early stopping; return the history.
 
         Shape:
-            Each history record: epoch, train_loss, train_accuracy, val_loss, val_accuracy, lr, seconds.
+            Each history record: epoch, train_loss, train_accuracy, val_loss (the objective),
+            val_cls_loss (cross-entropy alone), val_accuracy, lr, seconds.
         """
         listener = listener or Listener()
         train_loader, val_loader = self.loader("train", train=True), self.loader("val", train=False)
@@ -344,6 +434,7 @@ class Trainer:
                 "train_loss": train.loss,
                 "train_accuracy": train.accuracy,
                 "val_loss": val.loss,
+                "val_cls_loss": val.cls_loss,
                 "val_accuracy": val.accuracy,
                 "lr": lr,
                 "seconds": time.perf_counter() - start,
@@ -383,35 +474,46 @@ class Trainer:
 
     @torch.no_grad()
     def evaluate(self, loader: DataLoader) -> EpochResult:
-        """Mean loss (of the objective) and accuracy over a loader, in eval mode."""
+        """Mean loss of the objective, accuracy and mean (unweighted) cross-entropy over a loader,
+        in eval mode.
+
+        The cross-entropy is the classification loss alone: for saliency-aware runs the objective
+        also holds ``lambda * L_loc``, which must not decide which checkpoint classifies best.
+        """
         self.model.module.eval()
         total = correct = 0
-        loss_sum = 0.0
+        loss_sum = cls_sum = 0.0
         for batch in self._batches(loader):
             loss, logits = self.objective(self.model.module, batch)
-            total += len(batch["label"])
-            loss_sum += float(loss) * len(batch["label"])
+            n = len(batch["label"])
+            total += n
+            loss_sum += float(loss) * n
+            cls_sum += float(F.cross_entropy(logits, batch["label"])) * n
             correct += int((logits.argmax(1) == batch["label"]).sum())
-        return EpochResult(loss_sum / max(total, 1), correct / max(total, 1))
+        n = max(total, 1)
+        return EpochResult(loss_sum / n, correct / n, cls_sum / n)
 
     def _improved(self, record: dict[str, Any]) -> bool:
+        """Higher validation accuracy, or the same with a lower validation classification loss."""
         if self.best is None:
             return True
         acc, best_acc = record["val_accuracy"], self.best["val_accuracy"]
-        return bool(acc > best_acc or (acc == best_acc and record["val_loss"] < self.best["val_loss"]))
+        if acc != best_acc:
+            return bool(acc > best_acc)
+        key = "val_cls_loss" if "val_cls_loss" in record and "val_cls_loss" in self.best else "val_loss"
+        return bool(record[key] < self.best[key])  # runs from before val_cls_loss: the objective
 
     def _end_epoch(self, record: dict[str, Any]) -> None:
         self.history.append(record)
         improved = self._improved(record)
         if improved:
-            self.best = {k: record[k] for k in ("epoch", "val_accuracy", "val_loss")}
+            self.best = {k: record[k] for k in ("epoch", "val_accuracy", "val_loss", "val_cls_loss")}
+        if improved:  # before last.pt, which records this epoch as the best
+            best = {"best": self.best, "config": self.config.to_dict()}
+            atomic_save(checkpoint_dict(self.model, best), self.run / "best.pt")
         extra = {"training": self._state(self.epoch)}
         atomic_save(checkpoint_dict(self.model, extra), self.run / "last.pt")
-        if improved:
-            save_checkpoint(
-                self.model, self.run / "best.pt", {"best": self.best, "config": self.config.to_dict()}
-            )
-        (self.run / "history.json").write_text(json.dumps(self.history, indent=1))
+        write_json(self.run / "history.json", self.history)
 
     def plot(self) -> Path | None:
         """Draw ``curves.png`` from the history (``None`` before the first epoch)."""
