@@ -22,7 +22,7 @@ wall times and the Spearman rank correlation of the maps on the sample photos.
 Usage::
 
     python bench/attribution.py [--models resnet50,efficientnet_lite0] [--methods rise,lime] [--quick]
-    python bench/attribution.py --precision --models efficientnet_lite0
+    python bench/attribution.py --precision --models efficientnet_lite0 [--defaults]
 """
 
 from __future__ import annotations
@@ -340,7 +340,10 @@ def peer_runners(
 # -- the bench --------------------------------------------------------------------------------------
 
 
-def method_params(name: str, model_name: str, quick: bool) -> dict[str, Any]:
+def method_params(name: str, model_name: str, quick: bool, defaults: bool = False) -> dict[str, Any]:
+    """The bench's settings of a method; with ``defaults`` its own (``quick_params`` with ``quick``)."""
+    if defaults:
+        return dict(get_method(name).quick_params) if quick else {}
     params = dict((QUICK if quick else SETTINGS).get(name, {}))
     cls = get_method(name)
     if cls.uses_layer:
@@ -444,7 +447,7 @@ def bench_precision(model_name: str, methods: list[str], args: argparse.Namespac
     for name in methods:
         if "precision" not in get_method(name).hyperparameters():
             continue
-        params = method_params(name, model_name, args.quick)
+        params = method_params(name, model_name, args.quick, args.defaults)
         times, maps = {}, {}
         for precision in ("fp32", "bf16"):
             method = create(name, model, batch_size=args.batch_size, precision=precision, **params)
@@ -471,6 +474,11 @@ def main() -> None:
     )
     parser.add_argument("--precision", action="store_true", help="compare bf16 with fp32 instead")
     parser.add_argument("--images", type=int, default=5, help="sample photos for --precision")
+    parser.add_argument(
+        "--defaults",
+        action="store_true",
+        help="--precision: each method's own defaults (its quick_params with --quick), not the bench's",
+    )
     parser.add_argument("--no-malloc-tuning", action="store_true", help="keep glibc's default thresholds")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)

@@ -217,3 +217,7 @@ def test_one_pass_methods_take_targets_from_their_own_pass(name: str, images: to
     assert torch.allclose(exp.attributions, given.attributions, atol=1e-5)
     with pytest.raises(ValueError, match="2 targets for"):
         create(name, model, **small(name)).explain(images, target=[0, 1])
+    if "precision" in get_method(name).hyperparameters():  # bf16: targets and scores from fp32 logits
+        bf16 = create(name, model, precision="bf16", **small(name)).explain(images)
+        assert torch.equal(bf16.targets, top)
+        assert torch.allclose(bf16.scores, exp.scores, atol=1e-5)

@@ -220,8 +220,9 @@ def test_quick_settings_and_overrides(chelsea: Path, tmp_path: Path) -> None:
     # a quick preset the user did not ask for never counts as an unused parameter
     build_methods(model, ["saliency"], {}, None, quick=True)
     # --precision reaches the methods that take it, and -p precision= wins
-    occ, sal = build_methods(model, ["occlusion", "saliency"], {}, None, precision="bf16")
-    assert occ.get_params()["precision"] == "bf16" and "precision" not in sal.get_params()
+    occ, sal, cam = build_methods(model, ["occlusion", "saliency", "cam"], {}, None, precision="bf16")
+    assert occ.get_params()["precision"] == "bf16" and sal.get_params()["precision"] == "bf16"
+    assert "precision" not in cam.get_params()  # CAM reads the head's weights: no precision to set
     (occ,) = build_methods(model, ["occlusion"], {"precision": "fp32"}, None, precision="bf16")
     assert occ.get_params()["precision"] == "fp32"
     out = tmp_path / "o"

@@ -167,7 +167,8 @@ class Attribution(ABC):
         uses_layer: Whether the method works on an intermediate layer (``layer=``).
         signed: Whether negative attributions are meaningful.
         picks_targets: Whether the method chooses its targets from the logits of its own forward pass
-            (:class:`OnePass`), so :meth:`explain` runs no separate forward to find them.
+            (:class:`OnePass`), so :meth:`explain` runs no separate forward to find them (in fp32; a
+            bf16 pass gets its targets and scores from an fp32 forward of the template's).
     """
 
     name: ClassVar[str]
@@ -292,7 +293,8 @@ class Attribution(ABC):
         with preserved_state(module, freeze_parameters=True):
             chunk = self._chunk_size(batch_size, x)
             layer_name = self.target_layer(x)[0] if self.uses_layer else None
-            if isinstance(self, OnePass):
+            # a bf16 pass could flip a near tie: targets and scores then come from an fp32 forward
+            if isinstance(self, OnePass) and self.compute_precision(x.device) == "fp32":
                 picker = TargetPicker(target, self.class_names, len(x))
                 result = self._attribute_picking(x, picker, chunk)
                 targets, logits = picker.resolved()

@@ -78,6 +78,11 @@ class GradientCAM(OnePass):
     family = "cam"
     needs_gradients = True
     uses_layer = True
+    #: bf16 maps of Grad-CAM, Grad-CAM++ and Layer-CAM keep a Spearman correlation >= 0.999 with the fp32
+    #: maps (EfficientNet-Lite0, the five sample photos, ``bench/attribution.py --precision``), but a bf16
+    #: pass cannot choose the target (a near tie could flip), so it costs an fp32 forward besides: slower
+    #: than the one fp32 pass that gives target, score and map together. ``"auto"`` stays fp32.
+    bf16_faithful = False
 
     def __init__(
         self,
