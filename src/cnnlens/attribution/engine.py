@@ -67,14 +67,15 @@ def resolve_precision(precision: str, device: torch.device, bf16_faithful: bool)
     """Turn ``"auto"`` into ``"fp32"`` or ``"bf16"``.
 
     ``"auto"`` picks bfloat16 only where both hold: the method's maps stay faithful in bfloat16
-    (``bf16_faithful``, measured by ``bench/attribution.py --precision --quick``: Spearman rank
-    correlation with the fp32 map >= 0.99 on EfficientNet-Lite0 and the sample photos) and the device
-    computes bfloat16 natively (:func:`bf16_is_native`). Measured: occlusion 0.996, RISE 0.999,
-    Score-CAM 0.996, Ablation-CAM 0.996, LIME 0.990 (faithful); double occlusion 0.949 and KernelSHAP
-    0.984 (not). On a CPU without AVX512-BF16 or AMX bfloat16 is emulated (1.25-50x slower than fp32
-    on an AVX2 machine), so ``"auto"`` means fp32 there; on the AVX512-BF16 CPU of the development
-    machine a batch-16 ResNet-50 forward took 21 ms per image in bf16 with channels_last against 89 ms
-    in fp32.
+    (``bf16_faithful``: Spearman rank correlation with the fp32 map >= 0.99, the minimum over the five
+    sample photos with EfficientNet-Lite0, at the method's default settings, measured by
+    ``bench/attribution.py --precision --defaults``) and the device computes bfloat16 natively
+    (:func:`bf16_is_native`). Measured: RISE 0.9919, Score-CAM 0.9998, Ablation-CAM 0.9944 (faithful);
+    occlusion 0.9897, LIME 0.9890, KernelSHAP 0.9811, double occlusion 0.646 (not; with the lighter
+    ``--quick`` settings occlusion reached 0.996 and LIME 0.990, so the defaults decide). On a CPU
+    without AVX512-BF16 or AMX bfloat16 is emulated (1.25-50x slower than fp32 on an AVX2 machine), so
+    ``"auto"`` means fp32 there; on the AVX512-BF16 CPU of the development machine a batch-16 ResNet-50
+    forward took 21 ms per image in bf16 with channels_last against 89 ms in fp32.
     """
     check_precision(precision)
     if precision != "auto":

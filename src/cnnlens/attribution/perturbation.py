@@ -143,7 +143,7 @@ class Occlusion(Attribution):
     summary = "score drop when a sliding window is hidden"
     reference = "Zeiler & Fergus 2014"
     signed = True
-    bf16_faithful = True
+    bf16_faithful = False  # Spearman 0.9897 at the defaults (0.996 at the quick settings): under 0.99
 
     def __init__(
         self,
