@@ -155,3 +155,45 @@ def test_bf16_is_native_asks_the_cpu_capability_checks(monkeypatch: pytest.Monke
         assert resolve_precision("auto", cpu, True) == ("bf16" if amx or avx512 else "fp32")
         assert resolve_precision("auto", cpu, False) == "fp32"  # not faithful: never bf16
     assert engine.bf16_is_native(torch.device("meta")) is False
+
+
+def test_memory_format_is_an_option_that_leaves_the_maps_alone(images: torch.Tensor) -> None:
+    from cnnlens.attribution import create, get_method
+
+    model = tiny_loaded()
+    maps = {
+        fmt: create("occlusion", model, window=8, stride=8, precision="fp32", memory_format=fmt)
+        .explain(images)
+        .attributions
+        for fmt in ("auto", "channels_last", "contiguous")
+    }
+    assert torch.allclose(maps["auto"], maps["contiguous"], atol=1e-5)
+    assert torch.allclose(maps["channels_last"], maps["contiguous"], atol=1e-5)
+    method = create("saliency", model)
+    assert method.memory_format_for(gradients=True) == "contiguous"
+    assert method.memory_format_for(gradients=False) == "channels_last"
+    assert create("saliency", model, memory_format="channels_last").memory_format_for(gradients=True) == (
+        "channels_last"
+    )
+    assert "memory_format" in get_method("rise").hyperparameters()
+    assert "memory_format" not in get_method("cam").hyperparameters()
+    with pytest.raises(ValueError, match="memory_format must be one of"):
+        create("rise", model, memory_format="nhwc")
+
+
+def test_channels_last_inputs_reach_the_network(images: torch.Tensor) -> None:
+    from cnnlens.attribution import create
+
+    model = tiny_loaded()
+    layouts: list[bool] = []
+    handle = model.module.register_forward_pre_hook(
+        lambda _m, args: layouts.append(args[0].is_contiguous(memory_format=torch.channels_last))
+    )
+    try:
+        create("rise", model, n_masks=8, precision="fp32").explain(images[:1])
+        assert layouts[-1]  # the perturbed batches: channels_last under auto
+        layouts.clear()
+        create("rise", model, n_masks=8, precision="fp32", memory_format="contiguous").explain(images[:1])
+        assert not any(layouts[1:])
+    finally:
+        handle.remove()

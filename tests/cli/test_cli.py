@@ -223,6 +223,8 @@ def test_quick_settings_and_overrides(chelsea: Path, tmp_path: Path) -> None:
     occ, sal, cam = build_methods(model, ["occlusion", "saliency", "cam"], {}, None, precision="bf16")
     assert occ.get_params()["precision"] == "bf16" and sal.get_params()["precision"] == "bf16"
     assert "precision" not in cam.get_params()  # CAM reads the head's weights: no precision to set
+    (rise,) = build_methods(model, ["rise"], {}, None, memory_format="contiguous")
+    assert rise.get_params()["memory_format"] == "contiguous"
     (occ,) = build_methods(model, ["occlusion"], {"precision": "fp32"}, None, precision="bf16")
     assert occ.get_params()["precision"] == "fp32"
     out = tmp_path / "o"

@@ -22,6 +22,7 @@ from torch import nn
 
 from cnnlens.attribution.engine import (
     auto_batch_size,
+    check_memory_format,
     check_precision,
     precision_context,
     resolve_precision,
@@ -195,6 +196,7 @@ class Attribution(ABC):
         layer: LayerSpec = None,
         batch_size: int | str | None = None,
         precision: str = "fp32",
+        memory_format: str = "auto",
     ):
         if not isinstance(model, (nn.Module, LoadedModel)):
             raise TypeError(f"model must be an nn.Module or a LoadedModel, got {type(model).__name__}")
@@ -209,6 +211,7 @@ class Attribution(ABC):
         self.layer = layer
         self.batch_size = batch_size
         self.precision = check_precision(precision)
+        self.memory_format = check_memory_format(memory_format)
 
     @classmethod
     def unsupported(cls, module: nn.Module) -> str | None:
@@ -255,6 +258,8 @@ class Attribution(ABC):
             params.pop("layer", None)
         if "precision" not in inspect.signature(cls.__init__).parameters:
             params.pop("precision", None)  # only methods that pass it on offer it
+        if "memory_format" not in inspect.signature(cls.__init__).parameters:
+            params.pop("memory_format", None)
         return params
 
     def get_params(self) -> dict[str, Any]:
@@ -344,6 +349,18 @@ class Attribution(ABC):
         """``"fp32"`` or ``"bf16"``: the precision :meth:`scores_of` runs at on ``device``."""
         return resolve_precision(getattr(self, "precision", "fp32"), device, self.bf16_faithful)
 
+    def memory_format_for(self, *, gradients: bool) -> str:
+        """The input layout of a pass: ``memory_format=``, where ``"auto"`` is ``channels_last`` for
+        inference passes and ``contiguous`` for back-propagated ones.
+
+        Measured on the development CPU (batch 16, fp32): channels_last inputs made an inference forward
+        about 1.4x faster on ResNet-50 and 2x on EfficientNet-Lite0, but a forward + backward to the
+        input no faster at batch 16 and slower at batch 1.
+        """
+        if self.memory_format != "auto":
+            return self.memory_format
+        return "contiguous" if gradients else "channels_last"
+
     def scores_of(
         self,
         batches: Iterator[torch.Tensor],
@@ -362,7 +379,7 @@ class Attribution(ABC):
             for batch in batches:
                 precision = self.compute_precision(batch.device)
                 with precision_context(precision, batch.device):
-                    logits = fn(to_precision(batch, precision))
+                    logits = fn(to_precision(batch, precision, self.memory_format_for(gradients=False)))
                 t = torch.full((len(batch),), targets) if isinstance(targets, int) else targets
                 out.append(target_scores(logits, t, kind))
         return torch.cat(out) if out else torch.empty(0)

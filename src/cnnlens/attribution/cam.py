@@ -54,7 +54,9 @@ def layer_gradient(
     precision = attribution.compute_precision(inputs.device)
     acts, grads = [], []
     for start in range(0, len(inputs), batch_size):
-        x = to_precision(inputs[start : start + batch_size], precision)
+        x = to_precision(
+            inputs[start : start + batch_size], precision, attribution.memory_format_for(gradients=True)
+        )
         with (
             capture_outputs({name: layer}) as store,
             torch.enable_grad(),
@@ -91,8 +93,11 @@ class GradientCAM(OnePass):
         layer: LayerSpec = None,
         batch_size: int | None = None,
         precision: str = "auto",
+        memory_format: str = "auto",
     ):
-        super().__init__(model, layer=layer, batch_size=batch_size, precision=precision)
+        super().__init__(
+            model, layer=layer, batch_size=batch_size, precision=precision, memory_format=memory_format
+        )
 
     @abstractmethod
     def weights(self, acts: torch.Tensor, grads: torch.Tensor) -> torch.Tensor:

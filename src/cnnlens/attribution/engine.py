@@ -7,8 +7,8 @@ Three things live here:
   activations (:meth:`LayerSplit.tail`). The graph is split with ``torch.fx``; where a model cannot be
   traced, or the traced split does not reproduce the model, it falls back (and logs it) to re-running
   the whole network with a forward hook that swaps the layer's output.
-* :func:`precision_context` and :func:`resolve_precision`: bfloat16 autocast plus ``channels_last``
-  inputs for forwards that need no gradients.
+* :func:`precision_context`, :func:`resolve_precision` and :func:`to_precision`: bfloat16 autocast,
+  and ``channels_last`` inputs (``memory_format``), for the methods' passes.
 * :func:`auto_batch_size`: a batch size chosen from free memory.
 """
 
@@ -29,6 +29,7 @@ from cnnlens.attribution.hooks import Handles
 logger = logging.getLogger(__name__)
 
 PRECISIONS = ("fp32", "bf16", "auto")
+MEMORY_FORMATS = ("auto", "channels_last", "contiguous")
 
 
 class SplitError(RuntimeError):
@@ -93,9 +94,23 @@ def precision_context(precision: str, device: torch.device) -> Iterator[None]:
         yield
 
 
-def to_precision(batch: torch.Tensor, precision: str) -> torch.Tensor:
-    """Inputs in the memory format that suits ``precision`` (``channels_last`` for bf16 on 4-d)."""
-    if precision == "bf16" and batch.ndim == 4:
+def check_memory_format(memory_format: str) -> str:
+    """Validate a ``memory_format=`` argument."""
+    if memory_format not in MEMORY_FORMATS:
+        raise ValueError(f"memory_format must be one of {', '.join(MEMORY_FORMATS)}, got {memory_format!r}")
+    return memory_format
+
+
+def to_precision(batch: torch.Tensor, precision: str, memory_format: str = "auto") -> torch.Tensor:
+    """A 4-d batch in the memory format of the pass: ``channels_last`` unless ``"contiguous"``.
+
+    ``"auto"`` is ``channels_last`` in both precisions: on the development CPU it made a batch-16
+    fp32 forward (inputs only converted, the model untouched) about 1.4x faster on ResNet-50 and 2x on
+    EfficientNet-Lite0, with logits equal to 6e-5, and oneDNN's bf16 kernels want it too. The model's
+    weights are never converted (the model is left as found); convolutions take the input's layout.
+    """
+    del precision  # both precisions take the same layout; kept so call sites read as one step
+    if batch.ndim == 4 and memory_format != "contiguous":
         return batch.contiguous(memory_format=torch.channels_last)
     return batch
 

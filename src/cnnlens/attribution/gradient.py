@@ -35,19 +35,21 @@ def input_gradient(
     targets: torch.Tensor | TargetPicker,
     batch_size: int,
     precision: str = "fp32",
+    memory_format: str = "contiguous",
 ) -> torch.Tensor:
     """d(target logit)/d(input) for each input, ``(N, C, H, W)``, computed in chunks.
 
     Only the input gradient is computed: the caller has switched parameter gradients off. With a
     :class:`~cnnlens.attribution.base.TargetPicker`, each chunk's targets are chosen from the logits
-    of the same forward pass. ``precision="bf16"`` runs the pass under bfloat16 autocast with
-    ``channels_last`` inputs (the gradient is returned in float32).
+    of the same forward pass. ``precision="bf16"`` runs the pass under bfloat16 autocast, and
+    ``memory_format`` sets the input layout (:func:`~cnnlens.attribution.engine.to_precision`); the
+    gradient is returned in float32 with the inputs' layout.
     """
     grads = []
     for start in range(0, len(inputs), batch_size):
         x = inputs[start : start + batch_size].detach().requires_grad_(True)
         with torch.enable_grad(), precision_context(precision, x.device):
-            logits = module(to_precision(x, precision)).float()
+            logits = module(to_precision(x, precision, memory_format)).float()
             t = chunk_targets(targets, logits, start)
             (g,) = torch.autograd.grad(logits.gather(1, t.view(-1, 1)).sum(), x)
         grads.append(g.detach().float())
@@ -81,12 +83,20 @@ class Saliency(OnePass):
     reference = "Simonyan et al. 2014"
     needs_gradients = True
 
-    def __init__(self, model: ModelLike, *, batch_size: int | None = None, precision: str = "auto"):
-        super().__init__(model, batch_size=batch_size, precision=precision)
+    def __init__(
+        self,
+        model: ModelLike,
+        *,
+        batch_size: int | None = None,
+        precision: str = "auto",
+        memory_format: str = "auto",
+    ):
+        super().__init__(model, batch_size=batch_size, precision=precision, memory_format=memory_format)
 
     def _attribute_picking(self, inputs: torch.Tensor, picker: TargetPicker, batch_size: int) -> torch.Tensor:
         precision = self.compute_precision(inputs.device)
-        return saliency_reduction(input_gradient(self.module, inputs, picker, batch_size, precision))
+        layout = self.memory_format_for(gradients=True)
+        return saliency_reduction(input_gradient(self.module, inputs, picker, batch_size, precision, layout))
 
 
 Point = tuple[int, float, torch.Tensor]
@@ -98,6 +108,7 @@ def point_gradients(
     targets: torch.Tensor,
     batch_size: int,
     precision: str = "fp32",
+    memory_format: str = "contiguous",
 ) -> Iterator[Point]:
     """Gradients at a stream of points, evaluated ``batch_size`` points per forward/backward pass.
 
@@ -107,6 +118,7 @@ def point_gradients(
         targets: One class per input, indexed by the triples' input index.
         batch_size: Most points per pass; only one batch of points is held in memory at a time.
         precision: ``"fp32"`` or ``"bf16"`` (see :func:`input_gradient`).
+        memory_format: Input layout of the passes (see :func:`input_gradient`).
 
     Returns:
         An iterator of ``(input index, weight, gradient at the point)``, in the order of ``points``.
@@ -116,7 +128,7 @@ def point_gradients(
     def flush() -> Iterator[Point]:
         index = torch.tensor([i for i, _, _ in buffer], device=targets.device)
         stacked = torch.stack([p for _, _, p in buffer])
-        grads = input_gradient(module, stacked, targets[index], len(buffer), precision)
+        grads = input_gradient(module, stacked, targets[index], len(buffer), precision, memory_format)
         yield from ((i, w, g) for (i, w, _), g in zip(buffer, grads))
         buffer.clear()
 
@@ -167,12 +179,21 @@ class GradientXInput(OnePass):
     needs_gradients = True
     signed = True
 
-    def __init__(self, model: ModelLike, *, batch_size: int | None = None, precision: str = "auto"):
-        super().__init__(model, batch_size=batch_size, precision=precision)
+    def __init__(
+        self,
+        model: ModelLike,
+        *,
+        batch_size: int | None = None,
+        precision: str = "auto",
+        memory_format: str = "auto",
+    ):
+        super().__init__(model, batch_size=batch_size, precision=precision, memory_format=memory_format)
 
     def _attribute_picking(self, inputs: torch.Tensor, picker: TargetPicker, batch_size: int) -> torch.Tensor:
         precision = self.compute_precision(inputs.device)
-        return (input_gradient(self.module, inputs, picker, batch_size, precision) * inputs).sum(dim=1)
+        layout = self.memory_format_for(gradients=True)
+        grads = input_gradient(self.module, inputs, picker, batch_size, precision, layout)
+        return (grads * inputs).sum(dim=1)
 
 
 SMOOTHGRAD_VARIANTS = ("smoothgrad", "squared", "vargrad")
@@ -226,8 +247,9 @@ class SmoothGrad(Attribution):
         variant: str = "smoothgrad",
         batch_size: int | None = None,
         precision: str = "auto",
+        memory_format: str = "auto",
     ):
-        super().__init__(model, batch_size=batch_size, precision=precision)
+        super().__init__(model, batch_size=batch_size, precision=precision, memory_format=memory_format)
         if not 0 <= noise < float("inf"):
             raise ValueError(f"noise must be a fraction of the input range >= 0 (e.g. 0.15), got {noise}")
         if isinstance(n_samples, bool) or not isinstance(n_samples, int) or n_samples < 1:
@@ -251,7 +273,9 @@ class SmoothGrad(Attribution):
         total = torch.zeros(inputs.shape, dtype=torch.float64, device=inputs.device)
         squares = torch.zeros_like(total)
         precision = self.compute_precision(inputs.device)
-        for i, _, g in point_gradients(self.module, self._points(inputs), targets, batch_size, precision):
+        layout = self.memory_format_for(gradients=True)
+        points = self._points(inputs)
+        for i, _, g in point_gradients(self.module, points, targets, batch_size, precision, layout):
             total[i] += g
             squares[i] += g.double() ** 2
         mean, mean_square = total / self.n_samples, squares / self.n_samples
@@ -338,8 +362,9 @@ class IntegratedGradients(Attribution):
         seed: int = 0,
         batch_size: int | None = None,
         precision: str = "auto",
+        memory_format: str = "auto",
     ):
-        super().__init__(model, batch_size=batch_size, precision=precision)
+        super().__init__(model, batch_size=batch_size, precision=precision, memory_format=memory_format)
         if isinstance(baseline, torch.Tensor):
             if not baseline.is_floating_point() or not torch.isfinite(baseline).all():
                 raise ValueError("a baseline tensor must be a finite float tensor in the model's input space")
@@ -393,7 +418,8 @@ class IntegratedGradients(Attribution):
         integral = torch.zeros(inputs.shape, dtype=torch.float64, device=inputs.device)
         points = self._points(inputs, baselines)
         precision = self.compute_precision(inputs.device)
-        for i, w, g in point_gradients(self.module, points, targets, batch_size, precision):
+        layout = self.memory_format_for(gradients=True)
+        for i, w, g in point_gradients(self.module, points, targets, batch_size, precision, layout):
             integral[i] += w * g.double()
         attr = ((inputs - baselines).double() * integral).sum(dim=1)
         ends = target_scores(self.forward(torch.cat([inputs, baselines]), batch_size), targets.repeat(2))

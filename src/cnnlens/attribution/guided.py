@@ -132,7 +132,8 @@ def rule_gradient(
     """The input "gradient" of the target logit under a backpropagation rule: ``(N, C, H, W)``."""
     precision = attribution.compute_precision(inputs.device)
     with backprop_rule(attribution.module, rule) as calls:
-        grads = input_gradient(attribution.module, inputs, targets, batch_size, precision)
+        layout = attribution.memory_format_for(gradients=True)
+        grads = input_gradient(attribution.module, inputs, targets, batch_size, precision, layout)
     if calls[0] == 0:
         raise ValueError(
             f"no ReLU module of {type(attribution.module).__name__} ran in the forward pass (its "
@@ -148,8 +149,15 @@ class _RuleMethod(OnePass):
     needs_gradients = True
     rule: str
 
-    def __init__(self, model: ModelLike, *, batch_size: int | None = None, precision: str = "auto"):
-        super().__init__(model, batch_size=batch_size, precision=precision)
+    def __init__(
+        self,
+        model: ModelLike,
+        *,
+        batch_size: int | None = None,
+        precision: str = "auto",
+        memory_format: str = "auto",
+    ):
+        super().__init__(model, batch_size=batch_size, precision=precision, memory_format=memory_format)
 
     def _attribute_picking(self, inputs: torch.Tensor, picker: TargetPicker, batch_size: int) -> torch.Tensor:
         return saliency_reduction(rule_gradient(self, self.rule, inputs, picker, batch_size))
@@ -222,8 +230,11 @@ class GuidedGradCAM(GradCAM):
         layer: LayerSpec = None,
         batch_size: int | None = None,
         precision: str = "auto",
+        memory_format: str = "auto",
     ):
-        super().__init__(model, layer=layer, batch_size=batch_size, precision=precision)
+        super().__init__(
+            model, layer=layer, batch_size=batch_size, precision=precision, memory_format=memory_format
+        )
 
     def _attribute_picking(self, inputs: torch.Tensor, picker: TargetPicker, batch_size: int) -> torch.Tensor:
         cam = super()._attribute_picking(inputs, picker, batch_size)

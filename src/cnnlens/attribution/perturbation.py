@@ -155,8 +155,9 @@ class Occlusion(Attribution):
         score: str = "logit",
         batch_size: int | str | None = None,
         precision: str = "auto",
+        memory_format: str = "auto",
     ):
-        super().__init__(model, batch_size=batch_size, precision=precision)
+        super().__init__(model, batch_size=batch_size, precision=precision, memory_format=memory_format)
         windows = _sizes("window", window)
         strides = None if stride is None else _sizes("stride", stride)
         flat = [*_as_tuple(windows), *_as_tuple(strides)]
@@ -328,6 +329,7 @@ class DoubleOcclusion(Occlusion):
         score: str = "logit",
         batch_size: int | str | None = None,
         precision: str = "fp32",
+        memory_format: str = "auto",
     ):
         for key, value in (("window", window), ("stride", stride)):
             if isinstance(value, (list, tuple)):
@@ -343,6 +345,7 @@ class DoubleOcclusion(Occlusion):
             score=score,
             batch_size=batch_size,
             precision=precision,
+            memory_format=memory_format,
         )
         if check_int("fixed_window", fixed_window) < 1:
             raise ValueError(f"fixed_window must be positive, got {fixed_window}")
@@ -451,8 +454,9 @@ class RISE(Attribution):
         seed: int = 0,
         batch_size: int | str | None = None,
         precision: str = "auto",
+        memory_format: str = "auto",
     ):
-        super().__init__(model, batch_size=batch_size, precision=precision)
+        super().__init__(model, batch_size=batch_size, precision=precision, memory_format=memory_format)
         if check_int("n_masks", n_masks) < 1 or check_int("cells (grid cells per side)", cells) < 1:
             raise ValueError(f"n_masks and cells must be positive, got n_masks={n_masks}, cells={cells}")
         if not 0.0 < check_real("p1", p1) <= 1.0:
@@ -572,8 +576,11 @@ class ScoreCAM(Attribution):
         score: str = "probability",
         batch_size: int | str | None = None,
         precision: str = "auto",
+        memory_format: str = "auto",
     ):
-        super().__init__(model, layer=layer, batch_size=batch_size, precision=precision)
+        super().__init__(
+            model, layer=layer, batch_size=batch_size, precision=precision, memory_format=memory_format
+        )
         self.fill = check_real("fill", fill)
         self.score = check_score(score)
 
@@ -628,8 +635,11 @@ class AblationCAM(Attribution):
         layer: LayerSpec = None,
         batch_size: int | str | None = None,
         precision: str = "auto",
+        memory_format: str = "auto",
     ):
-        super().__init__(model, layer=layer, batch_size=batch_size, precision=precision)
+        super().__init__(
+            model, layer=layer, batch_size=batch_size, precision=precision, memory_format=memory_format
+        )
 
     @staticmethod
     def _ablated(acts: torch.Tensor, batch_size: int) -> Iterator[torch.Tensor]:

@@ -102,8 +102,9 @@ class SuperpixelSurrogate(Attribution):
         seed: int = 0,
         batch_size: int | str | None = None,
         precision: str = "fp32",
+        memory_format: str = "auto",
     ):
-        super().__init__(model, batch_size=batch_size, precision=precision)
+        super().__init__(model, batch_size=batch_size, precision=precision, memory_format=memory_format)
         if check_int("n_samples", n_samples) < 2:
             raise ValueError(f"n_samples must be at least 2, got {n_samples}")
         if segmentation not in SEGMENTATIONS:
@@ -200,6 +201,7 @@ class LIME(SuperpixelSurrogate):
         seed: int = 0,
         batch_size: int | str | None = None,
         precision: str = "auto",
+        memory_format: str = "auto",
     ):
         super().__init__(
             model,
@@ -211,6 +213,7 @@ class LIME(SuperpixelSurrogate):
             seed=seed,
             batch_size=batch_size,
             precision=precision,
+            memory_format=memory_format,
         )
         width, ridge_alpha, k = (
             check_real("kernel_width", kernel_width),
@@ -330,6 +333,7 @@ class KernelSHAP(SuperpixelSurrogate):
         seed: int = 0,
         batch_size: int | str | None = None,
         precision: str = "fp32",
+        memory_format: str = "auto",
     ):
         super().__init__(
             model,
@@ -341,6 +345,7 @@ class KernelSHAP(SuperpixelSurrogate):
             seed=seed,
             batch_size=batch_size,
             precision=precision,
+            memory_format=memory_format,
         )
 
     def fit(

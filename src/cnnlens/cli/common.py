@@ -109,14 +109,15 @@ def build_methods(
     per_method: dict[str, dict[str, Any]] | None = None,
     skip_unsupported: bool = False,
     precision: str | None = None,
+    memory_format: str | None = None,
 ) -> list[Attribution]:
     """Create each named method with the parameters it accepts; unused parameters are an error.
 
     ``quick`` starts from each method's :attr:`~Attribution.quick_params`; ``per_method`` sets
     parameters of single methods; ``params`` (the user's ``-p``) overrides both.
     ``skip_unsupported`` leaves out the methods that cannot explain the model (``--method all``).
-    ``precision`` (``--precision``) applies to the methods that take it (the perturbation and
-    surrogate methods); a ``-p precision=`` wins.
+    ``precision`` (``--precision``) and ``memory_format`` (``--memory-format``) apply to the methods
+    that take them (gradient, guided, CAM, perturbation and surrogate methods); ``-p`` wins.
     """
     classes = [get_method(n) for n in names]
     if skip_unsupported:
@@ -129,6 +130,8 @@ def build_methods(
         preset |= (per_method or {}).get(cls.name, {})
         if precision is not None and "precision" in accepted:
             preset["precision"] = precision
+        if memory_format is not None and "memory_format" in accepted:
+            preset["memory_format"] = memory_format
         given = {k: v for k, v in params.items() if k in accepted}
         used |= set(given)
         kwargs = preset | given

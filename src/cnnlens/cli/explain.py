@@ -8,7 +8,7 @@ from pathlib import Path
 from rich.table import Table
 
 from cnnlens.attribution import method_names
-from cnnlens.attribution.engine import PRECISIONS
+from cnnlens.attribution.engine import MEMORY_FORMATS, PRECISIONS
 from cnnlens.cli.common import (
     add_model_arguments,
     build_methods,
@@ -57,8 +57,14 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--precision",
         choices=PRECISIONS,
-        help="forward passes of the perturbation methods: fp32, bf16 (autocast, channels_last) or auto "
-        "(bf16 only where the CPU/GPU has it natively and the method's maps stay faithful; the default)",
+        help="passes of the methods that take it: fp32, bf16 (autocast) or auto (bf16 only where the "
+        "CPU/GPU has it natively and the method's maps stay faithful; the default)",
+    )
+    p.add_argument(
+        "--memory-format",
+        choices=MEMORY_FORMATS,
+        help="input layout of the methods' passes: channels_last, contiguous, or auto (channels_last "
+        "for inference passes, contiguous for back-propagated ones; the default)",
     )
     p.add_argument(
         "--quick",
@@ -115,6 +121,7 @@ def run(args: argparse.Namespace) -> int:
         quick=args.quick,
         skip_unsupported=every,
         precision=args.precision,
+        memory_format=args.memory_format,
     )
     targets = check_targets(model, split_list(args.target))
     images, errors = load_images(args.images, max_pixels=args.max_pixels)
