@@ -339,7 +339,10 @@ class Attribution(ABC):
     def forward(self, inputs: torch.Tensor, batch_size: int) -> torch.Tensor:
         """Model outputs for ``inputs`` in chunks of ``batch_size``, without autograd: ``(N, K)``."""
         with torch.inference_mode():
-            return torch.cat([self.module(c).float() for c in inputs.split(batch_size)])
+            layout = self.memory_format_for(gradients=False)
+            return torch.cat(
+                [self.module(to_precision(c, "fp32", layout)).float() for c in inputs.split(batch_size)]
+            )
 
     def _chunk_size(self, batch_size: int | str | None, x: torch.Tensor) -> int:
         chunk = batch_size or self.batch_size or self.default_batch_size
