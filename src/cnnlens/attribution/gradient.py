@@ -65,22 +65,14 @@ def saliency_reduction(grads: torch.Tensor) -> torch.Tensor:
     return grads.abs().amax(dim=1)
 
 
-@register
-class Saliency(OnePass):
-    """Vanilla gradient saliency: the largest absolute gradient over the colour channels.
+class InputGradientMethod(OnePass):
+    """A one-pass method on the input gradient of the target score (or a rule's version of it).
 
-    Shape:
-        A ``(N, H, W)`` non-negative map at the input resolution.
-
-    References:
-        Simonyan, Vedaldi, Zisserman. Deep Inside Convolutional Networks: Visualising Image
-        Classification Models and Saliency Maps. ICLR workshop 2014.
+    Subclasses turn :meth:`gradients` into a map in :meth:`_attribute_picking`; the guided rules
+    override :meth:`gradients` only.
     """
 
-    name = "saliency"
     family = "gradient"
-    summary = "max over channels of |d score / d pixel|"
-    reference = "Simonyan et al. 2014"
     needs_gradients = True
 
     def __init__(
@@ -93,10 +85,31 @@ class Saliency(OnePass):
     ):
         super().__init__(model, batch_size=batch_size, precision=precision, memory_format=memory_format)
 
-    def _attribute_picking(self, inputs: torch.Tensor, picker: TargetPicker, batch_size: int) -> torch.Tensor:
+    def gradients(self, inputs: torch.Tensor, picker: TargetPicker, batch_size: int) -> torch.Tensor:
+        """``(N, C, H, W)`` gradients of each input's target score, at the method's precision."""
         precision = self.compute_precision(inputs.device)
         layout = self.memory_format_for(gradients=True)
-        return saliency_reduction(input_gradient(self.module, inputs, picker, batch_size, precision, layout))
+        return input_gradient(self.module, inputs, picker, batch_size, precision, layout)
+
+
+@register
+class Saliency(InputGradientMethod):
+    """Vanilla gradient saliency: the largest absolute gradient over the colour channels.
+
+    Shape:
+        A ``(N, H, W)`` non-negative map at the input resolution.
+
+    References:
+        Simonyan, Vedaldi, Zisserman. Deep Inside Convolutional Networks: Visualising Image
+        Classification Models and Saliency Maps. ICLR workshop 2014.
+    """
+
+    name = "saliency"
+    summary = "max over channels of |d score / d pixel|"
+    reference = "Simonyan et al. 2014"
+
+    def _attribute_picking(self, inputs: torch.Tensor, picker: TargetPicker, batch_size: int) -> torch.Tensor:
+        return saliency_reduction(self.gradients(inputs, picker, batch_size))
 
 
 Point = tuple[int, float, torch.Tensor]
@@ -161,7 +174,7 @@ def pixel_bounds(model: ModelLike, inputs: torch.Tensor) -> tuple[torch.Tensor, 
 
 
 @register
-class GradientXInput(OnePass):
+class GradientXInput(InputGradientMethod):
     """Gradient times input, summed over the colour channels (signed).
 
     Shape:
@@ -173,27 +186,12 @@ class GradientXInput(OnePass):
     """
 
     name = "gradxinput"
-    family = "gradient"
     summary = "sum over channels of x * d score / d x"
     reference = "Shrikumar et al. 2016"
-    needs_gradients = True
     signed = True
 
-    def __init__(
-        self,
-        model: ModelLike,
-        *,
-        batch_size: int | None = None,
-        precision: str = "auto",
-        memory_format: str = "auto",
-    ):
-        super().__init__(model, batch_size=batch_size, precision=precision, memory_format=memory_format)
-
     def _attribute_picking(self, inputs: torch.Tensor, picker: TargetPicker, batch_size: int) -> torch.Tensor:
-        precision = self.compute_precision(inputs.device)
-        layout = self.memory_format_for(gradients=True)
-        grads = input_gradient(self.module, inputs, picker, batch_size, precision, layout)
-        return (grads * inputs).sum(dim=1)
+        return (self.gradients(inputs, picker, batch_size) * inputs).sum(dim=1)
 
 
 SMOOTHGRAD_VARIANTS = ("smoothgrad", "squared", "vargrad")

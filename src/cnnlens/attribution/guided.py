@@ -27,9 +27,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from cnnlens.attribution.base import Attribution, LayerSpec, ModelLike, OnePass, TargetPicker
+from cnnlens.attribution.base import Attribution, TargetPicker
 from cnnlens.attribution.cam import GradCAM
-from cnnlens.attribution.gradient import input_gradient, saliency_reduction
+from cnnlens.attribution.gradient import InputGradientMethod, input_gradient, saliency_reduction
 from cnnlens.attribution.hooks import Handles
 from cnnlens.attribution.registry import register
 
@@ -142,25 +142,16 @@ def rule_gradient(
     return grads
 
 
-class _RuleMethod(OnePass):
+class _RuleMethod(InputGradientMethod):
     """A backpropagation rule, reduced to a per-pixel map like saliency (max |.| over channels)."""
 
-    family = "gradient"
-    needs_gradients = True
     rule: str
 
-    def __init__(
-        self,
-        model: ModelLike,
-        *,
-        batch_size: int | None = None,
-        precision: str = "auto",
-        memory_format: str = "auto",
-    ):
-        super().__init__(model, batch_size=batch_size, precision=precision, memory_format=memory_format)
+    def gradients(self, inputs: torch.Tensor, picker: TargetPicker, batch_size: int) -> torch.Tensor:
+        return rule_gradient(self, self.rule, inputs, picker, batch_size)
 
     def _attribute_picking(self, inputs: torch.Tensor, picker: TargetPicker, batch_size: int) -> torch.Tensor:
-        return saliency_reduction(rule_gradient(self, self.rule, inputs, picker, batch_size))
+        return saliency_reduction(self.gradients(inputs, picker, batch_size))
 
 
 @register
@@ -222,19 +213,6 @@ class GuidedGradCAM(GradCAM):
     family = "cam"
     summary = "guided backprop map times the upsampled Grad-CAM"
     reference = "Selvaraju et al. 2017"
-
-    def __init__(
-        self,
-        model: ModelLike,
-        *,
-        layer: LayerSpec = None,
-        batch_size: int | None = None,
-        precision: str = "auto",
-        memory_format: str = "auto",
-    ):
-        super().__init__(
-            model, layer=layer, batch_size=batch_size, precision=precision, memory_format=memory_format
-        )
 
     def _attribute_picking(self, inputs: torch.Tensor, picker: TargetPicker, batch_size: int) -> torch.Tensor:
         cam = super()._attribute_picking(inputs, picker, batch_size)
