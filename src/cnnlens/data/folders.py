@@ -208,14 +208,12 @@ def _manifest_sample(row: dict[str, str], base: Path, index: dict[str, int], whe
     return Sample(resolve(row["path"]), index[row["label"].strip()], resolve(mask) if mask else None, split)
 
 
-def match_masks(samples: list[Sample], folder: Path) -> list[Sample]:
-    """Attach the mask of ``folder`` whose file name stem equals each image's stem.
+def mask_files(folder: Path) -> dict[str, Path]:
+    """The image files below ``folder`` by file-name stem (masks are matched to images by name).
 
     Raises:
-        ValueError: ``folder`` is missing, or two masks (or two images) share a stem.
+        ValueError: Two masks share a stem.
     """
-    if not folder.is_dir():
-        raise ValueError(f"{folder}: no such mask folder")
     found: dict[str, Path] = {}
     for p in sorted(folder.rglob("*")):
         if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES:
@@ -224,6 +222,18 @@ def match_masks(samples: list[Sample], folder: Path) -> list[Sample]:
                     f"masks {found[p.stem]} and {p} have the same name; masks are matched by name"
                 )
             found[p.stem] = p
+    return found
+
+
+def match_masks(samples: list[Sample], folder: Path) -> list[Sample]:
+    """Attach the mask of ``folder`` whose file name stem equals each image's stem.
+
+    Raises:
+        ValueError: ``folder`` is missing, or two masks (or two images) share a stem.
+    """
+    if not folder.is_dir():
+        raise ValueError(f"{folder}: no such mask folder")
+    found = mask_files(folder)
     stems = Counter(s.path.stem for s in samples)
     clashes = [s for s, n in stems.items() if n > 1 and s in found]
     if clashes:

@@ -38,7 +38,7 @@ from scipy import stats
 
 from cnnlens.attribution.base import Attribution
 from cnnlens.attribution.explanation import Explanation
-from cnnlens.data.folders import SPLITS, read_manifest
+from cnnlens.data.folders import SPLITS, mask_files, read_manifest
 from cnnlens.data.images import load_image
 from cnnlens.data.masks import load_mask, mask_to_input, sample_mask
 from cnnlens.data.samples import SAMPLE_NAMES, load_sample
@@ -142,17 +142,7 @@ def _folder_entries(root: Path) -> list[_Entry]:
 
 
 def _mask_files(folder: Path) -> dict[str, Path]:
-    if not folder.is_dir():
-        return {}
-    found: dict[str, Path] = {}
-    for p in sorted(folder.rglob("*")):
-        if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES:
-            if p.stem in found:
-                raise ValueError(
-                    f"masks {found[p.stem]} and {p} have the same name; masks are matched by name"
-                )
-            found[p.stem] = p
-    return found
+    return mask_files(folder) if folder.is_dir() else {}
 
 
 def _manifest_entries(path: Path, split: str | None) -> list[_Entry]:
