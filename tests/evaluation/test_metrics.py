@@ -303,3 +303,30 @@ def test_further_columns_are_registered_documented_and_cannot_clash() -> None:
     with pytest.raises(ValueError, match="another metric's column"):
         register_metric(Clash)
     assert "clash" not in metric_names() and "randomisation_ssim" not in metric_names()
+
+
+@pytest.mark.parametrize("baseline", ["blur", "mean", "black"])
+def test_deletion_and_insertion_curves_follow_their_baseline(baseline: str) -> None:
+    """On an additive model each point of the curve is the closed form with that baseline image."""
+    from cnnlens.evaluation.faithfulness import baseline_image
+
+    model, x, exact = additive_case()
+    base = baseline_image(x, baseline, blur_sigma=1.0)
+    if baseline == "mean":
+        assert torch.allclose(base, x.mean(dim=(2, 3), keepdim=True).expand_as(x))
+    if baseline == "blur":  # a blur keeps the channel means up to the border, but not the pixels
+        assert not torch.allclose(base, x) and torch.allclose(base.mean(), x.mean(), atol=0.2)
+    order = torch.argsort(exact.flatten(), descending=True)
+    per_pixel_x = (model.weight * x).sum(dim=1)[0].detach().flatten()
+    per_pixel_b = (model.weight * base).sum(dim=1)[0].detach().flatten()
+    for mode in ("deletion", "insertion"):
+        metric = create_metric(mode, steps=8, baseline=baseline, score="logit", blur_sigma=1.0)
+        result = metric(Sample(exact, x, model))
+        expected = []
+        for k in range(9):
+            top = order[: round(k / 8 * 64)]
+            changed = torch.zeros(64, dtype=torch.bool)
+            changed[top] = True
+            kept, swapped = (per_pixel_x, per_pixel_b) if mode == "deletion" else (per_pixel_b, per_pixel_x)
+            expected.append(float(torch.where(changed, swapped, kept).sum()))
+        np.testing.assert_allclose(result.curve[1], expected, rtol=1e-5, atol=1e-4)
