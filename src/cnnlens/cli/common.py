@@ -16,7 +16,9 @@ from cnnlens.attribution.base import Attribution
 from cnnlens.attribution.registry import create, get_method, method_names
 from cnnlens.models import DEFAULT_MODEL, LoadedModel, load_model
 
-console = Console()
+#: Wide tables stay readable when the output goes to a file or a pipe (rich assumes 80 columns there);
+#: a terminal keeps its own width, and ``COLUMNS`` still wins.
+console = Console(width=None if sys.stdout.isatty() or "COLUMNS" in os.environ else 200)
 error_console = Console(stderr=True, soft_wrap=True)
 
 
