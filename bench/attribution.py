@@ -77,7 +77,7 @@ SAMPLES = ("chelsea", "coffee", "rocket", "motorcycle", "grace_hopper")
 def tune_malloc() -> bool:
     """Raise glibc's mmap and trim thresholds (what ``cnnlens.cli.common.setup_runtime`` does)."""
     try:
-        from cnnlens.cli.common import tune_allocator
+        from cnnlens.runtime import tune_allocator
     except ImportError:
         return False
     return tune_allocator()

@@ -19,6 +19,7 @@ from cnnlens.attribution import Attribution, Explanation, create, get_method, me
 from cnnlens.attribution.targets import Target
 from cnnlens.data import load_image, load_sample
 from cnnlens.models import LoadedModel, list_models, load_model
+from cnnlens.runtime import tune_allocator
 
 __version__ = "0.1.0"
 
@@ -55,4 +56,5 @@ __all__ = [
     "load_model",
     "load_sample",
     "method_names",
+    "tune_allocator",
 ]

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import ast
-import ctypes
 import inspect
 import os
 import sys
@@ -15,39 +14,12 @@ from rich.console import Console
 from cnnlens.attribution.base import Attribution
 from cnnlens.attribution.registry import create, get_method, method_names
 from cnnlens.models import DEFAULT_MODEL, LoadedModel, load_model
+from cnnlens.runtime import tune_allocator
 
 #: Wide tables stay readable when the output goes to a file or a pipe (rich assumes 80 columns there);
 #: a terminal keeps its own width, and ``COLUMNS`` still wins.
 console = Console(width=None if sys.stdout.isatty() or "COLUMNS" in os.environ else 200)
 error_console = Console(stderr=True, soft_wrap=True)
-
-
-M_TRIM_THRESHOLD = -1  # glibc mallopt parameters (malloc.h)
-M_MMAP_MAX = -4
-
-
-def tune_allocator() -> bool:
-    """Keep freed memory in the process instead of handing it back to the kernel (glibc only).
-
-    With glibc's defaults every large tensor is an ``mmap`` that is unmapped when freed, so each
-    batched forward page-faults its activations back in (about 1.2 GB per ResNet-50 batch of 16).
-    ``mallopt(M_MMAP_MAX, 0)`` serves large blocks from the heap and ``M_TRIM_THRESHOLD`` = 1 GiB stops
-    the heap being trimmed after each batch. Measured on the 2-core machine, ResNet-50, batch 16,
-    4 forwards: minor page faults 1.24 M -> 3 k, system time 4.2 s -> 0.0 s, forward 1.9 s -> 1.2-1.3 s,
-    same peak RSS (the environment variables ``MALLOC_MMAP_THRESHOLD_``/``MALLOC_TRIM_THRESHOLD_``
-    cap the mmap threshold at 32 MiB and left 143 k faults). Set ``CNNLENS_MALLOC_TUNING=0`` to keep
-    the defaults.
-
-    Returns:
-        Whether the allocator was tuned.
-    """
-    if os.environ.get("CNNLENS_MALLOC_TUNING", "1") == "0" or not sys.platform.startswith("linux"):
-        return False
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-        return bool(libc.mallopt(M_MMAP_MAX, 0)) and bool(libc.mallopt(M_TRIM_THRESHOLD, 2**30))
-    except (OSError, AttributeError):  # not glibc
-        return False
 
 
 def setup_runtime() -> None:
