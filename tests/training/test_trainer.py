@@ -295,3 +295,15 @@ def test_last_stage_freezes_all_but_the_last_stage() -> None:
     frozen = frozen_units(resnet.module, "last-stage", resnet.heads, input_size=64)
     assert "features.layer3.1.bn2" in frozen
     assert not any(u.startswith(("features.layer4", "classifier", "spn")) for u in frozen)
+
+
+def test_last_stage_search_leaves_every_module_mode_as_found() -> None:
+    from cnnlens.training import last_stage
+
+    module = TinyCNN(10)
+    head = apply_head(module, "linear", 3)
+    module.train()
+    module.features.eval()  # e.g. a frozen part kept in eval mode while the rest trains
+    before = {n: m.training for n, m in module.named_modules()}
+    last_stage(module, head, 32)
+    assert {n: m.training for n, m in module.named_modules()} == before

@@ -102,13 +102,14 @@ def _output_sides(module: nn.Module, input_size: int) -> dict[str, tuple[int, in
     first = next(module.parameters(), None)
     device = first.device if first is not None else torch.device("cpu")
     handles = [m.register_forward_hook(record) for m in module.modules()]
-    was = module.training
+    modes = [(m, m.training) for m in module.modules()]  # each module's own flag comes back
     try:
         module.eval()
         with torch.no_grad():
             module(torch.zeros(1, 3, input_size, input_size, device=device))
     finally:
-        module.train(was)
+        for m, training in modes:
+            m.training = training
         for h in handles:
             h.remove()
     return sides
