@@ -42,7 +42,7 @@ import torch
 from torch import nn
 
 from cnnlens.attribution import create, get_method, method_names
-from cnnlens.attribution.engine import precision_context, to_precision
+from cnnlens.attribution.engine import precision_context, to_memory_format
 from cnnlens.attribution.surrogate import superpixels
 from cnnlens.data import load_sample
 from cnnlens.models import LoadedModel, load_model
@@ -188,7 +188,7 @@ class Floor:
             torch.autograd.grad(self.module(xg)[:, 0].sum(), xg)
             return
         with torch.inference_mode(), precision_context(kind, xb.device):
-            self.module(to_precision(xb, kind))
+            self.module(to_memory_format(xb))
 
     def time(self, batch: int, kind: str) -> float:
         """Seconds of one pass of ``batch`` images."""

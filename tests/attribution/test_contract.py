@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from cnnlens.attribution import Explanation, create, get_method, method_names
+from cnnlens.attribution.base import OnePass
 from cnnlens.attribution.hooks import hook_counts
 from cnnlens.models import LoadedModel
 from tests.conftest import FailOnCall, tiny_loaded, tiny_spn_loaded
@@ -84,7 +85,7 @@ def test_hooks_removed_and_state_restored_after_an_exception(name: str, images: 
     inner = tiny_loaded().module
     # the first forward inside the method's own pass: methods that pick their targets from that pass
     # run no earlier forward of the template's
-    fail_at = 1 if get_method(name).picks_targets else 2
+    fail_at = 1 if issubclass(get_method(name), OnePass) else 2
     failing: torch.nn.Module = FailOnCall(inner, fail_at=fail_at)
     if get_method(name).unsupported(failing) is not None:
         failing = tiny_spn_loaded(fail_at=fail_at).module
@@ -196,7 +197,7 @@ def test_explanation_save_load_and_index(tmp_path: object, images: torch.Tensor)
         exp[3]
 
 
-@pytest.mark.parametrize("name", [m for m in METHODS if get_method(m).picks_targets])
+@pytest.mark.parametrize("name", [m for m in METHODS if issubclass(get_method(m), OnePass)])
 def test_one_pass_methods_take_targets_from_their_own_pass(name: str, images: torch.Tensor) -> None:
     """No forward of the template's: the back-propagated pass gives the target and the score."""
     model = model_for(name)

@@ -15,7 +15,6 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -26,11 +25,11 @@ from cnnlens.attribution.engine import (
     check_precision,
     precision_context,
     resolve_precision,
-    to_precision,
+    to_memory_format,
 )
 from cnnlens.attribution.explanation import Explanation
 from cnnlens.attribution.hooks import preserved_state
-from cnnlens.attribution.targets import Target, resolve_targets, target_count_error
+from cnnlens.attribution.targets import Target, plain_target, resolve_targets, target_count_error
 from cnnlens.models.layers import default_cam_layer, resolve_layer
 from cnnlens.models.loaded import LoadedModel
 
@@ -77,8 +76,7 @@ class TargetPicker:
 
     @staticmethod
     def _per_input(target: Target, count: int) -> Target:
-        if isinstance(target, (torch.Tensor, np.ndarray)) and np.asarray(target).ndim > 0:
-            target = [int(v) for v in np.asarray(target).reshape(-1)]
+        target = plain_target(target)
         if isinstance(target, (list, tuple)) and len(target) != count:
             raise target_count_error(len(target), count)
         return target
@@ -167,9 +165,6 @@ class Attribution(ABC):
         needs_gradients: Whether the method back-propagates.
         uses_layer: Whether the method works on an intermediate layer (``layer=``).
         signed: Whether negative attributions are meaningful.
-        picks_targets: Whether the method chooses its targets from the logits of its own forward pass
-            (:class:`OnePass`), so :meth:`explain` runs no separate forward to find them (in fp32; a
-            bf16 pass gets its targets and scores from an fp32 forward of the template's).
     """
 
     name: ClassVar[str]
@@ -179,7 +174,6 @@ class Attribution(ABC):
     needs_gradients: ClassVar[bool] = False
     uses_layer: ClassVar[bool] = False
     signed: ClassVar[bool] = False
-    picks_targets: ClassVar[bool] = False
     default_batch_size: ClassVar[int] = 32
     #: Whether ``precision="auto"`` may choose bfloat16 for this method (its bf16 maps keep a Spearman
     #: rank correlation >= 0.99 with the fp32 maps; measured by ``bench/attribution.py --precision``).
@@ -341,7 +335,7 @@ class Attribution(ABC):
         with torch.inference_mode():
             layout = self.memory_format_for(gradients=False)
             return torch.cat(
-                [self.module(to_precision(c, "fp32", layout)).float() for c in inputs.split(batch_size)]
+                [self.module(to_memory_format(c, layout)).float() for c in inputs.split(batch_size)]
             )
 
     def _chunk_size(self, batch_size: int | str | None, x: torch.Tensor) -> int:
@@ -382,7 +376,7 @@ class Attribution(ABC):
             for batch in batches:
                 precision = self.compute_precision(batch.device)
                 with precision_context(precision, batch.device):
-                    logits = fn(to_precision(batch, precision, self.memory_format_for(gradients=False)))
+                    logits = fn(to_memory_format(batch, self.memory_format_for(gradients=False)))
                 t = torch.full((len(batch),), targets) if isinstance(targets, int) else targets
                 out.append(target_scores(logits, t, kind))
         return torch.cat(out) if out else torch.empty(0)
@@ -408,10 +402,9 @@ class OnePass(Attribution):
 
     It implements :meth:`_attribute_picking`, whose helpers take each chunk's targets from
     :meth:`TargetPicker.take` on the logits of the very pass they back-propagate; ``explain`` then
-    needs no forward of its own. ``_attribute`` (given targets) runs the same code.
+    needs no forward of its own (in fp32; a bf16 pass gets its targets and scores from an fp32
+    forward of the template's). ``_attribute`` (given targets) runs the same code.
     """
-
-    picks_targets = True
 
     @abstractmethod
     def _attribute_picking(

@@ -20,7 +20,7 @@ from cnnlens.attribution.base import (
     TargetPicker,
     chunk_targets,
 )
-from cnnlens.attribution.engine import precision_context, to_precision
+from cnnlens.attribution.engine import precision_context, to_memory_format
 from cnnlens.attribution.hooks import capture_outputs
 from cnnlens.attribution.registry import register
 
@@ -54,8 +54,8 @@ def layer_gradient(
     precision = attribution.compute_precision(inputs.device)
     acts, grads = [], []
     for start in range(0, len(inputs), batch_size):
-        x = to_precision(
-            inputs[start : start + batch_size], precision, attribution.memory_format_for(gradients=True)
+        x = to_memory_format(
+            inputs[start : start + batch_size], attribution.memory_format_for(gradients=True)
         )
         with (
             capture_outputs({name: layer}) as store,

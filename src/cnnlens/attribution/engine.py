@@ -7,7 +7,7 @@ Three things live here:
   activations (:meth:`LayerSplit.tail`). The graph is split with ``torch.fx``; where a model cannot be
   traced, or the traced split does not reproduce the model, it falls back (and logs it) to re-running
   the whole network with a forward hook that swaps the layer's output.
-* :func:`precision_context`, :func:`resolve_precision` and :func:`to_precision`: bfloat16 autocast,
+* :func:`precision_context`, :func:`resolve_precision` and :func:`to_memory_format`: bfloat16 autocast,
   and ``channels_last`` inputs (``memory_format``), for the methods' passes.
 * :func:`auto_batch_size`: a batch size chosen from free memory.
 """
@@ -86,7 +86,7 @@ def resolve_precision(precision: str, device: torch.device, bf16_faithful: bool)
 
 @contextlib.contextmanager
 def precision_context(precision: str, device: torch.device) -> Iterator[None]:
-    """Autocast to bfloat16 for ``"bf16"``; nothing for ``"fp32"``. Use with :func:`to_precision`."""
+    """Autocast to bfloat16 for ``"bf16"``; nothing for ``"fp32"``. Use with :func:`to_memory_format`."""
     if precision == "bf16":
         with torch.autocast(device_type=device.type, dtype=torch.bfloat16):
             yield
@@ -101,7 +101,7 @@ def check_memory_format(memory_format: str) -> str:
     return memory_format
 
 
-def to_precision(batch: torch.Tensor, precision: str, memory_format: str = "auto") -> torch.Tensor:
+def to_memory_format(batch: torch.Tensor, memory_format: str = "auto") -> torch.Tensor:
     """A 4-d batch in the memory format of the pass: ``channels_last`` unless ``"contiguous"``.
 
     ``"auto"`` is ``channels_last`` in both precisions: on the development CPU it made a batch-16
@@ -109,7 +109,6 @@ def to_precision(batch: torch.Tensor, precision: str, memory_format: str = "auto
     EfficientNet-Lite0, with logits equal to 6e-5, and oneDNN's bf16 kernels want it too. The model's
     weights are never converted (the model is left as found); convolutions take the input's layout.
     """
-    del precision  # both precisions take the same layout; kept so call sites read as one step
     if batch.ndim == 4 and memory_format != "contiguous":
         return batch.contiguous(memory_format=torch.channels_last)
     return batch

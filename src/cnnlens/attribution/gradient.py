@@ -24,7 +24,7 @@ from cnnlens.attribution.base import (
     chunk_targets,
     target_scores,
 )
-from cnnlens.attribution.engine import precision_context, to_precision
+from cnnlens.attribution.engine import precision_context, to_memory_format
 from cnnlens.attribution.registry import register
 from cnnlens.models.loaded import LoadedModel
 
@@ -42,14 +42,14 @@ def input_gradient(
     Only the input gradient is computed: the caller has switched parameter gradients off. With a
     :class:`~cnnlens.attribution.base.TargetPicker`, each chunk's targets are chosen from the logits
     of the same forward pass. ``precision="bf16"`` runs the pass under bfloat16 autocast, and
-    ``memory_format`` sets the input layout (:func:`~cnnlens.attribution.engine.to_precision`); the
+    ``memory_format`` sets the input layout (:func:`~cnnlens.attribution.engine.to_memory_format`); the
     gradient is returned in float32 with the inputs' layout.
     """
     grads = []
     for start in range(0, len(inputs), batch_size):
         x = inputs[start : start + batch_size].detach().requires_grad_(True)
         with torch.enable_grad(), precision_context(precision, x.device):
-            logits = module(to_precision(x, precision, memory_format)).float()
+            logits = module(to_memory_format(x, memory_format)).float()
             t = chunk_targets(targets, logits, start)
             (g,) = torch.autograd.grad(logits.gather(1, t.view(-1, 1)).sum(), x)
         grads.append(g.detach().float())

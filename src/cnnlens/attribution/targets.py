@@ -65,6 +65,14 @@ def target_count_error(targets: int, inputs: int) -> ValueError:
     )
 
 
+def plain_target(target: Target) -> Target:
+    """A tensor or array target as a plain index (0-d) or list of indices; anything else unchanged."""
+    if isinstance(target, (torch.Tensor, np.ndarray)):
+        arr = np.asarray(target.detach().cpu() if isinstance(target, torch.Tensor) else target)
+        return int(arr) if arr.ndim == 0 else [int(v) for v in arr.reshape(-1)]
+    return target
+
+
 def resolve_targets(
     target: Target, logits: torch.Tensor, class_names: Sequence[str] | None = None
 ) -> torch.Tensor:
@@ -85,9 +93,7 @@ def resolve_targets(
     n, num_classes = logits.shape
     if target is None:
         return logits.argmax(dim=1).cpu()
-    if isinstance(target, (torch.Tensor, np.ndarray)):
-        arr = np.asarray(target.detach().cpu() if isinstance(target, torch.Tensor) else target)
-        target = int(arr) if arr.ndim == 0 else [int(v) for v in arr.reshape(-1)]
+    target = plain_target(target)
     if isinstance(target, (int, str, np.integer)):
         idx = class_index(target, class_names, num_classes)
         return torch.full((n,), idx, dtype=torch.long)
