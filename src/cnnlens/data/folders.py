@@ -225,6 +225,23 @@ def mask_files(folder: Path) -> dict[str, Path]:
     return found
 
 
+def masks_for(images: list[Path], folder: Path) -> list[Path | None]:
+    """The mask in ``folder`` (matched by file-name stem) of each image, or ``None``.
+
+    Raises:
+        ValueError: Two masks share a stem, or two images that a mask would belong to do.
+    """
+    found = mask_files(folder)
+    stems = Counter(p.stem for p in images)
+    clashes = [s for s, n in stems.items() if n > 1 and s in found]
+    if clashes:
+        raise ValueError(
+            f"several images are called {clashes[0]!r}, so {folder} cannot say which one its mask "
+            "belongs to; rename them or use a manifest with a mask column"
+        )
+    return [found.get(p.stem) for p in images]
+
+
 def match_masks(samples: list[Sample], folder: Path) -> list[Sample]:
     """Attach the mask of ``folder`` whose file name stem equals each image's stem.
 
@@ -233,15 +250,8 @@ def match_masks(samples: list[Sample], folder: Path) -> list[Sample]:
     """
     if not folder.is_dir():
         raise ValueError(f"{folder}: no such mask folder")
-    found = mask_files(folder)
-    stems = Counter(s.path.stem for s in samples)
-    clashes = [s for s, n in stems.items() if n > 1 and s in found]
-    if clashes:
-        raise ValueError(
-            f"several images are called {clashes[0]!r}, so a mask folder cannot say which one a mask "
-            "belongs to; use a manifest with a mask column instead"
-        )
-    out = [replace(s, mask=found.get(s.path.stem)) for s in samples]
+    masks = masks_for([s.path for s in samples], folder)
+    out = [replace(s, mask=m) for s, m in zip(samples, masks, strict=True)]
     if not any(s.mask for s in out):
         warnings.warn(
             f"no file in {folder} matches an image's name; no image has a mask", DataWarning, stacklevel=3

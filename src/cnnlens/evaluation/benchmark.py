@@ -38,7 +38,7 @@ from scipy import stats
 
 from cnnlens.attribution.base import Attribution
 from cnnlens.attribution.explanation import Explanation
-from cnnlens.data.folders import SPLITS, mask_files, read_manifest
+from cnnlens.data.folders import SPLITS, masks_for, read_manifest
 from cnnlens.data.images import load_image
 from cnnlens.data.masks import load_mask, mask_to_input, sample_mask
 from cnnlens.data.samples import SAMPLE_NAMES, load_sample
@@ -130,19 +130,8 @@ def _folder_entries(root: Path) -> list[_Entry]:
     )
     if not files:
         raise ValueError(f"{image_dir}: no image files ({', '.join(IMAGE_SUFFIXES)}) in it or its subfolders")
-    masks = _mask_files(mask_dir)
-    stems = [p.stem for p in files]
-    shared = sorted({s for s in stems if stems.count(s) > 1 and s in masks})
-    if shared:
-        raise ValueError(
-            f"several images are called {shared[0]!r}, so {mask_dir} cannot say which one its mask "
-            "belongs to; rename them or use a manifest with a mask column"
-        )
-    return [(p, masks.get(p.stem), image_dir) for p in files]
-
-
-def _mask_files(folder: Path) -> dict[str, Path]:
-    return mask_files(folder) if folder.is_dir() else {}
+    masks = masks_for(files, mask_dir) if mask_dir.is_dir() else [None] * len(files)
+    return [(p, m, image_dir) for p, m in zip(files, masks, strict=True)]
 
 
 def _manifest_entries(path: Path, split: str | None) -> list[_Entry]:
