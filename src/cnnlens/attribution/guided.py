@@ -1,12 +1,18 @@
 """Modified backpropagation through the rectifiers: Guided Backpropagation, Deconvnet, Guided Grad-CAM.
 
 The rules are applied by :func:`backprop_rule`, a context manager that hooks every ``nn.ReLU`` and
-``nn.ReLU6`` module for the duration of the block only. On each call of such a module (a module
-used several times is hooked on every call) a forward pre-hook keeps the pre-activation and hands
-the module a copy of it, so an in-place rectifier cannot overwrite it; a forward hook then replaces
-the module's output by the same values produced by :class:`_RectifierRule`, an autograd function
-whose backward pass sends the rule's signal straight to the pre-activation. No module is swapped,
-no flag (``inplace``) changed, and every hook is removed on exit, also after an error.
+``nn.ReLU6`` module for the duration of the block only; a module used several times is hooked on
+every call. No module is swapped, no flag (``inplace``) changed, and every hook is removed on exit,
+also after an error.
+
+* Guided Backpropagation needs no change of the forward pass: a forward hook puts a gradient hook
+  on the rectifier's output that keeps only the positive part of the signal arriving there, and the
+  rectifier's own backward then applies its forward mask (``0 < x`` for ReLU, ``0 < x < 6`` for
+  ReLU6): ``relu(g) * 1[unit passed]``, the rule of the paper, at the cost of one clamp per call.
+* Deconvnet must ignore the forward mask, so the signal is sent around the rectifier: a forward
+  pre-hook keeps the pre-activation (and hands an in-place rectifier a copy, so it cannot overwrite
+  it), and a forward hook replaces the output by the same values produced by :class:`_Deconvnet`, an
+  autograd function whose backward pass sends ``relu(g)`` straight to the pre-activation.
 
 Rectifiers called as functions (``F.relu`` inside a ``forward``) cannot be hooked and keep their
 ordinary gradient, and so do other activations (SiLU, GELU, LeakyReLU...) in a network that also
@@ -18,7 +24,6 @@ whose ReLU modules never run (``rule_gradient`` counts the calls).
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -37,27 +42,21 @@ RULES = ("guided", "deconvnet")
 RECTIFIERS = (nn.ReLU, nn.ReLU6)
 
 
-class _RectifierRule(torch.autograd.Function):
-    """Identity on the rectifier's output in the forward pass; the rule's signal in the backward pass.
-
-    ``guided``: ``relu(g) * 1[lower < x < upper]`` (the ordinary gradient with negative signals
-    removed). ``deconvnet``: ``relu(g)`` (the signal is rectified, the forward mask is ignored).
-    """
+class _Deconvnet(torch.autograd.Function):
+    """Identity on the rectifier's output in the forward pass; ``relu(g)`` to the pre-activation in the
+    backward pass (the forward mask is ignored)."""
 
     @staticmethod
-    def forward(ctx: Any, pre: torch.Tensor, out: torch.Tensor, rule: str, upper: float) -> torch.Tensor:
-        ctx.rule = rule
-        if rule == "guided":
-            ctx.save_for_backward((out > 0) & (out < upper))
+    def forward(ctx: Any, pre: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
         return out.detach().clone()
 
     @staticmethod
     def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
-        signal = grad.clamp(min=0)
-        if ctx.rule == "guided":
-            (mask,) = ctx.saved_tensors
-            signal = signal * mask
-        return signal, None, None, None
+        return grad.clamp(min=0), None
+
+
+def _positive_part(grad: torch.Tensor) -> torch.Tensor:
+    return grad.clamp(min=0)
 
 
 def rectifiers(model: nn.Module) -> list[nn.Module]:
@@ -103,19 +102,26 @@ def backprop_rule(model: nn.Module, rule: str) -> Iterator[list[int]]:
     pending: dict[int, list[torch.Tensor]] = {}
     handles = Handles()
 
+    def guide(_module: nn.Module, _args: Any, out: torch.Tensor) -> None:
+        calls[0] += 1
+        if isinstance(out, torch.Tensor) and out.requires_grad:
+            out.register_hook(_positive_part)  # then the rectifier's own backward applies its mask
+
     def keep_input(module: nn.Module, args: tuple[Any, ...]) -> tuple[Any, ...]:
         pending.setdefault(id(module), []).append(args[0])
         return (args[0].clone(), *args[1:]) if getattr(module, "inplace", False) else args
 
-    def apply_rule(module: nn.Module, _args: Any, out: torch.Tensor) -> torch.Tensor:
-        pre = pending[id(module)].pop()
+    def deconvnet(module: nn.Module, _args: Any, out: torch.Tensor) -> torch.Tensor:
         calls[0] += 1
-        return _RectifierRule.apply(pre, out, rule, float(getattr(module, "max_val", math.inf)))
+        return _Deconvnet.apply(pending[id(module)].pop(), out)
 
     try:
         for m in modules:
-            handles.add(m.register_forward_pre_hook(keep_input))
-            handles.add(m.register_forward_hook(apply_rule))
+            if rule == "guided":
+                handles.add(m.register_forward_hook(guide))
+            else:
+                handles.add(m.register_forward_pre_hook(keep_input))
+                handles.add(m.register_forward_hook(deconvnet))
         yield calls
     finally:
         handles.remove()
