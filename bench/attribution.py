@@ -187,7 +187,7 @@ class Floor:
             xg = xb.requires_grad_(True)
             torch.autograd.grad(self.module(xg)[:, 0].sum(), xg)
             return
-        with torch.inference_mode(), precision_context(kind, xb.device):
+        with torch.inference_mode(), precision_context(kind, xb.device, self.module):
             self.module(to_memory_format(xb))
 
     def time(self, batch: int, kind: str) -> float:
@@ -322,7 +322,11 @@ def peer_runners(
             image = (x * std + mean)[0].permute(1, 2, 0).clamp(0, 1).double().numpy()
 
             def classify(images: np.ndarray) -> np.ndarray:
-                t = (torch.from_numpy(images).permute(0, 3, 1, 2).float() - mean) / std
+                # one CHW tensor per image, stacked, as lime's PyTorch tutorial (ToTensor, Normalize)
+                # builds the batch: contiguous, as the other peers get it. (A bare permute of lime's
+                # NHWC array would hand the model channels_last strides by accident.)
+                t = torch.stack([torch.from_numpy(i).permute(2, 0, 1).float() for i in images])
+                t = (t - mean[0]) / std[0]
                 with torch.inference_mode():
                     return module(t).softmax(1).numpy()
 
@@ -477,6 +481,10 @@ def bench_precision(model_name: str, methods: list[str], args: argparse.Namespac
     print(f"{'method':<22}{'fp32 s':>8}{'bf16 s':>8}{'speed-up':>9}{'spearman':>10}")
     for name in methods:
         if "precision" not in get_method(name).hyperparameters():
+            continue
+        reason = get_method(name).unsupported(model.module)
+        if reason is not None:
+            print(f"{name:<22}skipped: {reason}")
             continue
         params = method_params(name, model_name, args.quick, args.defaults)
         times, maps = {}, {}
