@@ -375,7 +375,7 @@ class Attribution(ABC):
         with torch.inference_mode():
             for batch in batches:
                 precision = self.compute_precision(batch.device)
-                with precision_context(precision, batch.device):
+                with precision_context(precision, batch.device, self.module):
                     logits = fn(to_memory_format(batch, self.memory_format_for(gradients=False)))
                 t = torch.full((len(batch),), targets) if isinstance(targets, int) else targets
                 out.append(target_scores(logits, t, kind))

@@ -60,7 +60,7 @@ def layer_gradient(
         with (
             capture_outputs({name: layer}) as store,
             torch.enable_grad(),
-            precision_context(precision, x.device),
+            precision_context(precision, x.device, attribution.module),
         ):
             logits = attribution.module(x.detach().requires_grad_(True)).float()
             a = feature_map(store, name)

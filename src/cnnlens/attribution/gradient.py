@@ -48,7 +48,7 @@ def input_gradient(
     grads = []
     for start in range(0, len(inputs), batch_size):
         x = inputs[start : start + batch_size].detach().requires_grad_(True)
-        with torch.enable_grad(), precision_context(precision, x.device):
+        with torch.enable_grad(), precision_context(precision, x.device, module):
             logits = module(to_memory_format(x, memory_format)).float()
             t = chunk_targets(targets, logits, start)
             (g,) = torch.autograd.grad(logits.gather(1, t.view(-1, 1)).sum(), x)

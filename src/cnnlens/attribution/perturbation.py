@@ -143,7 +143,7 @@ class Occlusion(Attribution):
     summary = "score drop when a sliding window is hidden"
     reference = "Zeiler & Fergus 2014"
     signed = True
-    bf16_faithful = False  # Spearman 0.9897 at the defaults (0.996 at the quick settings): under 0.99
+    bf16_faithful = True  # Spearman 0.9963 at the defaults (0.9897 before fp32_ends)
 
     def __init__(
         self,
@@ -440,7 +440,7 @@ class RISE(Attribution):
     family = "perturbation"
     summary = "average of random smooth masks weighted by the score"
     reference = "Petsiuk et al. 2018"
-    bf16_faithful = True
+    bf16_faithful = True  # Spearman 0.9994 at the defaults
 
     def __init__(
         self,
@@ -565,7 +565,7 @@ class ScoreCAM(Attribution):
     summary = "ReLU(sum_k softmax(score of x masked by A_k) A_k)"
     reference = "Wang et al. 2020"
     uses_layer = True
-    bf16_faithful = True
+    bf16_faithful = True  # Spearman 1.0000 at the defaults
 
     def __init__(
         self,
@@ -626,7 +626,7 @@ class AblationCAM(Attribution):
     summary = "ReLU(sum_k (y - y without A_k) / y * A_k)"
     reference = "Desai & Ramaswamy 2020"
     uses_layer = True
-    bf16_faithful = True
+    bf16_faithful = True  # Spearman 1.0000 at the defaults
 
     def __init__(
         self,
