@@ -30,16 +30,20 @@ def preserved_state(model: nn.Module, *, freeze_parameters: bool = True) -> Iter
     modes = [(m, m.training) for m in model.modules()]
     grads = [(p, p.requires_grad) for p in model.parameters()]
     try:
-        model.eval()
+        if any(training for _, training in modes):  # eval() walks the modules in Python: ~0.5 ms
+            model.eval()
         if freeze_parameters:
-            for p, _ in grads:
-                p.requires_grad_(False)
+            for p, flag in grads:
+                if flag:
+                    p.requires_grad_(False)
         yield model
     finally:
         for m, training in modes:
-            m.training = training
+            if m.training != training:
+                m.training = training
         for p, flag in grads:
-            p.requires_grad_(flag)
+            if p.requires_grad != flag:
+                p.requires_grad_(flag)
 
 
 class Handles:
