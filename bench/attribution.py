@@ -13,7 +13,8 @@ EfficientNet-Lite0) on one 224 px sample photo, and each method, it prints:
   (parameters frozen, as in ``explain``), the others at an inference forward in the precision they
   ran at, each measured in the same run; ``x floor`` = wall / floor, and ``target`` says whether it
   meets the issue's bound (1.15 for input-space perturbation, 1.2 for gradient methods);
-* a call under :data:`WARM_BELOW` seconds is timed twice (best kept) so one-off set-up is not timed;
+* a call under :data:`WARM_BELOW` seconds is timed twice (best kept) so one-off set-up is not timed,
+  and one under :data:`SHORT_BELOW` seconds :data:`SHORT_REPEATS` times (peers alike);
 * for every installed peer (captum, pytorch-grad-cam, lime, shap) run on identical settings, its wall
   time, its evaluations and ``speed-up`` = peer wall / cnnlens wall. A peer whose estimated time
   (its evaluations at the floor) exceeds ``--peer-budget`` seconds is not run; its estimate is printed.
@@ -146,23 +147,31 @@ class Counter:
 
 #: A call faster than this is run once more and the best time kept: the first call of a method (or
 #: peer) at a new batch shape pays one-off set-up costs that would dominate a sub-second measurement.
+#: Calls shorter than this (seconds) are repeated :data:`SHORT_REPEATS` times at least.
+SHORT_BELOW = 0.25
+SHORT_REPEATS = 5
 WARM_BELOW = 3.0
 
 
 def timed(fn: Callable[[], Any], counter: Counter, repeats: int = 1) -> tuple[float, Count, Any]:
     """Best wall time of ``repeats`` calls (the machine is shared), the evaluations of one call.
 
-    A first call under :data:`WARM_BELOW` seconds counts as a warm-up when ``repeats`` is 1.
+    A first call under :data:`WARM_BELOW` seconds counts as a warm-up when ``repeats`` is 1, and a
+    call under :data:`SHORT_BELOW` seconds is run at least :data:`SHORT_REPEATS` times (best kept): one
+    pass of one image (30-100 ms) varies by 30% from call to call here, as the floor's passes do, and
+    the floor is a best of several too.
     """
     best = float("inf")
-    for i in range(repeats + 1):
-        if i == repeats and (repeats > 1 or best >= WARM_BELOW):
-            break
+    i = 0
+    while True:
         with counter as count:
             start = time.perf_counter()
             out = fn()
             best = min(best, time.perf_counter() - start)
-    return best, count, out
+        i += 1
+        wanted = max(repeats, SHORT_REPEATS if best < SHORT_BELOW else 1)
+        if i >= wanted and (i > 1 or repeats > 1 or best >= WARM_BELOW):
+            return best, count, out
 
 
 # -- the floor --------------------------------------------------------------------------------------
