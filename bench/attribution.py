@@ -9,10 +9,11 @@ EfficientNet-Lite0) on one 224 px sample photo, and each method, it prints:
   (Ablation-CAM's split network);
 * ``prec``: the precision the method's forwards ran at (``precision="auto"`` resolved on this machine);
 * ``floor``: the time of exactly the method's whole-network passes, at the batch sizes it used, with
-  nothing else (:class:`Floor`): back-propagated passes priced at a forward + backward to the input
-  (parameters frozen, as in ``explain``), the others at an inference forward in the precision they
-  ran at, each measured in the same run; ``x floor`` = wall / floor, and ``target`` says whether it
-  meets the issue's bound (1.15 for input-space perturbation, 1.2 for gradient methods);
+  nothing else (:class:`Floor`, measured again right after each method's call): back-propagated
+  passes priced at a forward + backward to the input (parameters frozen, as in ``explain``), the
+  others at an inference forward in the precision they ran at; ``x floor`` = wall / floor, and
+  ``target`` says whether it meets the issue's bound (1.15 for input-space perturbation, 1.2 for
+  gradient methods);
 * a call under :data:`WARM_BELOW` seconds is timed twice (best kept) so one-off set-up is not timed,
   and one under :data:`SHORT_BELOW` seconds :data:`SHORT_REPEATS` times (peers alike);
 * for every installed peer (captum, pytorch-grad-cam, lime, shap) run on identical settings, its wall
@@ -445,6 +446,7 @@ def bench_model(model_name: str, methods: list[str], args: argparse.Namespace) -
             lambda method=method: method.explain(x, target=target), counter, args.repeats
         )
         precision = method.compute_precision(x.device)
+        floors.seconds.clear()  # priced right after the call: the machine's speed drifts over a run
         floor = floors.of(count)
         ratio = f"{seconds / floor:8.2f}" if count.total == count.full and floor > 0 else f"{'-':>8}"
         bound = TARGETS.get(name)
