@@ -130,9 +130,14 @@ def test_bf16_path_runs_and_stays_close(images: torch.Tensor) -> None:
     from cnnlens.attribution import create
 
     model = tiny_loaded()
-    fp32 = create("occlusion", model, window=8, stride=8).explain(images)
+    fp32 = create("occlusion", model, window=8, stride=8, precision="fp32").explain(images)
     bf16 = create("occlusion", model, window=8, stride=8, precision="bf16").explain(images)
-    assert bf16.params["precision"] == "bf16"
+    assert fp32.params["computed_in"] == "fp32"
+    assert bf16.params["precision"] == "bf16" and bf16.params["computed_in"] == "bf16"
+    auto = create("occlusion", model, window=8, stride=8).explain(images[:1])
+    assert auto.params["precision"] == "auto"  # what was asked, and what it became here:
+    assert auto.params["computed_in"] == resolve_precision("auto", torch.device("cpu"), True)
+    assert "computed_in" not in create("cam", model).explain(images).params  # takes no precision
     corr = torch.corrcoef(torch.stack([fp32.attributions.flatten(), bf16.attributions.flatten()]))[0, 1]
     assert corr > 0.9
 

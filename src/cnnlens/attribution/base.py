@@ -303,6 +303,9 @@ class Attribution(ABC):
                 result = self._attribute(x, targets.to(x.device), chunk)
         out = result if isinstance(result, Attributed) else Attributed(result)
         maps = self._to_input_resolution(out.maps, x)
+        params = self.get_params()
+        if "precision" in params:  # what "auto" became on this device: saved and shown in reports
+            params["computed_in"] = self.compute_precision(x.device)
         return Explanation(
             attributions=maps,
             targets=targets,
@@ -310,7 +313,7 @@ class Attribution(ABC):
             method=self.name,
             layer=layer_name,
             seconds=time.perf_counter() - start,
-            params=self.get_params(),
+            params=params,
             class_names=self.class_names,
             signed=self.signed,
             extras=out.extras,
