@@ -92,7 +92,8 @@ def precision_context(
     """Autocast to bfloat16 for ``"bf16"``; nothing for ``"fp32"``. Use with :func:`to_memory_format`.
 
     With ``module`` (the network the block runs), its two ends stay in float32 under bf16 (see
-    :func:`fp32_ends`): the layers that read the image at full or half resolution, and the head.
+    :func:`fp32_ends`): the stem and the depthwise convolutions at full or half resolution, and the
+    head.
     """
     if precision != "bf16":
         yield
@@ -105,8 +106,8 @@ def precision_context(
                 yield
 
 
-#: Under bf16, a convolution stays in float32 when its input is at least this fraction of the
-#: network input's height and width (the stem, where the image's detail still lies).
+#: Under bf16, the stem and the depthwise convolutions stay in float32 when their input is at least
+#: this fraction of the network input's height and width (see :func:`fp32_ends`).
 FP32_MIN_SCALE = 0.5
 
 
