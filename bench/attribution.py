@@ -44,7 +44,8 @@ import torch
 from torch import nn
 
 from cnnlens.attribution import create, get_method, method_names
-from cnnlens.attribution.engine import precision_context, to_memory_format
+from cnnlens.attribution.engine import evaluation_context, to_memory_format
+from cnnlens.attribution.fused import FusedNetwork, fused_network, inference_pass
 from cnnlens.attribution.surrogate import superpixels
 from cnnlens.data import load_sample
 from cnnlens.models import LoadedModel, load_model
@@ -184,21 +185,30 @@ class Floor:
     The floor of a method is the time of exactly its whole-network passes with nothing else: each pass
     ``(batch, kind)`` recorded by :class:`Counter` is priced at the best of ``repeats`` runs of a
     batch of that size (``"grad"``: forward + backward to the input with frozen parameters, as every
-    cnnlens gradient method does; ``"bf16"``/``"fp32"``: an inference forward in that precision).
+    cnnlens gradient method does; ``"bf16"``/``"fp32"``: an inference forward in that precision as the
+    methods run it, through the fused network where it applies, looked up once per precision).
     """
 
     def __init__(self, module: nn.Module, x: torch.Tensor, repeats: int = 3) -> None:
         self.module, self.x, self.repeats = module, x, repeats
         self.seconds: dict[tuple[int, str], float] = {}
+        self.nets: dict[str, FusedNetwork | None] = {}
+
+    def fused(self, xb: torch.Tensor, kind: str) -> FusedNetwork | None:
+        if kind not in self.nets:
+            self.nets[kind] = fused_network(self.module, xb, kind)
+        return self.nets[kind]
 
     def _run(self, batch: int, kind: str) -> None:
         xb = self.x.expand(batch, -1, -1, -1).contiguous()
         if kind == "grad":
             xg = xb.requires_grad_(True)
-            torch.autograd.grad(self.module(xg)[:, 0].sum(), xg)
+            with evaluation_context("fp32", xb.device, self.module):
+                torch.autograd.grad(self.module(xg)[:, 0].sum(), xg)
             return
-        with torch.inference_mode(), precision_context(kind, xb.device, self.module):
-            self.module(to_memory_format(xb))
+        with torch.inference_mode():
+            xb = to_memory_format(xb)
+            inference_pass(self.module, xb, kind, self.fused(xb, kind))
 
     def time(self, batch: int, kind: str) -> float:
         """Seconds of one pass of ``batch`` images."""

@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from cnnlens.attribution.base import ModelLike, _first_conv_channels, check_inputs
+from cnnlens.attribution.engine import same_padding_in_conv
 from cnnlens.attribution.hooks import preserved_state
 from cnnlens.attribution.layer import (
     LayerGradCAM,
@@ -183,7 +184,7 @@ def layer_atlas(
     x = x.detach().to(param.device if param is not None else x.device)
     chosen = select_layers(module, layers)
     start = time.perf_counter()
-    with preserved_state(module, freeze_parameters=True):
+    with preserved_state(module, freeze_parameters=True), same_padding_in_conv(module):
         attributions, targets, logits = impl.attribute_layers(
             x, lambda out: resolve_targets(target, out, impl.class_names), chosen, batch_size
         )

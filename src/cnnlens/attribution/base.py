@@ -23,11 +23,13 @@ from cnnlens.attribution.engine import (
     auto_batch_size,
     check_memory_format,
     check_precision,
-    precision_context,
+    evaluation_context,
     resolve_precision,
+    same_padding_in_conv,
     to_memory_format,
 )
 from cnnlens.attribution.explanation import Explanation
+from cnnlens.attribution.fused import FusedNetwork, fused_network, inference_pass
 from cnnlens.attribution.hooks import preserved_state
 from cnnlens.attribution.targets import Target, plain_target, resolve_targets, target_count_error
 from cnnlens.models.layers import default_cam_layer, resolve_layer
@@ -289,7 +291,7 @@ class Attribution(ABC):
         x = x.detach().to(param.device if param is not None else x.device)
         check_batch_size(batch_size)
         start = time.perf_counter()
-        with preserved_state(module, freeze_parameters=True):
+        with preserved_state(module, freeze_parameters=True), same_padding_in_conv(module):
             chunk = self._chunk_size(batch_size, x)
             layer_name = self.target_layer(x)[0] if self.uses_layer else None
             # a bf16 pass could flip a near tie: targets and scores then come from an fp32 forward
@@ -371,15 +373,24 @@ class Attribution(ABC):
         """Evaluate a stream of perturbed batches and return the target score of every sample.
 
         ``forward`` replaces the whole model (e.g. the tail of a :class:`~cnnlens.attribution.engine.
-        LayerSplit`). Runs at :meth:`compute_precision` (bf16 autocast and channels_last inputs, or fp32).
+        LayerSplit`). Runs at :meth:`compute_precision` (bf16 autocast and channels_last inputs, or fp32);
+        whole-model passes go through the fused inference network (:mod:`cnnlens.attribution.fused`)
+        where it applies.
         """
         out = []
-        fn = forward or self.module
+        net: FusedNetwork | None = None
+        first = True
         with torch.inference_mode():
             for batch in batches:
                 precision = self.compute_precision(batch.device)
-                with precision_context(precision, batch.device, self.module):
-                    logits = fn(to_memory_format(batch, self.memory_format_for(gradients=False)))
+                batch = to_memory_format(batch, self.memory_format_for(gradients=False))
+                if forward is not None:
+                    with evaluation_context(precision, batch.device, self.module):
+                        logits = forward(batch)
+                else:
+                    if first:  # built once per model and image size, looked up once per call
+                        net, first = fused_network(self.module, batch, precision), False
+                    logits = inference_pass(self.module, batch, precision, net)
                 t = torch.full((len(batch),), targets) if isinstance(targets, int) else targets
                 out.append(target_scores(logits, t, kind))
         return torch.cat(out) if out else torch.empty(0)

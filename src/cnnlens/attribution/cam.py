@@ -20,7 +20,7 @@ from cnnlens.attribution.base import (
     TargetPicker,
     chunk_targets,
 )
-from cnnlens.attribution.engine import precision_context, to_memory_format
+from cnnlens.attribution.engine import evaluation_context, to_memory_format
 from cnnlens.attribution.hooks import capture_outputs
 from cnnlens.attribution.registry import register
 
@@ -60,7 +60,7 @@ def layer_gradient(
         with (
             capture_outputs({name: layer}) as store,
             torch.enable_grad(),
-            precision_context(precision, x.device, attribution.module),
+            evaluation_context(precision, x.device, attribution.module),
         ):
             logits = attribution.module(x.detach().requires_grad_(True)).float()
             a = feature_map(store, name)

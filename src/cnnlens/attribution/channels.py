@@ -27,7 +27,7 @@ import torch
 from torch import nn
 
 from cnnlens.attribution.base import ModelLike, _first_conv_channels, check_inputs, target_scores
-from cnnlens.attribution.engine import SuffixRunner, suffix_runner
+from cnnlens.attribution.engine import SuffixRunner, same_padding_in_conv, suffix_runner
 from cnnlens.attribution.hooks import capture_outputs, preserved_state
 from cnnlens.attribution.targets import Target, resolve_targets
 from cnnlens.models.layers import resolve_layer
@@ -280,7 +280,11 @@ def mean_activation(
     x = check_inputs(images, _first_conv_channels(module))
     name, target = resolve_layer(module, layer)
     sums = []
-    with preserved_state(module, freeze_parameters=False), torch.inference_mode():
+    with (
+        preserved_state(module, freeze_parameters=False),
+        same_padding_in_conv(module),
+        torch.inference_mode(),
+    ):
         for chunk in x.split(batch_size):
             with capture_outputs({name: target}) as store:
                 module(chunk)
@@ -345,7 +349,7 @@ def channel_shapley(
             raise ValueError("give layer= (a dotted name) for a plain nn.Module")
         layer = model.layer(None)[0]
     start = time.perf_counter()
-    with preserved_state(module, freeze_parameters=True):
+    with preserved_state(module, freeze_parameters=True), same_padding_in_conv(module):
         runner = suffix_runner(module, layer, x, mode=suffix_mode)
         if runner.activation.ndim != 4:
             raise ValueError(
@@ -525,7 +529,7 @@ def channel_patches(
     param = next(module.parameters(), None)
     x = x.detach().to(param.device if param is not None else x.device)
     name, target = resolve_layer(module, layer)
-    with preserved_state(module, freeze_parameters=True):
+    with preserved_state(module, freeze_parameters=True), same_padding_in_conv(module):
         peaks, where, width = _peaks(module, name, target, x, channels, batch_size)
         units = []
         for k, c in enumerate(channels):

@@ -24,7 +24,7 @@ from cnnlens.attribution.base import (
     chunk_targets,
     target_scores,
 )
-from cnnlens.attribution.engine import precision_context, to_memory_format
+from cnnlens.attribution.engine import evaluation_context, to_memory_format
 from cnnlens.attribution.registry import register
 from cnnlens.models.loaded import LoadedModel
 
@@ -48,7 +48,7 @@ def input_gradient(
     grads = []
     for start in range(0, len(inputs), batch_size):
         x = inputs[start : start + batch_size].detach().requires_grad_(True)
-        with torch.enable_grad(), precision_context(precision, x.device, module):
+        with torch.enable_grad(), evaluation_context(precision, x.device, module):
             logits = module(to_memory_format(x, memory_format)).float()
             t = chunk_targets(targets, logits, start)
             (g,) = torch.autograd.grad(logits.gather(1, t.view(-1, 1)).sum(), x)
