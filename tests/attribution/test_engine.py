@@ -207,21 +207,22 @@ def test_channels_last_inputs_reach_the_network(images: torch.Tensor) -> None:
 
 
 class Ends(nn.Module):
-    """At 16 px: the stem, a plain conv, a depthwise conv; a stride-4 conv to 4 px, a depthwise conv
-    there; a token-wise linear on ``(N, 16, 4)`` and a linear head on ``(N, 4)``."""
+    """At 16 px: the stem, a plain conv, a pointwise conv on 4 channels, a depthwise conv; a stride-8
+    conv to 2 px, a depthwise conv there; a token-wise linear on ``(N, 4, 4)`` and a linear head."""
 
     def __init__(self) -> None:
         super().__init__()
         self.stem = nn.Conv2d(3, 4, 3, padding=1)
         self.full = nn.Conv2d(4, 4, 3, padding=1)
+        self.pw = nn.Conv2d(4, 4, 1)
         self.dw = nn.Conv2d(4, 4, 3, padding=1, groups=4)
-        self.down = nn.Conv2d(4, 4, 4, stride=4)
+        self.down = nn.Conv2d(4, 4, 8, stride=8)
         self.mid = nn.Conv2d(4, 4, 3, padding=1, groups=4)
         self.tokens = nn.Linear(4, 4)
         self.fc = nn.Linear(4, 2)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        a = self.mid(self.down(self.dw(self.full(self.stem(x)))))
+        a = self.mid(self.down(self.dw(self.pw(self.full(self.stem(x))))))
         return self.fc(self.tokens(a.flatten(2).transpose(1, 2)).mean(1))
 
 
@@ -249,8 +250,8 @@ def test_fp32_ends_keep_the_stem_and_the_head_in_float32() -> None:
     def run(module: nn.Module | None) -> Callable[[], object]:
         def go() -> object:
             with torch.inference_mode(), precision_context("bf16", cpu, module):
-                # 7 dtype probes, plus 1 + 2 per conv/linear with the module
-                assert hook_counts(model) == 7 + (0 if module is None else 15)
+                # 8 dtype probes, plus 1 + 2 per conv/linear with the module
+                assert hook_counts(model) == 8 + (0 if module is None else 17)
                 return model(x)
 
         return go
@@ -259,10 +260,11 @@ def test_fp32_ends_keep_the_stem_and_the_head_in_float32() -> None:
     f32, b16 = torch.float32, torch.bfloat16
     assert ends == {
         "stem": f32,  # reads the image
-        "full": b16,  # full resolution, but an ordinary conv
-        "dw": f32,  # depthwise at >= half resolution
+        "full": b16,  # full resolution, but 36 products per output
+        "pw": f32,  # 4 products per output
+        "dw": f32,  # depthwise at >= a quarter of the resolution
         "down": b16,
-        "mid": b16,  # depthwise, but at a quarter of the input size
+        "mid": b16,  # depthwise, but at an eighth of the input size
         "tokens": b16,  # a linear on tokens, not a head
         "fc": f32,  # the head
     }

@@ -76,12 +76,14 @@ def resolve_precision(precision: str, device: torch.device, bf16_faithful: bool)
     sample photos with EfficientNet-Lite0, at the method's default settings, measured by
     ``bench/attribution.py --precision --defaults``) and the device computes bfloat16 natively
     (:func:`bf16_is_native`). bf16 here means autocast with the network's ends in float32
-    (:func:`fp32_ends`). Measured: occlusion 0.9960, RISE 0.9995, Score-CAM 1.0000, Ablation-CAM
-    1.0000, LIME 0.9951, KernelSHAP 0.9945 (faithful; with the whole network in bf16 occlusion, LIME
-    and KernelSHAP were at 0.9897, 0.9890 and 0.9811); double occlusion 0.639 (not: its fixed window is
-    chosen by a sweep, and a flip of that choice changes the whole map). On a CPU without AVX512-BF16
-    or AMX bfloat16 is emulated (1.25-50x slower than fp32 on an AVX2 machine), so ``"auto"`` means
-    fp32 there. Gradient methods stay fp32 under ``"auto"`` (``docs/decisions.md``).
+    (:func:`fp32_ends`, and the fused inference network of :mod:`cnnlens.attribution.fused` with the
+    same rule). Measured: occlusion 0.9976, RISE 0.9998, Score-CAM 1.0000, Ablation-CAM 1.0000, LIME
+    0.9941, KernelSHAP 0.9984 (faithful; with the whole network in bf16 occlusion, LIME and KernelSHAP
+    were at 0.9897, 0.9890 and 0.9811); double occlusion 0.9956, but 0.639 in an earlier measurement
+    (kept fp32: its fixed window is chosen by a sweep, and a flip of that choice changes the whole map).
+    On a CPU without AVX512-BF16 or AMX bfloat16 is emulated (1.25-50x slower than fp32 on an AVX2
+    machine), so ``"auto"`` means fp32 there. Gradient methods stay fp32 under ``"auto"``
+    (``docs/decisions.md``).
     """
     check_precision(precision)
     if precision != "auto":
@@ -96,8 +98,8 @@ def precision_context(
     """Autocast to bfloat16 for ``"bf16"``; nothing for ``"fp32"``. Use with :func:`to_memory_format`.
 
     With ``module`` (the network the block runs), its two ends stay in float32 under bf16 (see
-    :func:`fp32_ends`): the stem and the depthwise convolutions at full or half resolution, and the
-    head.
+    :func:`fp32_ends`): the stem and the short-reduction convolutions near the input
+    (:func:`keeps_float32`), and the head.
     """
     if precision != "bf16":
         yield
@@ -110,9 +112,31 @@ def precision_context(
                 yield
 
 
-#: Under bf16, the stem and the depthwise convolutions stay in float32 when their input is at least
-#: this fraction of the network input's height and width (see :func:`fp32_ends`).
-FP32_MIN_SCALE = 0.5
+#: Under bf16, the stem and the convolutions with short reductions stay in float32 when their input
+#: is at least this fraction of the network input's height and width (see :func:`keeps_float32`).
+FP32_MIN_SCALE = 0.25
+#: ... a short reduction: at most this many products per output (input channels per group x kernel
+#: area): every depthwise convolution, and pointwise ones on up to 32 channels.
+FP32_MAX_REDUCTION = 32
+
+
+def keeps_float32(conv: nn.Conv2d, shape: tuple[int, ...] | None, image: tuple[int, ...]) -> bool:
+    """Whether ``conv``, reading an input of ``shape`` in a network whose input is ``image``
+    (``(N, C, H, W)`` both), runs in float32 under bf16.
+
+    It does when its input is at least :data:`FP32_MIN_SCALE` of the image's height and width and it
+    is the stem (as many input channels as the image) or its reduction is short (at most
+    :data:`FP32_MAX_REDUCTION` products per output, such as a depthwise convolution). Why: bf16
+    rounding of a few products per output does not average out, rounding errors made where the image
+    enters are carried through the whole network, and these layers are memory-bound, so float32 costs
+    them little. Measured on EfficientNet-Lite0 (``docs/decisions.md``): 6 of 49 convolutions.
+    """
+    if shape is None or len(shape) != 4 or len(image) != 4:
+        return False
+    if shape[-2] < FP32_MIN_SCALE * image[-2] or shape[-1] < FP32_MIN_SCALE * image[-1]:
+        return False
+    reduction = conv.in_channels // conv.groups * conv.kernel_size[0] * conv.kernel_size[1]
+    return conv.in_channels == image[1] or reduction <= FP32_MAX_REDUCTION
 
 
 @contextlib.contextmanager
@@ -121,21 +145,22 @@ def fp32_ends(module: nn.Module, device: torch.device) -> Iterator[None]:
 
     Float32 are: every ``nn.Linear`` on a 2-d input (the head on pooled features: logits come out in
     float32, not rounded to bf16's 8 bits, which on a logit of 15 is a step of 0.06; a transformer's
-    token-wise linears stay bf16), and the ``nn.Conv2d`` layers that read the image at
-    :data:`FP32_MIN_SCALE` of its height and width or more and are either the stem (as many input
-    channels as the image) or depthwise/grouped (few products per output, so their weights' bf16
-    rounding does not average out). The input size is read from the call of ``module`` itself; in a
-    pass that does not start at ``module``, such as the tail of a :class:`LayerSplit`, only the head
-    is float32. The layers after such a convolution (norm, activation) run in float32 too, up to the
-    next convolution, which autocast casts back to bf16.
+    token-wise linears stay bf16), and the ``nn.Conv2d`` layers :func:`keeps_float32` names: the stem
+    and the convolutions with short reductions at >= :data:`FP32_MIN_SCALE` of the image's height and
+    width. The input size is read from the call of ``module`` itself; in a pass that does not start
+    at ``module``, such as the tail of a :class:`LayerSplit`, only the head is float32. The layers
+    after such a convolution (norm, activation) run in float32 too, up to the next convolution, which
+    autocast casts back to bf16. The fused inference network (:mod:`cnnlens.attribution.fused`)
+    applies the same rule to its fused convolutions.
 
     Why: rounding errors made where the image enters are carried through the whole network, and the
-    head's rounding lands on the score itself. Measured with EfficientNet-Lite0 on 48 LIME-like
-    perturbations of ``chelsea`` (``docs/decisions.md``): the error of the target probability against
-    float32 fell from 0.146 to 0.052 of its spread over the perturbations, with 3 of 49 convolutions
-    in float32. The ordinary convolutions at full and half resolution stay bf16: on VGG19 they are a
-    quarter of the network's work, and keeping them float32 made its bf16 forward 1.7x slower (79
-    against 45 ms per image at batch 48) for an error of 0.022 instead of 0.030 of the spread.
+    head's rounding lands on the score itself. Measured with EfficientNet-Lite0 on LIME-like
+    perturbations (``docs/decisions.md``): the error of the target probability against float32 fell
+    from 0.146 to 0.052 of its spread with the stem and depthwise convolutions at >= 1/2 the input
+    size (the first rule), and in the fused network from 0.013 to 0.007 with this one. The
+    ordinary convolutions stay bf16: on VGG19 those at full and half resolution are a quarter of the
+    network's work, and keeping them float32 made its bf16 forward 1.7x slower (79 against 45 ms per
+    image at batch 48) for an error of 0.022 instead of 0.030 of the spread.
     """
     size: list[tuple[int, int, int]] = []  # the network input's channels, height, width
     stack: list[contextlib.AbstractContextManager[None] | None] = []
@@ -148,12 +173,9 @@ def fp32_ends(module: nn.Module, device: torch.device) -> Iterator[None]:
     def full_precision(m: nn.Module, x: torch.Tensor) -> bool:
         if isinstance(m, nn.Linear):
             return x.ndim == 2  # a head on pooled features (not a transformer's token-wise layers)
-        if not size or x.ndim != 4 or not isinstance(m, nn.Conv2d):
+        if not size or not isinstance(m, nn.Conv2d):
             return False
-        channels, h, w = size[0]
-        if x.shape[-2] < FP32_MIN_SCALE * h or x.shape[-1] < FP32_MIN_SCALE * w:
-            return False
-        return m.groups > 1 or m.in_channels == channels  # depthwise/grouped, or the stem
+        return keeps_float32(m, tuple(x.shape), (1, *size[0]))
 
     def enter(m: nn.Module, args: tuple[Any, ...]) -> tuple[Any, ...] | None:
         if not args or not isinstance(args[0], torch.Tensor) or not full_precision(m, args[0]):

@@ -38,12 +38,12 @@ from torch.nn import functional as F
 from torch.nn.utils.fusion import fuse_conv_bn_weights
 
 from cnnlens.attribution.engine import (
-    FP32_MIN_SCALE,
     _LeafTracer,
     _same_padding,
     _timm_conv2d_same,
     _timm_notrace_modules,
     evaluation_context,
+    keeps_float32,
 )
 from cnnlens.attribution.hooks import Handles
 
@@ -241,16 +241,6 @@ def _conv_input_shapes(module: nn.Module, sample: torch.Tensor) -> tuple[torch.T
     return logits, shapes
 
 
-def _keeps_float32(conv: nn.Conv2d, shape: torch.Size | None, image: torch.Size) -> bool:
-    """The rule of :func:`~cnnlens.attribution.engine.fp32_ends`: the stem and depthwise/grouped
-    convolutions reading at least :data:`FP32_MIN_SCALE` of the image's height and width."""
-    if shape is None or len(shape) != 4:
-        return False
-    if shape[-2] < FP32_MIN_SCALE * image[-2] or shape[-1] < FP32_MIN_SCALE * image[-1]:
-        return False
-    return conv.groups > 1 or conv.in_channels == image[1]
-
-
 def _single_user(node: fx.Node) -> fx.Node | None:
     users = list(node.users)
     if len(users) != 1:
@@ -364,7 +354,10 @@ def _assemble(
         node = env[chain.conv]
         conv = cast(nn.Conv2d, modules[str(chain.conv.target)])  # _fusable_conv
         norm = cast(nn.BatchNorm2d, modules[str(chain.norm.target)]) if chain.norm is not None else None
-        keep = precision == "fp32" or _keeps_float32(conv, shapes.get(str(chain.conv.target)), sample.shape)
+        shape = shapes.get(str(chain.conv.target))
+        keep = precision == "fp32" or keeps_float32(
+            conv, tuple(shape) if shape else None, tuple(sample.shape)
+        )
         fused = FusedConv(conv, norm, chain.op, torch.float32 if keep else torch.bfloat16, type(conv) is same)
         name = f"fused_{i}"
         root[name] = fused.to(sample.device)
