@@ -339,9 +339,9 @@ class Attribution(ABC):
         """Model outputs for ``inputs`` in chunks of ``batch_size``, without autograd: ``(N, K)``."""
         with torch.inference_mode():
             layout = self.memory_format_for(gradients=False)
-            return torch.cat(
-                [self.module(to_memory_format(c, layout)).float() for c in inputs.split(batch_size)]
-            )
+            chunks = [to_memory_format(c, layout) for c in inputs.split(batch_size)]
+            net = fused_network(self.module, chunks[0], "fp32") if chunks else None  # fp32: logits to 1e-5
+            return torch.cat([inference_pass(self.module, c, "fp32", net).float() for c in chunks])
 
     def _chunk_size(self, batch_size: int | str | None, x: torch.Tensor) -> int:
         chunk = batch_size or self.batch_size or self.default_batch_size

@@ -286,6 +286,23 @@ def _chains(graph: fx.Graph, modules: dict[str, nn.Module]) -> list[_Chain]:
     return chains
 
 
+class FloatHead(nn.Module):
+    """Calls ``linear`` (the model's own module, so its hooks run) with autocast off on a 2-d input,
+    as :func:`~cnnlens.attribution.engine.fp32_ends` does; a token-wise (3-d) call is left to autocast."""
+
+    def __init__(self, linear: nn.Linear) -> None:
+        super().__init__()
+        self.linear = linear
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.ndim != 2:
+            out: torch.Tensor = self.linear(x)
+            return out
+        with torch.autocast(device_type=x.device.type, enabled=False):
+            out = self.linear(x.float())
+        return out
+
+
 class FusedNetwork:
     """The fused graph of one model for one input size and precision (see the module's docstring).
 
@@ -368,9 +385,14 @@ def _assemble(
                 replaced.append(modules[str(extra.target)])
                 env[extra].replace_all_uses_with(node)
                 graph.erase_node(env[extra])
-    for node in graph.nodes:
+    for i, node in enumerate(graph.nodes):
         if node.op == "call_module" and node.target not in root:
-            root[str(node.target)] = module.get_submodule(str(node.target))
+            sub = module.get_submodule(str(node.target))
+            if type(sub) is nn.Linear:  # the head in float32 (fp32_ends' rule), still its own module
+                root[f"head_{i}"] = FloatHead(sub)
+                node.target = f"head_{i}"
+            else:
+                root[str(node.target)] = sub
         elif node.op == "get_attr":
             root[str(node.target)] = _attr(module, str(node.target))
     gm = fx.GraphModule(root, graph, class_name=f"Fused{type(module).__name__}")
@@ -439,9 +461,17 @@ def _forward_replaced(module: nn.Module, net: FusedNetwork | None) -> Iterator[N
 def inference_pass(
     module: nn.Module, batch: torch.Tensor, precision: str, net: FusedNetwork | None
 ) -> torch.Tensor:
-    """``module(batch)`` as the methods' inference passes run it: under
-    :func:`~cnnlens.attribution.engine.evaluation_context`, through ``net`` (from
-    :func:`fused_network`) where there is one. Call under ``torch.inference_mode``."""
-    with evaluation_context(precision, batch.device, module), _forward_replaced(module, net):
-        out: torch.Tensor = module(batch)
+    """``module(batch)`` as the methods' inference passes run it: through ``net`` (from
+    :func:`fused_network`) where there is one, whose layers carry their own precision (under bf16
+    autocast only covers the layers it does not fuse), else under
+    :func:`~cnnlens.attribution.engine.evaluation_context`. Call under ``torch.inference_mode``."""
+    if net is None:
+        with evaluation_context(precision, batch.device, module):
+            out: torch.Tensor = module(batch)
+        return out
+    autocast = torch.autocast(
+        device_type=batch.device.type, dtype=torch.bfloat16, enabled=precision == "bf16"
+    )
+    with autocast, _forward_replaced(module, net):
+        out = module(batch)
     return out
