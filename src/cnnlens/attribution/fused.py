@@ -39,11 +39,11 @@ from torch.nn.utils.fusion import fuse_conv_bn_weights
 
 from cnnlens.attribution.engine import (
     _LeafTracer,
-    _same_padding,
     _timm_conv2d_same,
     _timm_notrace_modules,
     evaluation_context,
     keeps_float32,
+    same_padding_kernel,
 )
 from cnnlens.attribution.hooks import Handles
 
@@ -183,15 +183,12 @@ class FusedConv(nn.Module):
         weight: torch.Tensor = self.weight
         if not self.same:
             return x, weight, (self.padding[0], self.padding[1])
-        kh, kw = weight.shape[-2:]
-        ph = _same_padding(int(x.shape[-2]), int(kh), self.stride[0], self.dilation[0])
-        pw = _same_padding(int(x.shape[-1]), int(kw), self.stride[1], self.dilation[1])
-        lead_h, lead_w = ph[1] - ph[0], pw[1] - pw[0]
-        if not (lead_h or lead_w):
-            return x, weight, (ph[0], pw[0])
-        if self.groups > 1 and self.dilation == (1, 1):  # a zero row/column of taps instead of a copy
-            return x, F.pad(weight, (lead_w, 0, lead_h, 0)), (ph[1], pw[1])
-        return F.pad(x, (pw[0], pw[1], ph[0], ph[1])), weight, (0, 0)
+        found = same_padding_kernel(weight, tuple(x.shape), self.stride, self.dilation, self.groups)
+        if found is not None:
+            return x, found[0], found[1]
+        from timm.layers.padding import pad_same  # self.same: the layer was timm's Conv2dSame
+
+        return pad_same(x, list(weight.shape[-2:]), list(self.stride), list(self.dilation)), weight, (0, 0)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.dtype != self.dtype:
@@ -426,8 +423,8 @@ def _fingerprint(module: nn.Module) -> tuple[Any, ...] | None:
 
 def fused_network(module: nn.Module, batch: torch.Tensor, precision: str) -> FusedNetwork | None:
     """The cached fused network for ``module`` at ``batch``'s image size, or ``None`` where it must
-    not be used (gradients on, training mode, hooks on a fused-away layer, no oneDNN or CUDA device,
-    an untraceable model)."""
+    not be used (gradients on, training mode, hooks on a fused-away layer or global module hooks, a
+    CPU without oneDNN's pointwise convolution, an untraceable model)."""
     if torch.is_grad_enabled() or module.training or batch.ndim != 4 or _global_hooks():
         return None
     if batch.device.type == "cpu" and _mkldnn_pointwise() is None:
