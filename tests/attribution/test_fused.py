@@ -257,3 +257,16 @@ def test_a_model_made_under_inference_mode_is_rebuilt_every_call() -> None:
         again = fused_network(model, x, "fp32")
         assert first is not None and again is not None and again is not first
         torch.testing.assert_close(inference_pass(model, x, "fp32", again), model(x), rtol=1e-5, atol=1e-5)
+
+
+def test_one_build_serves_the_bf16_network_and_the_checked_fp32_one(monkeypatch: pytest.MonkeyPatch) -> None:
+    import cnnlens.attribution.fused as fused
+
+    model = _randomise_norms(Block())
+    x = torch.randn(2, 3, 32, 32)
+    builds: list[str] = []
+    real = fused.build_fused
+    monkeypatch.setattr(fused, "build_fused", lambda m, s, p: (builds.append(p), real(m, s, p))[1])
+    with torch.inference_mode():
+        low, full = fused_network(model, x, "bf16"), fused_network(model, x, "fp32")
+    assert builds == ["bf16"] and low is not None and full is not None and low is not full

@@ -318,35 +318,37 @@ class FusedNetwork:
         return out
 
 
-def build_fused(module: nn.Module, sample: torch.Tensor, precision: str) -> FusedNetwork | None:
+def build_fused(module: nn.Module, sample: torch.Tensor, precision: str) -> dict[str, FusedNetwork | None]:
     """Trace ``module``, fuse its convolution chains, and check it against the model on ``sample``.
 
-    Returns ``None`` (and logs why) where the model cannot be traced, nothing can be fused, or the
-    fused network does not reproduce the model's logits in float32.
+    Returns the networks built, by precision: the float32 one (always built, it is the one checked)
+    and ``precision``'s; ``None`` for both (and logs why) where the model cannot be traced, nothing
+    can be fused, or the fused network does not reproduce the model's logits in float32.
     """
+    none: dict[str, FusedNetwork | None] = dict.fromkeys(("fp32", precision))
     same = _timm_conv2d_same()
     leaves = _timm_notrace_modules() + ((same,) if same is not None else ())
     try:
         graph = _LeafTracer(leaves, None).trace(module)
     except Exception as error:  # any tracing failure means: run the model eagerly
         logger.info("fused inference off: torch.fx cannot trace %s (%s)", type(module).__name__, error)
-        return None
+        return none
     modules = dict(module.named_modules())
     chains = _chains(graph, modules)
     if not chains:
-        return None
+        return none
     reference, shapes = _conv_input_shapes(module, sample[:1])
-    built = {}
+    built: dict[str, FusedNetwork | None] = {}
     for want in ("fp32", precision) if precision != "fp32" else ("fp32",):
         built[want] = _assemble(module, graph, modules, chains, shapes, sample, want)
-    check = built["fp32"]
+    check = cast(FusedNetwork, built["fp32"])
     with torch.inference_mode():
         got = check(sample[:1]).float()
     scale = 1.0 + float(reference.abs().max())
     if got.shape != reference.shape or float((got - reference).abs().max()) > 1e-4 * scale:
         logger.info("fused inference off: the fused %s does not reproduce its logits", type(module).__name__)
-        return None
-    return built[precision]
+        return none
+    return built
 
 
 def _assemble(
@@ -434,8 +436,10 @@ def fused_network(module: nn.Module, batch: torch.Tensor, precision: str) -> Fus
     fingerprint = _fingerprint(module)
     cached = entries.get(key)
     if cached is None or fingerprint is None or cached[0] != fingerprint:
-        cached = (fingerprint, build_fused(module, batch, precision))
-        entries[key] = cached
+        for built, net in build_fused(module, batch, precision).items():  # the fp32 one comes with it
+            same_size = (built, *key[1:])
+            entries[same_size] = (fingerprint, net)
+        cached = entries[key]
     net = cached[1]
     if net is None or any(_has_hooks(m) for m in net.replaced):
         return None
