@@ -43,6 +43,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from cnnlens import capabilities
 from cnnlens.attribution import create, get_method, method_names
 from cnnlens.attribution.engine import evaluation_context, to_memory_format
 from cnnlens.attribution.fused import FusedNetwork, fused_network, inference_pass
@@ -431,11 +432,18 @@ def bench_model(model_name: str, methods: list[str], args: argparse.Namespace) -
     target = int(model.logits(x).argmax())
     floors = Floor(module, x, max(args.repeats, 3))
     b = args.batch_size
-    per = {kind: floors.time(b, kind) / b for kind in ("fp32", "bf16", "grad")}
-    one = {kind: floors.time(1, kind) for kind in ("fp32", "bf16", "grad")}
+    # bf16 is priced where it runs at all (emulated where the CPU has no native bf16 kernels)
+    kinds = ("fp32", "bf16", "grad") if capabilities.available("bf16_autocast") else ("fp32", "grad")
+    per = {kind: floors.time(b, kind) / b for kind in kinds}
+    one = {kind: floors.time(1, kind) for kind in kinds}
+    if "bf16" in per:
+        native = "" if capabilities.available("bf16_native") else " emulated"
+        bf16 = f"bf16{native} {per['bf16'] * 1e3:.1f} ({one['bf16'] * 1e3:.1f})"
+    else:
+        bf16 = f"bf16 cannot run ({capabilities.probe('bf16_autocast').reason})"
     print(
         f"\n## {model_name}, ms per image at batch {b} (batch 1): forward fp32 {per['fp32'] * 1e3:.1f} "
-        f"({one['fp32'] * 1e3:.1f}), bf16 {per['bf16'] * 1e3:.1f} ({one['bf16'] * 1e3:.1f}), "
+        f"({one['fp32'] * 1e3:.1f}), {bf16}, "
         f"forward+backward to the input {per['grad'] * 1e3:.1f} ({one['grad'] * 1e3:.1f})"
     )
     header = (
@@ -509,6 +517,9 @@ def bench_precision(model_name: str, methods: list[str], args: argparse.Namespac
             continue
         params = method_params(name, model_name, args.quick, args.defaults)
         times, maps = {}, {}
+        if not capabilities.available("bf16_autocast"):
+            print(f"{name:<22}skipped: bf16 cannot run here ({capabilities.probe('bf16_autocast').reason})")
+            continue
         for precision in ("fp32", "bf16"):
             method = create(name, model, batch_size=args.batch_size, precision=precision, **params)
             start = time.perf_counter()
@@ -545,6 +556,7 @@ def main() -> None:
     os.environ.setdefault("TQDM_DISABLE", "1")
     tuned = False if args.no_malloc_tuning else tune_malloc()
     print(f"torch {torch.__version__}, {args.threads} threads, malloc tuned: {tuned}, pid {os.getpid()}")
+    print(f"CPU: {capabilities.cpu_name()}; {capabilities.summary()}")
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     for model_name in [m.strip() for m in args.models.split(",") if m.strip()]:
         (bench_precision if args.precision else bench_model)(model_name, methods, args)

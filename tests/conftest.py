@@ -12,6 +12,16 @@ from cnnlens.models import LoadedModel
 torch.set_num_threads(1)
 
 
+def requires(*names: str) -> pytest.MarkDecorator:
+    """Skip a test of a fast path where this machine lacks one of the capabilities it runs on; the
+    reason names the capability and the probe's own error. A separate test covers the fallback."""
+    from cnnlens import capabilities
+
+    missing = [capabilities.probe(n) for n in names if not capabilities.available(n)]
+    reason = "; ".join(f"needs capability {p.name} ({p.reason})" for p in missing)
+    return pytest.mark.skipif(bool(missing), reason=reason or "all present")
+
+
 class TinyCNN(nn.Module):
     """conv-BN-ReLU(inplace)-conv-ReLU(inplace) features, global average pool, linear head.
 

@@ -20,6 +20,10 @@ class ModelLoadError(CnnlensError, RuntimeError):
     """A model, its weights or a checkpoint could not be loaded."""
 
 
+class PrecisionError(CnnlensError, ValueError):
+    """The requested numeric precision cannot run on this device; the message says what to use."""
+
+
 class UnknownNameError(CnnlensError, KeyError):
     """A name (layer, method, model, class) is not known; the message lists the closest names."""
 

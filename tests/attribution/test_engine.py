@@ -9,10 +9,11 @@ import pytest
 import torch
 from torch import nn
 
+from cnnlens import capabilities
 from cnnlens.attribution.engine import LayerSplit, auto_batch_size, resolve_precision
 from cnnlens.models import LoadedModel
 from cnnlens.models.layers import resolve_layer
-from tests.conftest import tiny_loaded
+from tests.conftest import requires, tiny_loaded
 
 
 def swapped_reference(
@@ -120,12 +121,14 @@ def test_auto_batch_size_and_precision() -> None:
     assert 1 <= size <= 64
     cpu = torch.device("cpu")
     assert resolve_precision("fp32", cpu, bf16_faithful=True) == "fp32"
-    assert resolve_precision("bf16", cpu, bf16_faithful=False) == "bf16"
+    if capabilities.available("bf16_autocast"):
+        assert resolve_precision("bf16", cpu, bf16_faithful=False) == "bf16"
     assert resolve_precision("auto", cpu, bf16_faithful=False) == "fp32"
     with pytest.raises(ValueError, match="precision must be one of"):
         resolve_precision("half", cpu, bf16_faithful=True)
 
 
+@requires("bf16_native")
 def test_bf16_path_runs_and_stays_close(images: torch.Tensor) -> None:
     from cnnlens.attribution import create
 
@@ -151,17 +154,16 @@ def test_auto_batch_size_gives_the_same_maps(images: torch.Tensor) -> None:
     assert torch.allclose(auto.attributions, fixed.attributions, atol=1e-5)
 
 
-def test_bf16_is_native_asks_the_cpu_capability_checks(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_bf16_is_native_is_the_capability_probe(monkeypatch: pytest.MonkeyPatch) -> None:
+    from cnnlens import capabilities
     from cnnlens.attribution import engine
 
     cpu = torch.device("cpu")
-    for amx, avx512 in ((False, False), (True, False), (False, True)):
-        monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda amx=amx: amx, raising=False)
-        monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda v=avx512: v, raising=False)
-        assert engine.bf16_is_native(cpu) is (amx or avx512)
-        assert resolve_precision("auto", cpu, True) == ("bf16" if amx or avx512 else "fp32")
+    for native in (False, True):
+        monkeypatch.setattr(capabilities, "available", lambda name, device="cpu", v=native: v)
+        assert engine.bf16_is_native(cpu) is native
+        assert resolve_precision("auto", cpu, True) == ("bf16" if native else "fp32")
         assert resolve_precision("auto", cpu, False) == "fp32"  # not faithful: never bf16
-    assert engine.bf16_is_native(torch.device("meta")) is False
 
 
 def test_memory_format_is_an_option_that_leaves_the_maps_alone(images: torch.Tensor) -> None:

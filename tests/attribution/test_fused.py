@@ -14,6 +14,7 @@ from cnnlens.attribution.engine import padding_free_forward, same_padding_in_con
 from cnnlens.attribution.fused import FusedConv, PostOp, fused_network, inference_pass, post_op
 from cnnlens.attribution.hooks import hook_counts
 from cnnlens.models import LoadedModel
+from tests.conftest import requires
 
 
 def _randomise_norms(model: nn.Module, seed: int = 0) -> nn.Module:
@@ -61,6 +62,7 @@ def _state(model: nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.clone() for k, v in model.state_dict().items()}
 
 
+@requires("fused_conv")
 @pytest.mark.parametrize("size", [31, 32])  # odd and even: symmetric and uneven TF padding
 def test_fused_network_reproduces_the_model_and_leaves_it_as_found(size: int) -> None:
     torch.manual_seed(0)
@@ -80,6 +82,7 @@ def test_fused_network_reproduces_the_model_and_leaves_it_as_found(size: int) ->
         assert torch.equal(v, before[k]), k
 
 
+@requires("bf16_native", "fused_conv_bf16")
 def test_fused_bf16_is_as_close_to_float32_as_autocast() -> None:
     from cnnlens.attribution.engine import precision_context
 
@@ -114,6 +117,7 @@ ACTIVATIONS: list[Callable[[], nn.Module]] = [
 ]
 
 
+@requires("fused_conv")
 @pytest.mark.parametrize("make", ACTIVATIONS)
 def test_every_known_activation_is_fused_exactly(make: Callable[[], nn.Module]) -> None:
     torch.manual_seed(2)
@@ -126,6 +130,7 @@ def test_every_known_activation_is_fused_exactly(make: Callable[[], nn.Module]) 
         torch.testing.assert_close(inference_pass(model, x, "fp32", net), model(x), rtol=1e-5, atol=1e-5)
 
 
+@requires("fused_conv")
 def test_an_unknown_activation_is_left_to_run_as_itself() -> None:
     class Square(nn.Module):
         def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -140,6 +145,7 @@ def test_an_unknown_activation_is_left_to_run_as_itself() -> None:
         torch.testing.assert_close(inference_pass(model, x, "fp32", net), model(x), rtol=1e-5, atol=1e-5)
 
 
+@requires("fused_conv")
 def test_hooks_decide_what_may_be_fused() -> None:
     model = _randomise_norms(Block())
     x = torch.randn(2, 3, 32, 32)
@@ -184,6 +190,7 @@ def test_no_fused_network_with_gradients_in_training_mode_or_for_an_untraceable_
         assert fused_network(branchy, x, "fp32") is None
 
 
+@requires("fused_conv")
 def test_changed_weights_rebuild_the_fused_network() -> None:
     model = _randomise_norms(Block())
     x = torch.randn(2, 3, 32, 32)
@@ -231,6 +238,7 @@ def test_same_padding_is_restored_after_an_error() -> None:
     assert "forward" not in vars(conv)
 
 
+@requires("fused_conv", "bf16_native", "fused_conv_bf16")
 def test_lite0_fused_network_reproduces_its_logits(lite0: LoadedModel) -> None:
     from cnnlens.data import load_sample
 
@@ -248,6 +256,7 @@ def test_lite0_fused_network_reproduces_its_logits(lite0: LoadedModel) -> None:
     assert float((p - q).abs().max()) < 0.02
 
 
+@requires("fused_conv")
 def test_a_model_made_under_inference_mode_is_rebuilt_every_call() -> None:
     x = torch.randn(2, 3, 32, 32)
     with torch.inference_mode():  # inference tensors keep no version counter
@@ -259,6 +268,7 @@ def test_a_model_made_under_inference_mode_is_rebuilt_every_call() -> None:
         torch.testing.assert_close(inference_pass(model, x, "fp32", again), model(x), rtol=1e-5, atol=1e-5)
 
 
+@requires("fused_conv", "bf16_native")
 def test_one_build_serves_the_bf16_network_and_the_checked_fp32_one(monkeypatch: pytest.MonkeyPatch) -> None:
     import cnnlens.attribution.fused as fused
 

@@ -220,13 +220,14 @@ def test_quick_settings_and_overrides(chelsea: Path, tmp_path: Path) -> None:
     # a quick preset the user did not ask for never counts as an unused parameter
     build_methods(model, ["saliency"], {}, None, quick=True)
     # --precision reaches the methods that take it, and -p precision= wins
-    occ, sal, cam = build_methods(model, ["occlusion", "saliency", "cam"], {}, None, precision="bf16")
-    assert occ.get_params()["precision"] == "bf16" and sal.get_params()["precision"] == "bf16"
+    # (fp32 and auto: they run on every CPU; occlusion's own default is auto)
+    occ, sal, cam = build_methods(model, ["occlusion", "saliency", "cam"], {}, None, precision="fp32")
+    assert occ.get_params()["precision"] == "fp32" and sal.get_params()["precision"] == "fp32"
     assert "precision" not in cam.get_params()  # CAM reads the head's weights: no precision to set
     (rise,) = build_methods(model, ["rise"], {}, None, memory_format="contiguous")
     assert rise.get_params()["memory_format"] == "contiguous"
-    (occ,) = build_methods(model, ["occlusion"], {"precision": "fp32"}, None, precision="bf16")
-    assert occ.get_params()["precision"] == "fp32"
+    (occ,) = build_methods(model, ["occlusion"], {"precision": "auto"}, None, precision="fp32")
+    assert occ.get_params()["precision"] == "auto"
     out = tmp_path / "o"
     code = main(
         [

@@ -21,6 +21,7 @@ from torch import nn
 
 from cnnlens.attribution.engine import (
     auto_batch_size,
+    bf16_is_native,
     check_memory_format,
     check_precision,
     evaluation_context,
@@ -207,6 +208,9 @@ class Attribution(ABC):
         self.layer = layer
         self.batch_size = batch_size
         self.precision = check_precision(precision)
+        if precision == "bf16":  # fail here, not in the middle of a run, where bf16 cannot run at all
+            param = next(module.parameters(), None)
+            resolve_precision(precision, param.device if param is not None else torch.device("cpu"), False)
         self.memory_format = check_memory_format(memory_format)
 
     @classmethod
@@ -308,6 +312,8 @@ class Attribution(ABC):
         params = self.get_params()
         if "precision" in params:  # what "auto" became on this device: saved and shown in reports
             params["computed_in"] = self.compute_precision(x.device)
+            if params["computed_in"] == "bf16":  # the device's own kernels, or emulated (slow)
+                params["bf16_kernels"] = "native" if bf16_is_native(x.device) else "emulated"
         return Explanation(
             attributions=maps,
             targets=targets,

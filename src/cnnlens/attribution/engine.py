@@ -28,7 +28,9 @@ import torch
 from torch import fx, nn
 from torch.nn import functional as F
 
+from cnnlens import capabilities
 from cnnlens.attribution.hooks import Handles
+from cnnlens.errors import PrecisionError
 
 logger = logging.getLogger(__name__)
 
@@ -44,21 +46,10 @@ class SplitError(RuntimeError):
 
 
 def bf16_is_native(device: torch.device) -> bool:
-    """Whether ``device`` computes bfloat16 in hardware (CUDA with bf16, or a CPU with AMX/AVX512-BF16).
-
-    On the CPU this asks PyTorch's own capability check (``torch.cpu._is_avx512_bf16_supported`` and
-    ``_is_amx_tile_supported``; older releases kept them under ``torch._C._cpu``).
-    """
-    if device.type == "cuda":
-        return bool(torch.cuda.is_bf16_supported())
-    if device.type != "cpu":
-        return False
-    checks = ("_is_amx_tile_supported", "_is_avx512_bf16_supported")
-    for namespace in (torch.cpu, torch._C._cpu):
-        found = [getattr(namespace, c) for c in checks if callable(getattr(namespace, c, None))]
-        if found:
-            return any(bool(check()) for check in found)
-    return False
+    """Whether ``device`` computes bfloat16 convolutions in its own kernels: the ``bf16_native`` probe
+    of :mod:`cnnlens.capabilities`, which runs the real op once (CUDA with bf16, or a CPU whose oneDNN
+    has a bf16 convolution: AVX512-BW/VL/DQ, AVX-NE-CONVERT or AMX)."""
+    return capabilities.available("bf16_native", device)
 
 
 def check_precision(precision: str) -> str:
@@ -81,14 +72,43 @@ def resolve_precision(precision: str, device: torch.device, bf16_faithful: bool)
     0.9941, KernelSHAP 0.9984 (faithful; with the whole network in bf16 occlusion, LIME and KernelSHAP
     were at 0.9897, 0.9890 and 0.9811); double occlusion 0.9956, but 0.639 in an earlier measurement
     (kept fp32: its fixed window is chosen by a sweep, and a flip of that choice changes the whole map).
-    On a CPU without AVX512-BF16 or AMX bfloat16 is emulated (1.25-50x slower than fp32 on an AVX2
-    machine), so ``"auto"`` means fp32 there. Gradient methods stay fp32 under ``"auto"``
+    On a device without native bf16 convolutions (:func:`bf16_is_native`) bfloat16 is emulated
+    (1.25-50x slower than fp32 on an AVX2 machine), so ``"auto"`` means fp32 there, and an explicit
+    ``"bf16"`` runs emulated autocast where that works (logged once) and raises
+    :class:`PrecisionError` where it does not. Gradient methods stay fp32 under ``"auto"``
     (``docs/decisions.md``).
     """
     check_precision(precision)
+    if precision == "bf16":
+        return _bf16_runs_here(device)
     if precision != "auto":
         return precision
     return "bf16" if bf16_faithful and bf16_is_native(device) else "fp32"
+
+
+_WARNED_EMULATED: set[str] = set()
+
+
+def _bf16_runs_here(device: torch.device) -> str:
+    """``"bf16"`` where bfloat16 autocast runs on ``device`` (logged once when it is emulated, not
+    native); else :class:`PrecisionError` with the probe's reason."""
+    if bf16_is_native(device):
+        return "bf16"
+    found = capabilities.probe("bf16_autocast", device)
+    if not found.available:
+        raise PrecisionError(
+            f"precision 'bf16' cannot run on this {device.type} ({found.reason}); "
+            "use precision 'fp32', or 'auto', which picks fp32 here"
+        )
+    if str(device) not in _WARNED_EMULATED:
+        _WARNED_EMULATED.add(str(device))
+        logger.warning(
+            "bf16 on %s runs emulated (no native bf16 convolution: %s); it is slower than fp32 here, "
+            "and 'auto' picks fp32",
+            device,
+            capabilities.probe("bf16_native", device).reason,
+        )
+    return "bf16"
 
 
 @contextlib.contextmanager

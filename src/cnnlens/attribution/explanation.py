@@ -32,7 +32,8 @@ class Explanation:
         layer: Dotted name of the layer used, if any.
         seconds: Wall time of the whole ``explain`` call.
         params: The method's hyper-parameters; for methods that take ``precision``, also
-            ``computed_in``: ``"fp32"`` or ``"bf16"``, what the passes ran at (``"auto"`` resolved).
+            ``computed_in``: ``"fp32"`` or ``"bf16"``, what the passes ran at (``"auto"`` resolved);
+            with bf16, ``bf16_kernels``: ``"native"`` or ``"emulated"`` (no bf16 kernels on the device).
         class_names: The model's class names, if known.
         signed: Whether negative values are meaningful (rendered with a diverging colour map).
         extras: Method-specific results (per-input lists or tensors).

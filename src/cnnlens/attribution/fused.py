@@ -37,10 +37,12 @@ from torch import fx, nn
 from torch.nn import functional as F
 from torch.nn.utils.fusion import fuse_conv_bn_weights
 
+from cnnlens import capabilities
 from cnnlens.attribution.engine import (
     _LeafTracer,
     _timm_conv2d_same,
     _timm_notrace_modules,
+    bf16_is_native,
     evaluation_context,
     keeps_float32,
     same_padding_kernel,
@@ -142,8 +144,10 @@ def _global_hooks() -> bool:
 # -- the fused convolution ---------------------------------------------------------------------------
 
 
-def _mkldnn_pointwise() -> Any:
-    if not torch.backends.mkldnn.is_available():
+def _mkldnn_pointwise(dtype: torch.dtype = torch.float32) -> Any:
+    """oneDNN's fused convolution op where its capability probe passed for ``dtype``, else ``None``."""
+    name = "fused_conv_bf16" if dtype == torch.bfloat16 else "fused_conv"
+    if not capabilities.available(name, "cpu"):
         return None
     return getattr(getattr(torch.ops, "mkldnn", None), "_convolution_pointwise", None)
 
@@ -177,7 +181,7 @@ class FusedConv(nn.Module):
         self.stride, self.dilation, self.groups = tuple(conv.stride), tuple(conv.dilation), conv.groups
         self.padding = tuple(int(p) for p in conv.padding)
         self.same, self.op, self.dtype = same, op, dtype
-        self._pointwise = _mkldnn_pointwise()
+        self._pointwise = _mkldnn_pointwise(dtype)
 
     def _padded(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, tuple[int, int]]:
         weight: torch.Tensor = self.weight
@@ -426,11 +430,14 @@ def _fingerprint(module: nn.Module) -> tuple[Any, ...] | None:
 def fused_network(module: nn.Module, batch: torch.Tensor, precision: str) -> FusedNetwork | None:
     """The cached fused network for ``module`` at ``batch``'s image size, or ``None`` where it must
     not be used (gradients on, training mode, hooks on a fused-away layer or global module hooks, a
-    CPU without oneDNN's pointwise convolution, an untraceable model)."""
+    CPU whose oneDNN fused convolution failed its probe, bf16 on a device without native bf16
+    kernels, an untraceable model)."""
     if torch.is_grad_enabled() or module.training or batch.ndim != 4 or _global_hooks():
         return None
     if batch.device.type == "cpu" and _mkldnn_pointwise() is None:
         return None
+    if precision == "bf16" and not bf16_is_native(batch.device):
+        return None  # emulated bf16: autocast on the eager model (the fused ops need native kernels)
     key = (precision, batch.device, batch.dtype, tuple(batch.shape[1:]))
     entries = _CACHE.setdefault(module, {})
     fingerprint = _fingerprint(module)
