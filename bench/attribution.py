@@ -45,9 +45,10 @@ from torch import nn
 
 from cnnlens import capabilities
 from cnnlens.attribution import create, get_method, method_names
-from cnnlens.attribution.engine import evaluation_context, to_memory_format
-from cnnlens.attribution.fused import FusedNetwork, fused_network, inference_pass
-from cnnlens.attribution.surrogate import superpixels
+from cnnlens.attribution.engine.fused import FusedNetwork, fused_network, inference_pass
+from cnnlens.attribution.engine.layout import to_memory_format
+from cnnlens.attribution.engine.precision import evaluation_context
+from cnnlens.attribution.methods.surrogate import superpixels
 from cnnlens.data import load_sample
 from cnnlens.models import LoadedModel, load_model
 
@@ -371,7 +372,7 @@ def peer_runners(
         def shap_peer() -> Any:
             segments = _segments(x, params)
             d = int(segments.max()) + 1
-            from cnnlens.attribution.surrogate import fill_image
+            from cnnlens.attribution.methods.surrogate import fill_image
 
             base = fill_image(x[0], segments, "mean")
 

@@ -23,13 +23,13 @@ from typing import Any
 
 import torch
 
-from cnnlens.attribution.atlas import ATLAS_METHODS, layer_atlas
-from cnnlens.attribution.channels import CoalitionGame, channel_shapley, permutation_chain
-from cnnlens.attribution.engine import suffix_runner
-from cnnlens.attribution.hooks import preserved_state
-from cnnlens.attribution.layer import select_layers
+from cnnlens.attribution.engine.split import suffix_runner
+from cnnlens.attribution.methods.layer import select_layers
 from cnnlens.data import load_sample
 from cnnlens.models import LoadedModel, load_model
+from cnnlens.models.hooks import preserved_state
+from cnnlens.probing.atlas import ATLAS_METHODS, layer_atlas
+from cnnlens.probing.channels import CoalitionGame, channel_shapley, permutation_chain
 
 
 def timed(fn: Callable[[], object], reps: int) -> float:
@@ -83,7 +83,7 @@ def captum_per_layer(
     model: LoadedModel, x: torch.Tensor, layers: list[str], method: str, params: dict[str, Any]
 ) -> float:
     """One Captum call per layer, summed (raises ImportError when Captum is not installed)."""
-    from cnnlens.attribution.layer import LayerGradientShap as OurGradientShap
+    from cnnlens.attribution.methods.layer import LayerGradientShap as OurGradientShap
 
     module = model.module
     target = int(model.logits(x).argmax())

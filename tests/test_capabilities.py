@@ -10,8 +10,8 @@ import torch
 
 from cnnlens import capabilities
 from cnnlens.attribution import create
-from cnnlens.attribution.engine import resolve_precision
-from cnnlens.attribution.fused import fused_network, inference_pass
+from cnnlens.attribution.engine.fused import fused_network, inference_pass
+from cnnlens.attribution.engine.precision import resolve_precision
 from cnnlens.errors import PrecisionError
 from tests.conftest import requires, tiny_loaded
 

@@ -16,7 +16,7 @@ from typing import Any
 from PIL import Image
 
 from cnnlens.attribution import Attribution, Explanation, create, get_method, method_names
-from cnnlens.attribution.targets import Target
+from cnnlens.attribution.core.targets import Target
 from cnnlens.data import load_image, load_sample
 from cnnlens.models import LoadedModel, list_models, load_model
 from cnnlens.runtime import tune_allocator

@@ -19,9 +19,9 @@ from typing import Any
 
 from PIL import Image
 
-from cnnlens.attribution.base import Attribution
-from cnnlens.attribution.explanation import EXTRA_PREFIX, Explanation
-from cnnlens.attribution.targets import class_index
+from cnnlens.attribution.core.base import Attribution
+from cnnlens.attribution.core.explanation import EXTRA_PREFIX, Explanation
+from cnnlens.attribution.core.targets import class_index
 from cnnlens.data.images import MAX_PIXELS, load_image
 from cnnlens.errors import CnnlensError
 from cnnlens.models.loaded import LoadedModel

@@ -85,7 +85,7 @@ def test_occlusion_is_exact_on_a_patch_additive_model() -> None:
 
 
 def test_occlusion_windows_cover_every_pixel() -> None:
-    from cnnlens.attribution.perturbation import window_starts
+    from cnnlens.attribution.methods.perturbation import window_starts
 
     assert window_starts(10, 4, 3) == [0, 3, 6]
     assert window_starts(11, 4, 3) == [0, 3, 6, 7]

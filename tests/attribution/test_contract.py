@@ -9,9 +9,9 @@ import torch
 
 from cnnlens import capabilities
 from cnnlens.attribution import Explanation, create, get_method, method_names
-from cnnlens.attribution.base import OnePass
-from cnnlens.attribution.hooks import hook_counts
+from cnnlens.attribution.core.base import OnePass
 from cnnlens.models import LoadedModel
+from cnnlens.models.hooks import hook_counts
 from tests.conftest import FailOnCall, tiny_loaded, tiny_spn_loaded
 
 METHODS = method_names()

@@ -10,7 +10,9 @@ import torch
 from torch import nn
 
 from cnnlens import capabilities
-from cnnlens.attribution.engine import LayerSplit, auto_batch_size, resolve_precision
+from cnnlens.attribution.engine.batching import auto_batch_size
+from cnnlens.attribution.engine.precision import resolve_precision
+from cnnlens.attribution.engine.split import LayerSplit
 from cnnlens.models import LoadedModel
 from cnnlens.models.layers import resolve_layer
 from tests.conftest import requires, tiny_loaded
@@ -103,7 +105,7 @@ class DataDependent(nn.Module):
 def test_untraceable_model_falls_back_and_says_so(caplog: pytest.LogCaptureFixture) -> None:
     module = DataDependent().eval()
     x = torch.randn(1, 3, 16, 16)
-    with caplog.at_level(logging.WARNING, logger="cnnlens.attribution.engine"):
+    with caplog.at_level(logging.WARNING, logger="cnnlens.attribution.engine.split"):
         split = LayerSplit(module, "conv", module.conv, check=x)
     assert not split.split
     assert "re-running the whole network" in caplog.text
@@ -156,7 +158,7 @@ def test_auto_batch_size_gives_the_same_maps(images: torch.Tensor) -> None:
 
 def test_bf16_is_native_is_the_capability_probe(monkeypatch: pytest.MonkeyPatch) -> None:
     from cnnlens import capabilities
-    from cnnlens.attribution import engine
+    from cnnlens.attribution.engine import precision as engine
 
     cpu = torch.device("cpu")
     for native in (False, True):
@@ -243,8 +245,8 @@ def dtypes_under(module: nn.Module, run: Callable[[], object]) -> dict[str, torc
 
 
 def test_fp32_ends_keep_the_stem_and_the_head_in_float32() -> None:
-    from cnnlens.attribution.engine import precision_context
-    from cnnlens.attribution.hooks import hook_counts
+    from cnnlens.attribution.engine.precision import precision_context
+    from cnnlens.models.hooks import hook_counts
 
     model, cpu = Ends().eval(), torch.device("cpu")
     x = torch.randn(2, 3, 16, 16)
@@ -282,8 +284,8 @@ def test_fp32_ends_keep_the_stem_and_the_head_in_float32() -> None:
 
 @pytest.mark.parametrize("where", ["mid", "stem"])  # in the bf16 middle, or inside a float32 layer
 def test_fp32_ends_leave_autocast_as_found_after_an_error(where: str) -> None:
-    from cnnlens.attribution.engine import precision_context
-    from cnnlens.attribution.hooks import hook_counts
+    from cnnlens.attribution.engine.precision import precision_context
+    from cnnlens.models.hooks import hook_counts
 
     model, cpu = Ends().eval(), torch.device("cpu")
 
@@ -303,7 +305,7 @@ def test_fp32_ends_leave_autocast_as_found_after_an_error(where: str) -> None:
 def test_fp32_ends_bring_lite0_scores_closer_to_float32(lite0: LoadedModel) -> None:
     """The reason for the policy, on the offline EfficientNet-Lite0: bf16 score errors shrink (measured
     0.022 -> 0.006 mean absolute error of the target probability on these 12 perturbations)."""
-    from cnnlens.attribution.engine import precision_context
+    from cnnlens.attribution.engine.precision import precision_context
     from cnnlens.data import load_sample
 
     model = lite0

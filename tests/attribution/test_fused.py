@@ -10,10 +10,11 @@ from timm.layers.conv2d_same import Conv2dSame
 from timm.layers.norm_act import BatchNormAct2d
 from torch import nn
 
-from cnnlens.attribution.engine import padding_free_forward, same_padding_in_conv, to_memory_format
-from cnnlens.attribution.fused import FusedConv, PostOp, fused_network, inference_pass, post_op
-from cnnlens.attribution.hooks import hook_counts
+from cnnlens.attribution.engine.fused import FusedConv, PostOp, fused_network, inference_pass, post_op
+from cnnlens.attribution.engine.layout import to_memory_format
+from cnnlens.attribution.engine.padding import padding_free_forward, same_padding_in_conv
 from cnnlens.models import LoadedModel
+from cnnlens.models.hooks import hook_counts
 from tests.conftest import requires
 
 
@@ -84,7 +85,7 @@ def test_fused_network_reproduces_the_model_and_leaves_it_as_found(size: int) ->
 
 @requires("bf16_native", "fused_conv_bf16")
 def test_fused_bf16_is_as_close_to_float32_as_autocast() -> None:
-    from cnnlens.attribution.engine import precision_context
+    from cnnlens.attribution.engine.precision import precision_context
 
     torch.manual_seed(1)
     model = _randomise_norms(Block())
@@ -270,7 +271,7 @@ def test_a_model_made_under_inference_mode_is_rebuilt_every_call() -> None:
 
 @requires("fused_conv", "bf16_native")
 def test_one_build_serves_the_bf16_network_and_the_checked_fp32_one(monkeypatch: pytest.MonkeyPatch) -> None:
-    import cnnlens.attribution.fused as fused
+    import cnnlens.attribution.engine.fused as fused
 
     model = _randomise_norms(Block())
     x = torch.randn(2, 3, 32, 32)

@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from cnnlens.attribution import create
-from cnnlens.attribution.gradient import path_nodes, pixel_bounds
+from cnnlens.attribution.methods.gradient import path_nodes, pixel_bounds
 from tests.attribution.test_closed_forms import Linear
 from tests.conftest import tiny_loaded
 

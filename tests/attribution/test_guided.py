@@ -21,9 +21,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from cnnlens.attribution import create
-from cnnlens.attribution.gradient import input_gradient
-from cnnlens.attribution.guided import backprop_rule, rule_gradient
-from cnnlens.attribution.hooks import hook_counts
+from cnnlens.attribution.methods.gradient import input_gradient
+from cnnlens.attribution.methods.guided import backprop_rule, rule_gradient
+from cnnlens.models.hooks import hook_counts
 from tests.attribution.test_contract import assert_same, snapshot
 from tests.conftest import tiny_loaded
 

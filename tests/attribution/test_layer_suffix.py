@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-from cnnlens.attribution.engine import SplitError, suffix_runner
+from cnnlens.attribution.engine.split import SplitError, suffix_runner
 from tests.attribution.test_contract import assert_same, snapshot
 from tests.conftest import tiny_loaded
 

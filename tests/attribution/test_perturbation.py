@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from cnnlens.attribution import create
-from cnnlens.attribution.hooks import capture_outputs
+from cnnlens.models.hooks import capture_outputs
 from tests.attribution.test_closed_forms import PatchAdditive
 from tests.attribution.toys import LeftRightCAM, ReadsOneRegion, left_right_image
 from tests.conftest import tiny_loaded

@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from cnnlens.attribution import create
-from cnnlens.attribution.surrogate import coalitions, fill_image, superpixels
+from cnnlens.attribution.methods.surrogate import coalitions, fill_image, superpixels
 from tests.attribution.toys import CellLinear
 from tests.conftest import tiny_loaded
 

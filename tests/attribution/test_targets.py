@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from cnnlens.attribution import create, resolve_targets
-from cnnlens.attribution.targets import explain_targets
+from cnnlens.attribution.core.targets import explain_targets
 from cnnlens.errors import UnknownNameError
 from tests.conftest import tiny_loaded
 

@@ -15,11 +15,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from cnnlens.attribution.atlas import layer_atlas
-from cnnlens.attribution.channels import channel_shapley
 from cnnlens.cli import main
 from cnnlens.data import load_sample
 from cnnlens.models import LoadedModel
+from cnnlens.probing.atlas import layer_atlas
+from cnnlens.probing.channels import channel_shapley
 
 VGG19_CONVS = [f"features.{i}" for i in (0, 2, 5, 7, 10, 12, 14, 16, 19, 21, 23, 25, 28, 30, 32, 34)]
 

@@ -14,19 +14,13 @@ import torch
 from PIL import Image
 from rich.table import Table
 
-from cnnlens.attribution.channels import (
-    PATCH_MASS,
-    ChannelShapley,
-    Patch,
-    channel_patches,
-    channel_shapley,
-    mean_activation,
-)
 from cnnlens.cli.common import add_model_arguments, console, error_console, model_from_args
 from cnnlens.data.folders import IMAGE_SUFFIXES, read_manifest
 from cnnlens.data.images import load_image
 from cnnlens.models.loaded import LoadedModel
 from cnnlens.pipeline import check_targets, load_images
+from cnnlens.probing.channels import ChannelShapley, channel_shapley, mean_activation
+from cnnlens.probing.patches import PATCH_MASS, Patch, channel_patches
 
 #: Images read at most from the folders and manifests given to --mean-from and --probes.
 MEAN_LIMIT = 64
@@ -270,7 +264,7 @@ def run(args: argparse.Namespace) -> int:
         "top_channels": top_channels(result, probes, args.top),
     }
     write_tables(result, args.out, extra)
-    from cnnlens.viz.layers import channels_figure
+    from cnnlens.probing.figures import channels_figure
 
     names = [Path(p).stem for p in probes.paths]
     figure = channels_figure(

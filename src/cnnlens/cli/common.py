@@ -11,8 +11,8 @@ from typing import Any
 
 from rich.console import Console
 
-from cnnlens.attribution.base import Attribution
-from cnnlens.attribution.registry import create, get_method, method_names
+from cnnlens.attribution.core.base import Attribution
+from cnnlens.attribution.core.registry import create, get_method, method_names
 from cnnlens.models import DEFAULT_MODEL, LoadedModel, load_model
 from cnnlens.runtime import tune_allocator
 

@@ -8,7 +8,8 @@ from pathlib import Path
 from rich.table import Table
 
 from cnnlens.attribution import method_names
-from cnnlens.attribution.engine import MEMORY_FORMATS, PRECISIONS
+from cnnlens.attribution.engine.layout import MEMORY_FORMATS
+from cnnlens.attribution.engine.precision import PRECISIONS
 from cnnlens.cli.common import (
     add_model_arguments,
     build_methods,

@@ -8,11 +8,11 @@ from pathlib import Path
 
 from rich.table import Table
 
-from cnnlens.attribution.atlas import ATLAS_METHODS, LayerAtlas, layer_atlas
 from cnnlens.cli.common import add_model_arguments, console, model_from_args, split_list
 from cnnlens.data.images import load_image
 from cnnlens.models.loaded import LoadedModel
 from cnnlens.pipeline import check_targets
+from cnnlens.probing.atlas import ATLAS_METHODS, LayerAtlas, layer_atlas
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -91,7 +91,7 @@ def run(args: argparse.Namespace) -> int:
         )
     args.out.mkdir(parents=True, exist_ok=True)
     atlas.save(args.out / "layers")
-    from cnnlens.viz.layers import atlas_figure
+    from cnnlens.probing.figures import atlas_figure
 
     atlas_figure(atlas, model.preprocessing.view(image), columns=args.columns).savefig(
         args.out / "atlas.png", dpi=110

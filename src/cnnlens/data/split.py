@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from cnnlens.data.folders import SPLITS, ImageSet, Sample
+from cnnlens.data.folders import SPLITS, ImageSet, Sample, scan_dataset
 
 DEFAULT_FRACTIONS = (0.8, 0.1, 0.1)
 
@@ -108,3 +108,21 @@ def load_split(dataset: ImageSet, path: str | os.PathLike[str]) -> dict[str, lis
             f"(e.g. {missing[0]}); train a new run instead of resuming"
         )
     return {k: [by_path[p] for p in body.get(k, [])] for k in SPLITS}
+
+
+def run_split(run: str | os.PathLike[str], split: str, *, strict: bool = False) -> tuple[list[Sample], str]:
+    """The samples of one split of a training run folder (its ``config.json`` names the data and
+    masks, its ``split.json`` the files of each split), and a description of where they came from.
+
+    Raises:
+        ValueError: ``run`` is not a run folder, or the split is empty.
+    """
+    folder = Path(run)
+    if not (folder / "config.json").is_file() or not (folder / "split.json").is_file():
+        raise ValueError(f"{run} is not a training run folder; give the data to evaluate on as well")
+    config = json.loads((folder / "config.json").read_text())
+    dataset = scan_dataset(config["data"], masks=config.get("masks"), strict=strict)
+    samples = load_split(dataset, folder / "split.json")[split]
+    if not samples:
+        raise ValueError(f"the {split} split of {run} is empty; evaluate on --split val or give DATA")
+    return samples, f"{config['data']} ({split} split)"

@@ -36,8 +36,8 @@ import torch
 from PIL import Image
 from scipy import stats
 
-from cnnlens.attribution.base import Attribution
-from cnnlens.attribution.explanation import Explanation
+from cnnlens.attribution.core.base import Attribution
+from cnnlens.attribution.core.explanation import Explanation
 from cnnlens.data.folders import SPLITS, masks_for, read_manifest
 from cnnlens.data.images import load_image
 from cnnlens.data.masks import load_mask, mask_to_input, sample_mask

@@ -25,7 +25,7 @@ import torch
 
 from cnnlens.data.dataset import ImageDataset, eval_transform
 from cnnlens.data.folders import Sample, scan_dataset
-from cnnlens.data.split import load_split
+from cnnlens.data.split import run_split
 from cnnlens.errors import unknown
 from cnnlens.models.loaded import LoadedModel
 from cnnlens.models.registry import load_model
@@ -223,17 +223,9 @@ def evaluate(
 
 
 def _run_split(model: object, split: str, strict: bool) -> tuple[list[Sample], str]:
-    from cnnlens.training.config import TrainConfig
-
-    run = Path(str(model)) if isinstance(model, (str, os.PathLike)) else None
-    if run is None or not (run / "config.json").is_file() or not (run / "split.json").is_file():
+    if not isinstance(model, (str, os.PathLike)):
         raise ValueError(f"{model} is not a training run folder; give the data to evaluate on as well")
-    config = TrainConfig.load(run / "config.json")
-    dataset = scan_dataset(config.data, masks=config.masks, strict=strict)
-    samples = load_split(dataset, run / "split.json")[split]
-    if not samples:
-        raise ValueError(f"the {split} split of {run} is empty; evaluate on --split val or give DATA")
-    return samples, f"{config.data} ({split} split)"
+    return run_split(model, split, strict=strict)
 
 
 def write_evaluation(result: Evaluation, out: str | os.PathLike[str], n_errors: int = 16) -> dict[str, Path]:

@@ -15,8 +15,7 @@ import numpy as np
 import torch
 from torchvision.transforms import functional as TF
 
-from cnnlens.attribution.base import SCORES, target_scores
-from cnnlens.attribution.hooks import preserved_state
+from cnnlens.attribution.core.base import SCORES, target_scores
 from cnnlens.data.transforms import Preprocessing
 from cnnlens.evaluation.metrics import (
     Metric,
@@ -29,6 +28,7 @@ from cnnlens.evaluation.metrics import (
     register_metric,
     required,
 )
+from cnnlens.models.hooks import preserved_state
 
 BASELINES = ("blur", "black", "mean")
 MODES = ("deletion", "insertion")

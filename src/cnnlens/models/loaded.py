@@ -74,7 +74,7 @@ class LoadedModel:
 
     def logits(self, inputs: torch.Tensor, batch_size: int = 64) -> torch.Tensor:
         """Model outputs for a batch, without gradients, in eval mode (the mode is restored)."""
-        from cnnlens.attribution.hooks import preserved_state
+        from cnnlens.models.hooks import preserved_state
 
         with preserved_state(self.module, freeze_parameters=False), torch.inference_mode():
             chunks = [

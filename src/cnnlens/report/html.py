@@ -12,7 +12,7 @@ from typing import Any
 from jinja2 import Environment, PackageLoader, select_autoescape
 from PIL import Image
 
-from cnnlens.attribution.explanation import Explanation
+from cnnlens.attribution.core.explanation import Explanation
 from cnnlens.data.transforms import Preprocessing
 from cnnlens.pipeline import ImageResult
 

@@ -19,20 +19,19 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from cnnlens.attribution.engine import (
-    auto_batch_size,
+from cnnlens.attribution.core.explanation import Explanation
+from cnnlens.attribution.core.targets import Target, plain_target, resolve_targets, target_count_error
+from cnnlens.attribution.engine.batching import auto_batch_size
+from cnnlens.attribution.engine.fused import FusedNetwork, fused_network, inference_pass
+from cnnlens.attribution.engine.layout import check_memory_format, to_memory_format
+from cnnlens.attribution.engine.padding import same_padding_in_conv
+from cnnlens.attribution.engine.precision import (
     bf16_is_native,
-    check_memory_format,
     check_precision,
     evaluation_context,
     resolve_precision,
-    same_padding_in_conv,
-    to_memory_format,
 )
-from cnnlens.attribution.explanation import Explanation
-from cnnlens.attribution.fused import FusedNetwork, fused_network, inference_pass
-from cnnlens.attribution.hooks import preserved_state
-from cnnlens.attribution.targets import Target, plain_target, resolve_targets, target_count_error
+from cnnlens.models.hooks import preserved_state
 from cnnlens.models.layers import default_cam_layer, resolve_layer
 from cnnlens.models.loaded import LoadedModel
 
@@ -65,7 +64,7 @@ class TargetPicker:
     A later pass over the same inputs (Guided Grad-CAM's second rule) gets the targets already chosen.
 
     Args:
-        target: What the caller asked for (see :func:`~cnnlens.attribution.targets.resolve_targets`).
+        target: What the caller asked for (see :func:`~cnnlens.attribution.core.targets.resolve_targets`).
         class_names: The model's class names, for targets given by name.
         count: Number of inputs.
     """
@@ -147,7 +146,7 @@ def check_batch_size(batch_size: object) -> None:
         raise ValueError(f"batch_size must be a positive integer or 'auto', got {batch_size!r}")
 
 
-def _first_conv_channels(module: nn.Module) -> int | None:
+def first_conv_channels(module: nn.Module) -> int | None:
     for m in module.modules():
         if isinstance(m, nn.Conv2d):
             return m.in_channels
@@ -281,7 +280,8 @@ class Attribution(ABC):
             inputs: ``(N, C, H, W)`` or ``(C, H, W)`` preprocessed images.
             target: ``None`` (each input's top-1 class), a class index or name, or one per input.
             batch_size: How many perturbed inputs one forward pass evaluates (perturbation methods);
-                ``"auto"`` chooses it from free memory (:func:`~cnnlens.attribution.engine.auto_batch_size`).
+                ``"auto"`` chooses it from free memory
+                (:func:`~cnnlens.attribution.engine.batching.auto_batch_size`).
 
         Returns:
             An :class:`Explanation` whose maps have shape ``(N, H, W)``.
@@ -290,7 +290,7 @@ class Attribution(ABC):
             TypeError, ValueError: Bad inputs, target, layer or hyper-parameters.
         """
         module = self.module
-        x = check_inputs(inputs, _first_conv_channels(module))
+        x = check_inputs(inputs, first_conv_channels(module))
         param = next(module.parameters(), None)
         x = x.detach().to(param.device if param is not None else x.device)
         check_batch_size(batch_size)
@@ -380,7 +380,7 @@ class Attribution(ABC):
 
         ``forward`` replaces the whole model (e.g. the tail of a :class:`~cnnlens.attribution.engine.
         LayerSplit`). Runs at :meth:`compute_precision` (bf16 autocast and channels_last inputs, or fp32);
-        whole-model passes go through the fused inference network (:mod:`cnnlens.attribution.fused`)
+        whole-model passes go through the fused inference network (:mod:`cnnlens.attribution.engine.fused`)
         where it applies.
         """
         out = []

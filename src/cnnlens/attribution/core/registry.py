@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any, TypeVar
 
-from cnnlens.attribution.base import Attribution, ModelLike
+from cnnlens.attribution.core.base import Attribution, ModelLike
 from cnnlens.errors import unknown
 
 _METHODS: dict[str, type[Attribution]] = {}

@@ -19,9 +19,9 @@ import torchvision.transforms.functional as TF
 from skimage.segmentation import quickshift, slic
 from sklearn.linear_model import Ridge
 
-from cnnlens.attribution.base import Attributed, Attribution, ModelLike
-from cnnlens.attribution.perturbation import check_int, check_real, check_score
-from cnnlens.attribution.registry import register
+from cnnlens.attribution.core.base import Attributed, Attribution, ModelLike
+from cnnlens.attribution.core.registry import register
+from cnnlens.validation import check_int, check_real, check_score
 
 SEGMENTATIONS = ("slic", "quickshift", "grid")
 FILLS = ("mean", "blur", "zero")

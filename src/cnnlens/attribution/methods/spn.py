@@ -5,8 +5,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from cnnlens.attribution.base import Attribution
-from cnnlens.attribution.registry import register
+from cnnlens.attribution.core.base import Attribution
+from cnnlens.attribution.core.registry import register
 
 
 @register

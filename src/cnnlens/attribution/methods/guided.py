@@ -32,11 +32,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from cnnlens.attribution.base import Attribution, TargetPicker
-from cnnlens.attribution.cam import GradCAM
-from cnnlens.attribution.gradient import InputGradientMethod, input_gradient, saliency_reduction
-from cnnlens.attribution.hooks import Handles
-from cnnlens.attribution.registry import register
+from cnnlens.attribution.core.base import Attribution, TargetPicker
+from cnnlens.attribution.core.registry import register
+from cnnlens.attribution.methods.cam import GradCAM
+from cnnlens.attribution.methods.gradient import InputGradientMethod, input_gradient, saliency_reduction
+from cnnlens.models.hooks import Handles
 
 RULES = ("guided", "deconvnet")
 RECTIFIERS = (nn.ReLU, nn.ReLU6)

@@ -38,16 +38,10 @@ from torch.nn import functional as F
 from torch.nn.utils.fusion import fuse_conv_bn_weights
 
 from cnnlens import capabilities
-from cnnlens.attribution.engine import (
-    _LeafTracer,
-    _timm_conv2d_same,
-    _timm_notrace_modules,
-    bf16_is_native,
-    evaluation_context,
-    keeps_float32,
-    same_padding_kernel,
-)
-from cnnlens.attribution.hooks import Handles
+from cnnlens.attribution.engine.padding import same_padding_kernel, timm_conv2d_same
+from cnnlens.attribution.engine.precision import bf16_is_native, evaluation_context, keeps_float32
+from cnnlens.attribution.engine.tracing import LeafTracer, timm_notrace_modules
+from cnnlens.models.hooks import Handles
 
 logger = logging.getLogger(__name__)
 
@@ -95,7 +89,7 @@ def post_op(m: nn.Module) -> PostOp | None:
 
 def _fusable_conv(m: nn.Module) -> bool:
     """A plain ``nn.Conv2d`` with numeric zero padding, or timm's ``Conv2dSame`` (TF "same" padding)."""
-    same = _timm_conv2d_same()
+    same = timm_conv2d_same()
     if same is not None and type(m) is same:
         return m.padding_mode == "zeros"
     return (
@@ -157,7 +151,7 @@ class FusedConv(nn.Module):
 
     ``dtype`` is the precision it computes in (the input is cast to it; the bias stays float32, so in
     bf16 it is added before the output is rounded). ``same`` marks TensorFlow "same" padding, worked
-    out from the input size on every call as :func:`~cnnlens.attribution.engine.padding_free_forward`
+    out from the input size on every call as :func:`~cnnlens.attribution.engine.padding.padding_free_forward`
     does. On the CPU it is one oneDNN call; elsewhere ``F.conv2d`` and the activation.
     """
 
@@ -289,7 +283,8 @@ def _chains(graph: fx.Graph, modules: dict[str, nn.Module]) -> list[_Chain]:
 
 class FloatHead(nn.Module):
     """Calls ``linear`` (the model's own module, so its hooks run) with autocast off on a 2-d input,
-    as :func:`~cnnlens.attribution.engine.fp32_ends` does; a token-wise (3-d) call is left to autocast."""
+    as :func:`~cnnlens.attribution.engine.precision.fp32_ends` does; a token-wise (3-d) call is left to
+    autocast."""
 
     def __init__(self, linear: nn.Linear) -> None:
         super().__init__()
@@ -330,10 +325,10 @@ def build_fused(module: nn.Module, sample: torch.Tensor, precision: str) -> dict
     can be fused, or the fused network does not reproduce the model's logits in float32.
     """
     none: dict[str, FusedNetwork | None] = dict.fromkeys(("fp32", precision))
-    same = _timm_conv2d_same()
-    leaves = _timm_notrace_modules() + ((same,) if same is not None else ())
+    same = timm_conv2d_same()
+    leaves = timm_notrace_modules() + ((same,) if same is not None else ())
     try:
-        graph = _LeafTracer(leaves, None).trace(module)
+        graph = LeafTracer(leaves, None).trace(module)
     except Exception as error:  # any tracing failure means: run the model eagerly
         logger.info("fused inference off: torch.fx cannot trace %s (%s)", type(module).__name__, error)
         return none
@@ -369,7 +364,7 @@ def _assemble(
     graph.output(graph.graph_copy(traced, env))
     root: dict[str, Any] = {}
     replaced: list[nn.Module] = []
-    same = _timm_conv2d_same()
+    same = timm_conv2d_same()
     for i, chain in enumerate(chains):
         node = env[chain.conv]
         conv = cast(nn.Conv2d, modules[str(chain.conv.target)])  # _fusable_conv
@@ -472,7 +467,7 @@ def inference_pass(
     """``module(batch)`` as the methods' inference passes run it: through ``net`` (from
     :func:`fused_network`) where there is one, whose layers carry their own precision (under bf16
     autocast only covers the layers it does not fuse), else under
-    :func:`~cnnlens.attribution.engine.evaluation_context`. Call under ``torch.inference_mode``."""
+    :func:`~cnnlens.attribution.engine.precision.evaluation_context`. Call under ``torch.inference_mode``."""
     if net is None:
         with evaluation_context(precision, batch.device, module):
             out: torch.Tensor = module(batch)

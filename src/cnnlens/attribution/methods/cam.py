@@ -12,7 +12,7 @@ from abc import abstractmethod
 import torch
 from torch import nn
 
-from cnnlens.attribution.base import (
+from cnnlens.attribution.core.base import (
     Attribution,
     LayerSpec,
     ModelLike,
@@ -20,9 +20,10 @@ from cnnlens.attribution.base import (
     TargetPicker,
     chunk_targets,
 )
-from cnnlens.attribution.engine import evaluation_context, to_memory_format
-from cnnlens.attribution.hooks import capture_outputs
-from cnnlens.attribution.registry import register
+from cnnlens.attribution.core.registry import register
+from cnnlens.attribution.engine.layout import to_memory_format
+from cnnlens.attribution.engine.precision import evaluation_context
+from cnnlens.models.hooks import capture_outputs
 
 
 def feature_map(store: dict[str, torch.Tensor], name: str) -> torch.Tensor:
@@ -47,8 +48,8 @@ def layer_gradient(
     """Activations ``A`` of the method's target layer and ``d(target logit)/dA``, both ``(N, C, h, w)``.
 
     Only the gradient at that layer is computed (no weight gradients, nothing below the layer). With a
-    :class:`~cnnlens.attribution.base.TargetPicker` the targets come from the same forward pass. The
-    pass runs at the method's :meth:`~cnnlens.attribution.base.Attribution.compute_precision`.
+    :class:`~cnnlens.attribution.core.base.TargetPicker` the targets come from the same forward pass. The
+    pass runs at the method's :meth:`~cnnlens.attribution.core.base.Attribution.compute_precision`.
     """
     name, layer = attribution.target_layer(inputs)
     precision = attribution.compute_precision(inputs.device)

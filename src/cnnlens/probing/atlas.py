@@ -1,6 +1,6 @@
 """The layer atlas: one image's attributions at every selected layer, in network order.
 
-One :class:`~cnnlens.attribution.layer.LayerMethod` computes the channel attributions of all layers
+One :class:`~cnnlens.attribution.methods.layer.LayerMethod` computes the channel attributions of all layers
 from one batched forward and backward pass; each layer's map is the sum over its channels (as in the
 seed study), upsampled to the input. The atlas saves one ``.npz`` per layer and draws all layers with
 their names and output shapes (:func:`cnnlens.viz.layers.atlas_figure`).
@@ -20,10 +20,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from cnnlens.attribution.base import ModelLike, _first_conv_channels, check_inputs
-from cnnlens.attribution.engine import same_padding_in_conv
-from cnnlens.attribution.hooks import preserved_state
-from cnnlens.attribution.layer import (
+from cnnlens.attribution.core.base import ModelLike, check_inputs, first_conv_channels
+from cnnlens.attribution.core.targets import Target, resolve_targets
+from cnnlens.attribution.engine.padding import same_padding_in_conv
+from cnnlens.attribution.methods.layer import (
     LayerGradCAM,
     LayerGradientShap,
     LayerGradXAct,
@@ -32,8 +32,8 @@ from cnnlens.attribution.layer import (
     LayerSelection,
     select_layers,
 )
-from cnnlens.attribution.targets import Target, resolve_targets
 from cnnlens.errors import unknown
+from cnnlens.models.hooks import preserved_state
 
 #: The atlas's method names (``cnnlens layers --method``) and their classes.
 ATLAS_METHODS: dict[str, type[LayerMethod]] = {
@@ -177,7 +177,7 @@ def layer_atlas(
     """
     impl = atlas_method(method, model, **params)
     module = impl.module
-    x = check_inputs(inputs, _first_conv_channels(module))
+    x = check_inputs(inputs, first_conv_channels(module))
     if len(x) != 1:
         raise ValueError(f"the layer atlas explains one image at a time, got a batch of {len(x)}")
     param = next(module.parameters(), None)

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from torchvision.transforms.v2 import functional as TF
 
-from cnnlens.attribution.base import (
+from cnnlens.attribution.core.base import (
     Attributed,
     Attribution,
     ModelLike,
@@ -24,8 +24,9 @@ from cnnlens.attribution.base import (
     chunk_targets,
     target_scores,
 )
-from cnnlens.attribution.engine import evaluation_context, to_memory_format
-from cnnlens.attribution.registry import register
+from cnnlens.attribution.core.registry import register
+from cnnlens.attribution.engine.layout import to_memory_format
+from cnnlens.attribution.engine.precision import evaluation_context
 from cnnlens.models.loaded import LoadedModel
 
 
@@ -40,9 +41,9 @@ def input_gradient(
     """d(target logit)/d(input) for each input, ``(N, C, H, W)``, computed in chunks.
 
     Only the input gradient is computed: the caller has switched parameter gradients off. With a
-    :class:`~cnnlens.attribution.base.TargetPicker`, each chunk's targets are chosen from the logits
+    :class:`~cnnlens.attribution.core.base.TargetPicker`, each chunk's targets are chosen from the logits
     of the same forward pass. ``precision="bf16"`` runs the pass under bfloat16 autocast, and
-    ``memory_format`` sets the input layout (:func:`~cnnlens.attribution.engine.to_memory_format`); the
+    ``memory_format`` sets the input layout (:func:`~cnnlens.attribution.engine.layout.to_memory_format`); the
     gradient is returned in float32 with the inputs' layout.
     """
     grads = []

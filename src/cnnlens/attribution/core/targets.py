@@ -11,8 +11,8 @@ import torch
 from cnnlens.errors import unknown
 
 if TYPE_CHECKING:  # the methods import this module
-    from cnnlens.attribution.base import Attribution
-    from cnnlens.attribution.explanation import Explanation
+    from cnnlens.attribution.core.base import Attribution
+    from cnnlens.attribution.core.explanation import Explanation
 
 #: What a caller may pass as ``target``: None (top-1), an index, a class name, or one per image.
 Target = None | int | str | Sequence[int | str] | torch.Tensor | np.ndarray
@@ -60,7 +60,7 @@ def target_count_error(targets: int, inputs: int) -> ValueError:
     return ValueError(
         f"got {targets} targets for {inputs} inputs; give one target for all inputs or one per "
         "input. To explain the same inputs for several classes, use "
-        "cnnlens.attribution.targets.explain_targets(method, inputs, targets), which returns one "
+        "cnnlens.attribution.core.targets.explain_targets(method, inputs, targets), which returns one "
         "Explanation per target"
     )
 
@@ -123,7 +123,7 @@ def explain_targets(
         method: An attribution method built on the model.
         inputs: ``(N, C, H, W)`` or ``(C, H, W)`` preprocessed images.
         targets: Class indices or names; each is explained for every input.
-        batch_size: Passed to :meth:`~cnnlens.attribution.base.Attribution.explain`.
+        batch_size: Passed to :meth:`~cnnlens.attribution.core.base.Attribution.explain`.
 
     Returns:
         ``explanations[k]`` explains every input for ``targets[k]`` (``N`` maps each).

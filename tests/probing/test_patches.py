@@ -7,9 +7,10 @@ import torch
 from PIL import Image
 from torch import nn
 
-from cnnlens.attribution.channels import channel_patches, channel_shapley
-from cnnlens.attribution.hooks import hook_counts
-from cnnlens.viz.layers import channels_figure
+from cnnlens.models.hooks import hook_counts
+from cnnlens.probing.channels import channel_shapley
+from cnnlens.probing.figures import channels_figure
+from cnnlens.probing.patches import channel_patches
 from tests.attribution.test_contract import assert_same, snapshot
 
 

@@ -7,14 +7,14 @@ import torch
 from torch import nn
 
 from cnnlens.attribution import create
-from cnnlens.attribution.atlas import layer_atlas
-from cnnlens.attribution.layer import (
+from cnnlens.attribution.methods.layer import (
     LayerGradientShap,
     LayerIntegratedGradients,
     conv_layers,
     select_layers,
     stage_layers,
 )
+from cnnlens.probing.atlas import layer_atlas
 from tests.attribution.layer_models import LinearAfter, Reversed, seeded
 from tests.attribution.test_contract import assert_same, snapshot
 from tests.conftest import FailOnCall, tiny_loaded

@@ -15,8 +15,9 @@ if TYPE_CHECKING:
     from matplotlib.axes import Axes
     from matplotlib.figure import Figure
 
-    from cnnlens.attribution.atlas import LayerAtlas
-    from cnnlens.attribution.channels import ChannelShapley, Patch
+    from cnnlens.probing.atlas import LayerAtlas
+    from cnnlens.probing.channels import ChannelShapley
+    from cnnlens.probing.patches import Patch
 
 
 def _grid(count: int, columns: int | None) -> tuple[int, int]:

@@ -2,70 +2,20 @@
 
 from __future__ import annotations
 
-import numbers
 from collections.abc import Iterator, Sequence
-from typing import Any, ClassVar, TypeGuard
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 
-from cnnlens.attribution.base import SCORES, Attributed, Attribution, LayerSpec, ModelLike
-from cnnlens.attribution.engine import LayerSplit
-from cnnlens.attribution.hooks import Handles
-from cnnlens.attribution.registry import register
+from cnnlens.attribution.core.base import Attributed, Attribution, ModelLike
+from cnnlens.attribution.core.registry import register
+from cnnlens.validation import check_int, check_real, check_score, describe, is_int
 
 #: A window as ``(top, left, height, width)`` in pixels.
 Box = tuple[int, int, int, int]
 
 FIXED_MODES = ("center", "sweep")
-
-
-def check_score(score: str) -> str:
-    """Validate a ``score=`` argument (``"logit"`` or ``"probability"``)."""
-    if score not in SCORES:
-        raise ValueError(f"score must be one of {', '.join(SCORES)}, got {score!r}")
-    return score
-
-
-def _is_int(value: object) -> TypeGuard[numbers.Integral]:
-    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
-
-
-def _given(value: object) -> str:
-    """``value`` and its type for an error message, with a hint for the usual mistakes."""
-    text = f"{value!r} ({type(value).__name__})"
-    if isinstance(value, float) and value.is_integer():
-        return f"{text}; use {int(value)}"
-    if isinstance(value, str):
-        return f"{text}; pass a number, not a string"
-    return text
-
-
-def check_int(name: str, value: object) -> int:
-    """Validate the type of an integer hyper-parameter and return it as an ``int``.
-
-    Ranges are left to the caller; this rejects what is not an integer (``bool`` and integral
-    floats such as ``8.0`` included) with a message naming the parameter. The CLI's
-    ``-p window=8`` already arrives as the integer ``8`` (:func:`cnnlens.cli.common.parse_params`).
-
-    Raises:
-        TypeError: ``value`` is not an integer.
-    """
-    if not _is_int(value):
-        raise TypeError(f"{name} must be an integer, got {_given(value)}")
-    return int(value)
-
-
-def check_real(name: str, value: object) -> float:
-    """Validate the type of a real-valued hyper-parameter and return it as a ``float``.
-
-    Raises:
-        TypeError: ``value`` is not a real number (a string, ``None``, a ``bool`` ...).
-    """
-    if not isinstance(value, numbers.Real) or isinstance(value, bool):
-        raise TypeError(f"{name} must be a number, got {_given(value)}")
-    return float(value)
 
 
 def _sizes(name: str, value: object) -> int | tuple[int, ...]:
@@ -74,8 +24,8 @@ def _sizes(name: str, value: object) -> int | tuple[int, ...]:
         if not value:
             raise ValueError(f"{name} must list at least one size, got {value!r}")
         return tuple(check_int(f"{name}[{i}]", v) for i, v in enumerate(value))
-    if not _is_int(value):
-        raise TypeError(f"{name} must be an integer or a list of integers (pixels), got {_given(value)}")
+    if not is_int(value):
+        raise TypeError(f"{name} must be an integer or a list of integers (pixels), got {describe(value)}")
     return int(value)
 
 
@@ -509,164 +459,3 @@ class RISE(Attribution):
                 scores = self.scores_of(iter([batch]), t, self.score)
                 maps[i] += torch.einsum("b,bhw->hw", scores, masks[:, 0])
         return maps / (self.n_masks * self.p1)
-
-
-def _layer_activations(method: Attribution, inputs: torch.Tensor, batch_size: int) -> torch.Tensor:
-    """The method's target layer output for ``inputs``, without autograd: ``(N, C, h, w)``.
-
-    The output is copied when the layer returns it, so a later in-place operation cannot change it.
-    """
-    name, layer = method.target_layer(inputs)
-    out: list[torch.Tensor] = []
-    handles = Handles()
-
-    def keep(_m: nn.Module, _i: object, a: object) -> None:
-        if not isinstance(a, torch.Tensor):
-            raise TypeError(f"layer {name!r} returns {type(a).__name__}, not a tensor; choose a conv layer")
-        out.append(a.clone())
-
-    try:
-        handles.add(layer.register_forward_hook(keep))
-        with torch.inference_mode():
-            for chunk in inputs.split(batch_size):
-                method.module(chunk)
-    finally:
-        handles.remove()
-    if len(out) != len(inputs.split(batch_size)):
-        raise RuntimeError(f"layer {name!r} did not run exactly once per forward pass")
-    acts = torch.cat(out)
-    if acts.ndim != 4:
-        raise ValueError(
-            f"layer {name!r} outputs shape {tuple(acts.shape)}; CAM methods need a (N, C, H, W) "
-            "feature map, choose a convolutional layer"
-        )
-    return acts.float()
-
-
-@register
-class ScoreCAM(Attribution):
-    """Score-CAM: feature maps weighted by how much each one, used as an input mask, raises the score.
-
-    Each channel ``A_k`` of the layer is upsampled to the input size and min-max normalised to
-    ``[0, 1]``; the input multiplied by it (``fill`` where the mask is 0) is scored, the scores
-    ``S_k`` go through a softmax over channels, and the map is ``ReLU(sum_k softmax(S)_k A_k)``.
-    Masks are made ``batch_size`` channels at a time.
-
-    Shape:
-        A ``(N, H, W)`` non-negative map at the layer's resolution, upsampled.
-
-    References:
-        Wang et al. Score-CAM: Score-Weighted Visual Explanations for Convolutional Neural
-        Networks. CVPR Workshops 2020.
-    """
-
-    name = "scorecam"
-    family = "cam"
-    summary = "ReLU(sum_k softmax(score of x masked by A_k) A_k)"
-    reference = "Wang et al. 2020"
-    uses_layer = True
-    bf16_faithful = True  # Spearman 1.0000 at the defaults
-
-    def __init__(
-        self,
-        model: ModelLike,
-        *,
-        layer: LayerSpec = None,
-        fill: float = 0.0,
-        score: str = "probability",
-        batch_size: int | str | None = None,
-        precision: str = "auto",
-        memory_format: str = "auto",
-    ):
-        super().__init__(
-            model, layer=layer, batch_size=batch_size, precision=precision, memory_format=memory_format
-        )
-        self.fill = check_real("fill", fill)
-        self.score = check_score(score)
-
-    def _masks(self, acts: torch.Tensor, size: tuple[int, int], batch_size: int) -> Iterator[torch.Tensor]:
-        for chunk in acts.split(batch_size):
-            up = F.interpolate(chunk[:, None], size=size, mode="bilinear", align_corners=False)
-            low = up.amin(dim=(2, 3), keepdim=True)
-            high = up.amax(dim=(2, 3), keepdim=True)
-            yield torch.where(high > low, (up - low) / (high - low).clamp(min=1e-12), torch.zeros_like(up))
-
-    def _attribute(self, inputs: torch.Tensor, targets: torch.Tensor, batch_size: int) -> torch.Tensor:
-        acts = _layer_activations(self, inputs, batch_size)
-        size = (inputs.shape[2], inputs.shape[3])
-        maps = []
-        for image, a, t in zip(inputs, acts, targets.tolist()):
-            batches = (self.fill + (image - self.fill) * m for m in self._masks(a, size, batch_size))
-            weights = self.scores_of(batches, t, self.score).softmax(0)
-            maps.append(torch.relu(torch.einsum("c,chw->hw", weights.to(a.device), a)))
-        return torch.stack(maps)
-
-
-@register
-class AblationCAM(Attribution):
-    """Ablation-CAM: feature maps weighted by the score drop when each one is set to zero.
-
-    The network runs up to the layer once per image (:class:`~cnnlens.attribution.engine.LayerSplit`),
-    then only the part after it for every ablated channel, ``batch_size`` channels per pass. With
-    ``y`` the target logit and ``y_k`` the logit with channel ``k`` zeroed, the weight is
-    ``w_k = (y - y_k) / y`` as in the paper (so a negative ``y`` flips the signs) and the map is
-    ``ReLU(sum_k w_k A_k)``. ``extras["split"]`` tells whether the network could be split (otherwise
-    the whole network ran for every batch, with the layer's output swapped by a hook).
-
-    Shape:
-        A ``(N, H, W)`` non-negative map at the layer's resolution, upsampled.
-
-    References:
-        Desai, Ramaswamy. Ablation-CAM: Visual Explanations for Deep Convolutional Network via
-        Gradient-free Localization. WACV 2020.
-    """
-
-    name = "ablationcam"
-    family = "cam"
-    summary = "ReLU(sum_k (y - y without A_k) / y * A_k)"
-    reference = "Desai & Ramaswamy 2020"
-    uses_layer = True
-    bf16_faithful = True  # Spearman 1.0000 at the defaults
-
-    def __init__(
-        self,
-        model: ModelLike,
-        *,
-        layer: LayerSpec = None,
-        batch_size: int | str | None = None,
-        precision: str = "auto",
-        memory_format: str = "auto",
-    ):
-        super().__init__(
-            model, layer=layer, batch_size=batch_size, precision=precision, memory_format=memory_format
-        )
-
-    @staticmethod
-    def _ablated(acts: torch.Tensor, batch_size: int) -> Iterator[torch.Tensor]:
-        channels = acts.shape[1]
-        for start in range(0, channels, batch_size):
-            count = min(batch_size, channels - start)
-            batch = acts.expand(count, *acts.shape[1:]).clone()
-            batch[torch.arange(count), torch.arange(start, start + count)] = 0
-            yield batch
-
-    def _attribute(self, inputs: torch.Tensor, targets: torch.Tensor, batch_size: int) -> Attributed:
-        name, layer = self.target_layer(inputs)
-        with torch.inference_mode():
-            split = LayerSplit(self.module, name, layer, check=inputs[:1])
-        maps = []
-        for image, t in zip(inputs, targets.tolist()):
-            with torch.inference_mode():
-                head = split.head(image[None])
-            acts = head.activation
-            if acts.ndim != 4:
-                raise ValueError(
-                    f"layer {name!r} outputs shape {tuple(acts.shape)}; choose a convolutional layer"
-                )
-            tail = lambda b, head=head: split.tail(b, head)  # noqa: E731
-            base = self.scores_of(iter([acts.clone()]), t, "logit", forward=tail)
-            ablated = self.scores_of(self._ablated(acts, batch_size), t, "logit", forward=tail)
-            y = float(base[0])
-            weights = (base - ablated) / (y if abs(y) > 1e-12 else 1e-12)
-            maps.append(torch.relu(torch.einsum("c,chw->hw", weights.to(acts.device), acts[0].float())))
-        return Attributed(torch.stack(maps), {"split": split.split})

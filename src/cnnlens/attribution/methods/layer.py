@@ -2,14 +2,14 @@
 
 Every method here computes *channel attributions* ``(N, C, h, w)`` at one or many layers from a single
 batched forward and backward pass: the outputs of all requested layers are recorded in one forward
-pass (:func:`~cnnlens.attribution.hooks.capture_outputs`) and ``torch.autograd.grad(score,
+pass (:func:`~cnnlens.models.hooks.capture_outputs`) and ``torch.autograd.grad(score,
 [all layer outputs])`` is called once. A layer's map is the sum over its channels, as in the seed
 study (Shapley values of feature layers, "visualise a block by summing all its maps").
 
-:func:`cnnlens.attribution.atlas.layer_atlas` runs one method at every selected layer of a network
+:func:`cnnlens.probing.atlas.layer_atlas` runs one method at every selected layer of a network
 for one image: the layer atlas. The single-layer versions are registered methods
 (``layer_gradxact``, ``layer_ig``, ``layer_gradshap``) that follow the common
-:class:`~cnnlens.attribution.base.Attribution` contract.
+:class:`~cnnlens.attribution.core.base.Attribution` contract.
 """
 
 from __future__ import annotations
@@ -23,9 +23,9 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
-from cnnlens.attribution.base import Attribution, LayerSpec, ModelLike, target_scores
-from cnnlens.attribution.hooks import capture_outputs
-from cnnlens.attribution.registry import register
+from cnnlens.attribution.core.base import Attribution, LayerSpec, ModelLike, target_scores
+from cnnlens.attribution.core.registry import register
+from cnnlens.models.hooks import capture_outputs
 from cnnlens.models.layers import resolve_layer
 
 LayerSelection = str | Sequence[str | nn.Module] | None
@@ -299,7 +299,7 @@ class LayerGradXAct(_ProductMethod):
 class LayerGradCAM(_ProductMethod):
     """Grad-CAM at any set of layers: ``ReLU(sum_k mean(dy/dA_k) A_k)``.
 
-    Not registered (the single-layer method is :class:`~cnnlens.attribution.cam.GradCAM`); used by the
+    Not registered (the single-layer method is :class:`~cnnlens.attribution.methods.cam.GradCAM`); used by the
     atlas, where it gives the same map as ``gradcam`` at each layer from one pass.
 
     References:

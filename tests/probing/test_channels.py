@@ -8,7 +8,8 @@ import math
 import pytest
 import torch
 
-from cnnlens.attribution.channels import (
+from cnnlens.attribution.engine.split import suffix_runner
+from cnnlens.probing.channels import (
     CoalitionGame,
     channel_shapley,
     exact_shapley,
@@ -16,7 +17,6 @@ from cnnlens.attribution.channels import (
     mean_activation,
     permutation_chain,
 )
-from cnnlens.attribution.engine import suffix_runner
 from tests.attribution.layer_models import LinearAfter, Mixer, seeded
 from tests.attribution.test_contract import assert_same, snapshot
 from tests.conftest import FailOnCall, tiny_loaded

@@ -1,0 +1,218 @@
+"""What a channel responds to: the image patches where it fires most, cropped to the unit's receptive
+field (the part of the input its gradient reaches)."""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from cnnlens.attribution.core.base import ModelLike, check_inputs, first_conv_channels
+from cnnlens.attribution.engine.padding import same_padding_in_conv
+from cnnlens.models.hooks import capture_outputs, preserved_state
+from cnnlens.models.layers import resolve_layer
+from cnnlens.models.loaded import LoadedModel
+
+log = logging.getLogger(__name__)
+
+#: Share of a unit's input-gradient mass its patch holds (:func:`channel_patches`).
+PATCH_MASS = 0.8
+
+Box = tuple[int, int, int, int]
+
+
+@dataclass(frozen=True)
+class Patch:
+    """Where one channel fires most in one image, and the input pixels that unit sees.
+
+    Boxes are ``(left, top, right, bottom)`` in model-input pixels, right and bottom exclusive (PIL's
+    ``Image.crop`` convention), clipped to the image.
+
+    Attributes:
+        channel: The channel.
+        image: Index of the image in the batch it was found in.
+        activation: The channel's largest value in that image.
+        position: ``(row, column)`` of that value in the layer's feature map.
+        box: The patch: the square around the centroid of the unit's input-gradient magnitude that
+            holds the requested share of it (its effective receptive field on this image).
+        field: The unit's whole receptive field: the bounding box of the pixels with a non-zero
+            gradient (at deep layers often the whole image).
+    """
+
+    channel: int
+    image: int
+    activation: float
+    position: tuple[int, int]
+    box: Box
+    field: Box
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready form."""
+        return {
+            "image": self.image,
+            "activation": self.activation,
+            "position": list(self.position),
+            "box": list(self.box),
+            "field": list(self.field),
+        }
+
+
+def channel_patches(
+    model: ModelLike,
+    images: torch.Tensor,
+    layer: str | nn.Module,
+    channels: list[int],
+    *,
+    per_channel: int = 1,
+    mass: float = PATCH_MASS,
+    batch_size: int = 32,
+) -> dict[int, list[Patch]]:
+    """For each channel, the ``per_channel`` images where it fires most, with the patch around its peak.
+
+    The peak is the largest value of the channel's feature map in an image. One backward pass from
+    that unit to the input gives the pixels its value depends on: their bounding box is the unit's
+    receptive field (:attr:`Patch.field`), and the square around the centroid of the gradient
+    magnitude that holds ``mass`` of it is the patch (:attr:`Patch.box`; ``mass=1`` covers every
+    pixel with a non-zero gradient). Units are batched: each copy of an image in a batch
+    back-propagates from its own unit.
+
+    Args:
+        model: The classifier.
+        images: ``(N, C, H, W)`` preprocessed images (the explained image, or a set of probe images).
+        layer: Dotted name or module of the layer whose channels these are.
+        channels: Channel indices.
+        per_channel: Images kept per channel, by decreasing peak activation (at most ``N``).
+        mass: Share of the unit's input-gradient magnitude inside its patch, in ``(0, 1]``.
+        batch_size: Images per forward pass.
+
+    Returns:
+        ``{channel: [Patch, ...]}``, strongest first.
+
+    Raises:
+        ValueError: A channel out of range, ``per_channel`` or ``batch_size`` below 1, ``mass``
+            outside ``(0, 1]``, or a layer without a ``(N, C, h, w)`` output.
+
+    References:
+        Luo, Li, Urtasun, Zemel. Understanding the Effective Receptive Field in Deep Convolutional
+        Neural Networks. NeurIPS 2016.
+    """
+    if per_channel < 1 or batch_size < 1:
+        raise ValueError(f"per_channel and batch_size must be at least 1, got {per_channel}, {batch_size}")
+    if not 0 < mass <= 1:
+        raise ValueError(f"mass is a share of the gradient in (0, 1], got {mass}")
+    module = model.module if isinstance(model, LoadedModel) else model
+    x = check_inputs(images, first_conv_channels(module))
+    param = next(module.parameters(), None)
+    x = x.detach().to(param.device if param is not None else x.device)
+    name, target = resolve_layer(module, layer)
+    with preserved_state(module, freeze_parameters=True), same_padding_in_conv(module):
+        peaks, where, width = _peaks(module, name, target, x, channels, batch_size)
+        units = []
+        for k, c in enumerate(channels):
+            for n in torch.topk(peaks[:, k], min(per_channel, len(x))).indices.tolist():
+                i, j = divmod(int(where[n, k]), width)
+                units.append((n, c, i, j, float(peaks[n, k])))
+        gradients = _unit_gradients(module, name, target, x, units, batch_size)
+    out: dict[int, list[Patch]] = {c: [] for c in channels}
+    for (n, c, i, j, value), (grad, fmap) in zip(units, gradients):
+        field = _support_box(grad) or _cell((i, j), fmap, grad.shape)
+        box = _intersection(_mass_box(grad, mass) or field, field)
+        out[c].append(Patch(c, n, value, (i, j), box, field))
+    return out
+
+
+def _layer_output(store: dict[str, torch.Tensor], name: str) -> torch.Tensor:
+    if name not in store:
+        raise ValueError(f"layer {name!r} did not run in the forward pass")
+    out = store[name]
+    if out.ndim != 4:
+        raise ValueError(f"layer {name!r} outputs shape {tuple(out.shape)}; patches need a (N, C, h, w) map")
+    return out
+
+
+def _peaks(
+    module: nn.Module, name: str, layer: nn.Module, x: torch.Tensor, channels: list[int], batch_size: int
+) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """Per image and channel the largest value and its flat position ``(N, K)``, and the map width."""
+    values, where, width = [], [], 0
+    with torch.inference_mode():
+        for chunk in x.split(batch_size):
+            with capture_outputs({name: layer}) as store:
+                module(chunk)
+            out = _layer_output(store, name)
+            bad = [c for c in channels if not 0 <= c < out.shape[1]]
+            if bad:
+                raise ValueError(f"channels {bad} are not in layer {name!r}, which has {out.shape[1]}")
+            peak = out[:, channels].flatten(2).float().max(dim=2)
+            values.append(peak.values.cpu())
+            where.append(peak.indices.cpu())
+            width = out.shape[-1]
+    return torch.cat(values), torch.cat(where), width
+
+
+def _unit_gradients(
+    module: nn.Module,
+    name: str,
+    layer: nn.Module,
+    x: torch.Tensor,
+    units: list[tuple[int, int, int, int, float]],
+    batch_size: int,
+) -> list[tuple[torch.Tensor, tuple[int, int]]]:
+    """Each unit's ``(H, W)`` input-gradient magnitude (summed over colours) and the map's ``(h, w)``."""
+    found: list[tuple[torch.Tensor, tuple[int, int]]] = []
+    for start in range(0, len(units), batch_size):
+        chunk = units[start : start + batch_size]
+        n, c, i, j = (torch.tensor([u[k] for u in chunk]) for k in range(4))
+        inputs = x[n.to(x.device)].clone().requires_grad_(True)
+        with torch.enable_grad(), capture_outputs({name: layer}) as store:
+            module(inputs)
+            out = _layer_output(store, name)
+            picked = out[torch.arange(len(chunk)), c, i, j].sum()
+            (grad,) = torch.autograd.grad(picked, inputs)
+        fmap = (int(out.shape[-2]), int(out.shape[-1]))
+        found += [(g, fmap) for g in grad.abs().sum(dim=1).double().cpu()]
+    return found
+
+
+def _support_box(grad: torch.Tensor) -> Box | None:
+    """The bounding box of the non-zero pixels of ``grad`` (``None`` if all are zero)."""
+    rows = torch.nonzero(grad.any(dim=1)).flatten()
+    cols = torch.nonzero(grad.any(dim=0)).flatten()
+    if not len(rows):
+        return None
+    return int(cols[0]), int(rows[0]), int(cols[-1]) + 1, int(rows[-1]) + 1
+
+
+def _mass_box(grad: torch.Tensor, mass: float) -> Box | None:
+    """The smallest square around the centroid of ``grad`` holding ``mass`` of it, clipped."""
+    h, w = grad.shape
+    ys, xs = torch.meshgrid(
+        torch.arange(h, dtype=grad.dtype), torch.arange(w, dtype=grad.dtype), indexing="ij"
+    )
+    total = grad.sum()
+    if total <= 0:
+        return None
+    cy, cx = float((grad * ys).sum() / total), float((grad * xs).sum() / total)
+    reach = torch.maximum((ys - cy).abs(), (xs - cx).abs()).flatten()
+    order = torch.argsort(reach, stable=True)
+    held = torch.cumsum(grad.flatten()[order], dim=0)
+    k = min(int(torch.searchsorted(held, mass * held[-1])), len(held) - 1)
+    r = float(reach[order[k]]) + 1e-6
+    top, bottom = max(0, math.ceil(cy - r)), min(h, math.floor(cy + r) + 1)
+    left, right = max(0, math.ceil(cx - r)), min(w, math.floor(cx + r) + 1)
+    return left, top, right, bottom
+
+
+def _intersection(a: Box, b: Box) -> Box:
+    return max(a[0], b[0]), max(a[1], b[1]), min(a[2], b[2]), min(a[3], b[3])
+
+
+def _cell(position: tuple[int, int], fmap: tuple[int, int], size: torch.Size) -> Box:
+    """The input pixels under one feature-map cell (for a unit with no input gradient: a dead ReLU)."""
+    (r, q), (fh, fw), (h, w) = position, fmap, size
+    top, left = r * h // fh, q * w // fw
+    return left, top, max(left + 1, (q + 1) * w // fw), max(top + 1, (r + 1) * h // fh)

@@ -1,0 +1,55 @@
+"""Checks of user-given settings: one place, one wording ("what was given, what was expected")."""
+
+from __future__ import annotations
+
+import numbers
+from typing import TypeGuard
+
+SCORES = ("logit", "probability")
+
+
+def check_score(score: str) -> str:
+    """Validate a ``score=`` argument (``"logit"`` or ``"probability"``)."""
+    if score not in SCORES:
+        raise ValueError(f"score must be one of {', '.join(SCORES)}, got {score!r}")
+    return score
+
+
+def is_int(value: object) -> TypeGuard[numbers.Integral]:
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def describe(value: object) -> str:
+    """``value`` and its type for an error message, with a hint for the usual mistakes."""
+    text = f"{value!r} ({type(value).__name__})"
+    if isinstance(value, float) and value.is_integer():
+        return f"{text}; use {int(value)}"
+    if isinstance(value, str):
+        return f"{text}; pass a number, not a string"
+    return text
+
+
+def check_int(name: str, value: object) -> int:
+    """Validate the type of an integer hyper-parameter and return it as an ``int``.
+
+    Ranges are left to the caller; this rejects what is not an integer (``bool`` and integral
+    floats such as ``8.0`` included) with a message naming the parameter. The CLI's
+    ``-p window=8`` already arrives as the integer ``8`` (:func:`cnnlens.cli.common.parse_params`).
+
+    Raises:
+        TypeError: ``value`` is not an integer.
+    """
+    if not is_int(value):
+        raise TypeError(f"{name} must be an integer, got {describe(value)}")
+    return int(value)
+
+
+def check_real(name: str, value: object) -> float:
+    """Validate the type of a real-valued hyper-parameter and return it as a ``float``.
+
+    Raises:
+        TypeError: ``value`` is not a real number (a string, ``None``, a ``bool`` ...).
+    """
+    if not isinstance(value, numbers.Real) or isinstance(value, bool):
+        raise TypeError(f"{name} must be a number, got {describe(value)}")
+    return float(value)
