@@ -24,6 +24,10 @@ class PrecisionError(CnnlensError, ValueError):
     """The requested numeric precision cannot run on this device; the message says what to use."""
 
 
+class BackendError(CnnlensError, ValueError):
+    """The requested backend cannot run on this device; the message says what to use."""
+
+
 class UnknownNameError(CnnlensError, KeyError):
     """A name (layer, method, model, class) is not known; the message lists the closest names."""
 

@@ -181,9 +181,9 @@ def test_memory_format_is_an_option_that_leaves_the_maps_alone(images: torch.Ten
     assert torch.allclose(maps["auto"], maps["contiguous"], atol=1e-5)
     assert torch.allclose(maps["channels_last"], maps["contiguous"], atol=1e-5)
     method = create("saliency", model)
-    assert method.memory_format_for(gradients=True) == "contiguous"
-    assert method.memory_format_for(gradients=False) == "channels_last"
-    assert create("saliency", model, memory_format="channels_last").memory_format_for(gradients=True) == (
+    assert method.passes.layout(gradients=True) == "contiguous"
+    assert method.passes.layout(gradients=False) == "channels_last"
+    assert create("saliency", model, memory_format="channels_last").passes.layout(gradients=True) == (
         "channels_last"
     )
     assert "memory_format" in get_method("rise").hyperparameters()

@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from cnnlens.attribution import create
+from cnnlens.attribution.engine.runner import PassRunner
 from cnnlens.attribution.methods.gradient import input_gradient
 from cnnlens.attribution.methods.guided import backprop_rule, rule_gradient
 from cnnlens.models.hooks import hook_counts
@@ -72,7 +73,9 @@ def test_rules_on_the_hand_built_network(variant: dict[str, object]) -> None:
     before = snapshot(model)
     assert signed("guided_backprop", model, "guided") == GUIDED
     assert signed("deconvnet", model, "deconvnet") == DECONV
-    assert input_gradient(model, X, torch.tensor([0]), 1).flatten().tolist() == PLAIN  # hooks gone
+    assert (
+        input_gradient(PassRunner(model, X.device), X, torch.tensor([0]), 1).flatten().tolist() == PLAIN
+    )  # hooks gone
     guided = create("guided_backprop", model).explain(X, target=0).attributions
     deconv = create("deconvnet", model).explain(X, target=0).attributions
     assert guided.flatten().tolist() == [abs(v) for v in GUIDED]
@@ -101,14 +104,14 @@ def test_rules_leave_the_tiny_cnn_unchanged(images: torch.Tensor) -> None:
     """TinyCNN uses one in-place ReLU twice; after the rules its gradients are the plain ones again."""
     model = tiny_loaded()
     targets = torch.tensor([0, 1, 2])
-    plain = input_gradient(model.module, images, targets, 3)
+    plain = input_gradient(PassRunner(model.module, images.device), images, targets, 3)
     before = snapshot(model.module)
     guided = create("guided_backprop", model).explain(images, target=[0, 1, 2]).attributions
     assert not torch.allclose(guided, plain.abs().amax(1), atol=1e-4)
     create("deconvnet", model).explain(images)
     create("guided_gradcam", model).explain(images)
     assert_same(before, snapshot(model.module))
-    assert torch.equal(input_gradient(model.module, images, targets, 3), plain)
+    assert torch.equal(input_gradient(PassRunner(model.module, images.device), images, targets, 3), plain)
 
 
 def test_hooks_exist_only_inside_the_block() -> None:
@@ -145,9 +148,9 @@ def test_guided_rules_on_efficientnet_lite0_with_relu6() -> None:
     x = torch.randn(1, 3, 64, 64, generator=torch.Generator().manual_seed(0))
     before = snapshot(module)
     with backprop_rule(module, "guided") as calls:
-        guided = input_gradient(module, x, torch.tensor([3]), 1)
+        guided = input_gradient(PassRunner(module, x.device), x, torch.tensor([3]), 1)
     assert calls[0] == 33
-    plain = input_gradient(module, x, torch.tensor([3]), 1)
+    plain = input_gradient(PassRunner(module, x.device), x, torch.tensor([3]), 1)
     assert not torch.allclose(guided, plain)
     assert_same(before, snapshot(module))
 

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from torchvision.transforms import functional as TF
 
-from cnnlens.attribution.core.base import SCORES, target_scores
+from cnnlens.attribution.core.base import target_scores
 from cnnlens.data.transforms import Preprocessing
 from cnnlens.evaluation.metrics import (
     Metric,
@@ -29,6 +29,7 @@ from cnnlens.evaluation.metrics import (
     required,
 )
 from cnnlens.models.hooks import preserved_state
+from cnnlens.validation import SCORES
 
 BASELINES = ("blur", "black", "mean")
 MODES = ("deletion", "insertion")

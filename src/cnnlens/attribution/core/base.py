@@ -11,7 +11,8 @@ from __future__ import annotations
 import inspect
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -22,14 +23,15 @@ from torch import nn
 from cnnlens.attribution.core.explanation import Explanation
 from cnnlens.attribution.core.targets import Target, plain_target, resolve_targets, target_count_error
 from cnnlens.attribution.engine.batching import auto_batch_size
-from cnnlens.attribution.engine.fused import FusedNetwork, fused_network, inference_pass
-from cnnlens.attribution.engine.layout import check_memory_format, to_memory_format
+from cnnlens.attribution.engine.layout import check_memory_format
 from cnnlens.attribution.engine.padding import same_padding_in_conv
-from cnnlens.attribution.engine.precision import (
-    bf16_is_native,
-    check_precision,
-    evaluation_context,
-    resolve_precision,
+from cnnlens.attribution.engine.precision import check_precision, resolve_precision
+from cnnlens.attribution.engine.runner import (
+    Objective,
+    PassRunner,
+    check_backend,
+    objective_scores,
+    target_scores,
 )
 from cnnlens.models.hooks import preserved_state
 from cnnlens.models.layers import default_cam_layer, resolve_layer
@@ -38,7 +40,8 @@ from cnnlens.models.loaded import LoadedModel
 ModelLike = nn.Module | LoadedModel
 LayerSpec = str | nn.Module | None
 
-SCORES = ("logit", "probability")
+#: The settings of the pass runner a method forwards (``**settings`` in its ``__init__``).
+RUN_SETTINGS = ("precision", "memory_format", "backend")
 
 
 @dataclass
@@ -47,12 +50,6 @@ class Attributed:
 
     maps: torch.Tensor
     extras: dict[str, Any] = field(default_factory=dict)
-
-
-def target_scores(logits: torch.Tensor, targets: torch.Tensor, kind: str = "logit") -> torch.Tensor:
-    """Pick each row's target output, as a logit or a softmax probability: ``(N,)``."""
-    values = logits.float().softmax(dim=1) if kind == "probability" else logits.float()
-    return values.gather(1, targets.view(-1, 1).to(values.device)).squeeze(1)
 
 
 class TargetPicker:
@@ -184,6 +181,8 @@ class Attribution(ABC):
     #: samples, steps or windows, chosen so that every method on the five sample photos fits the demo's
     #: five-minute budget on a 2-core CPU. The paper defaults stay the defaults.
     quick_params: ClassVar[dict[str, Any]] = {}
+    #: Whether a target may be a function of the logits (CAM reads the target class's head weights).
+    explains_functions: ClassVar[bool] = True
 
     def __init__(
         self,
@@ -191,8 +190,9 @@ class Attribution(ABC):
         *,
         layer: LayerSpec = None,
         batch_size: int | str | None = None,
-        precision: str = "fp32",
+        precision: str = "auto",
         memory_format: str = "auto",
+        backend: str = "auto",
     ):
         if not isinstance(model, (nn.Module, LoadedModel)):
             raise TypeError(f"model must be an nn.Module or a LoadedModel, got {type(model).__name__}")
@@ -208,9 +208,10 @@ class Attribution(ABC):
         self.batch_size = batch_size
         self.precision = check_precision(precision)
         if precision == "bf16":  # fail here, not in the middle of a run, where bf16 cannot run at all
-            param = next(module.parameters(), None)
-            resolve_precision(precision, param.device if param is not None else torch.device("cpu"), False)
+            resolve_precision(precision, self.device, False)
         self.memory_format = check_memory_format(memory_format)
+        self.backend = check_backend(backend)
+        self.runner: PassRunner | None = None  # set by explain for the duration of one call
 
     @classmethod
     def unsupported(cls, module: nn.Module) -> str | None:
@@ -226,6 +227,12 @@ class Attribution(ABC):
     @property
     def module(self) -> nn.Module:
         return self.model.module if isinstance(self.model, LoadedModel) else self.model
+
+    @property
+    def device(self) -> torch.device:
+        """The device of the model's parameters (the CPU for a model without any)."""
+        param = next(self.module.parameters(), None)
+        return param.device if param is not None else torch.device("cpu")
 
     @property
     def class_names(self) -> list[str] | None:
@@ -255,10 +262,10 @@ class Attribution(ABC):
                     params[p.name] = p
         if not cls.uses_layer:
             params.pop("layer", None)
-        if "precision" not in inspect.signature(cls.__init__).parameters:
-            params.pop("precision", None)  # only methods that pass it on offer it
-        if "memory_format" not in inspect.signature(cls.__init__).parameters:
-            params.pop("memory_format", None)
+        init = inspect.signature(cls.__init__).parameters.values()
+        if not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in init):
+            for key in RUN_SETTINGS:  # only methods that forward them to the runner offer them
+                params.pop(key, None)
         return params
 
     def get_params(self) -> dict[str, Any]:
@@ -291,31 +298,43 @@ class Attribution(ABC):
         """
         module = self.module
         x = check_inputs(inputs, first_conv_channels(module))
-        param = next(module.parameters(), None)
-        x = x.detach().to(param.device if param is not None else x.device)
+        x = x.detach().to(self.device)
         check_batch_size(batch_size)
+        objective: Objective | None = target if callable(target) else None
+        if objective is not None and not self.explains_functions:
+            raise ValueError(
+                f"method {self.name!r} explains a class, not a function of the logits; give a class "
+                "index or name, or use a gradient or perturbation method"
+            )
+        spec: Target = None if objective is not None else target
         start = time.perf_counter()
-        with preserved_state(module, freeze_parameters=True), same_padding_in_conv(module):
+        runner = self._runner(x.device, objective)
+        with (
+            preserved_state(module, freeze_parameters=True),
+            same_padding_in_conv(module),
+            self._running(runner),
+        ):
             chunk = self._chunk_size(batch_size, x)
             layer_name = self.target_layer(x)[0] if self.uses_layer else None
             # a bf16 pass could flip a near tie: targets and scores then come from an fp32 forward
-            if isinstance(self, OnePass) and self.compute_precision(x.device) == "fp32":
-                picker = TargetPicker(target, self.class_names, len(x))
+            if isinstance(self, OnePass) and runner.precision == "fp32":
+                picker = TargetPicker(spec, self.class_names, len(x))
                 result = self._attribute_picking(x, picker, chunk)
                 targets, logits = picker.resolved()
             else:
-                logits = self.forward(x, chunk)
-                targets = resolve_targets(target, logits, self.class_names)
+                logits = runner.logits(x, chunk)
+                targets = resolve_targets(spec, logits, self.class_names)
                 result = self._attribute(x, targets.to(x.device), chunk)
         out = result if isinstance(result, Attributed) else Attributed(result)
-        maps = self._to_input_resolution(out.maps, x)
+        if objective is not None:  # what was explained: the function's value; targets: the top class
+            out.extras["objective"] = objective_scores(objective, logits).cpu()
         params = self.get_params()
-        if "precision" in params:  # what "auto" became on this device: saved and shown in reports
-            params["computed_in"] = self.compute_precision(x.device)
-            if params["computed_in"] == "bf16":  # the device's own kernels, or emulated (slow)
-                params["bf16_kernels"] = "native" if bf16_is_native(x.device) else "emulated"
+        if "precision" in params:  # what "auto" became on this device, and what ran: saved and shown
+            params.update(runner.record())
+        if objective is not None:
+            params["target_function"] = getattr(objective, "__name__", type(objective).__name__)
         return Explanation(
-            attributions=maps,
+            attributions=self._to_input_resolution(out.maps, x),
             targets=targets,
             scores=target_scores(logits, targets, "probability").cpu(),
             method=self.name,
@@ -341,65 +360,43 @@ class Attribution(ABC):
 
     # -- helpers for subclasses ------------------------------------------------------------------
 
+    def _runner(self, device: torch.device, objective: Objective | None = None) -> PassRunner:
+        settings = self.get_params()
+        return PassRunner(
+            self.module,
+            device,
+            precision=settings.get("precision", "fp32"),
+            memory_format=settings.get("memory_format", "auto"),
+            backend=settings.get("backend", "auto"),
+            bf16_faithful=self.bf16_faithful,
+            objective=objective,
+        )
+
+    @contextmanager
+    def _running(self, runner: PassRunner) -> Iterator[PassRunner]:
+        """:attr:`runner` is ``runner`` for the block (one ``explain`` call)."""
+        previous, self.runner = self.runner, runner
+        try:
+            yield runner
+        finally:
+            self.runner = previous
+
+    @property
+    def passes(self) -> PassRunner:
+        """The pass runner of the ``explain`` call in progress (a fresh one outside a call)."""
+        return self.runner if self.runner is not None else self._runner(self.device)
+
     def forward(self, inputs: torch.Tensor, batch_size: int) -> torch.Tensor:
-        """Model outputs for ``inputs`` in chunks of ``batch_size``, without autograd: ``(N, K)``."""
-        with torch.inference_mode():
-            layout = self.memory_format_for(gradients=False)
-            chunks = [to_memory_format(c, layout) for c in inputs.split(batch_size)]
-            net = fused_network(self.module, chunks[0], "fp32") if chunks else None  # fp32: logits to 1e-5
-            return torch.cat([inference_pass(self.module, c, "fp32", net).float() for c in chunks])
+        """Float32 model outputs for ``inputs`` in chunks of ``batch_size``, without autograd: ``(N, K)``."""
+        return self.passes.logits(inputs, batch_size)
 
     def _chunk_size(self, batch_size: int | str | None, x: torch.Tensor) -> int:
         chunk = batch_size or self.batch_size or self.default_batch_size
         return auto_batch_size(self.module, x) if chunk == "auto" else int(chunk)
 
     def compute_precision(self, device: torch.device) -> str:
-        """``"fp32"`` or ``"bf16"``: the precision :meth:`scores_of` runs at on ``device``."""
-        return resolve_precision(getattr(self, "precision", "fp32"), device, self.bf16_faithful)
-
-    def memory_format_for(self, *, gradients: bool) -> str:
-        """The input layout of a pass: ``memory_format=``, where ``"auto"`` is ``channels_last`` for
-        inference passes and ``contiguous`` for back-propagated ones.
-
-        Measured on the development CPU (batch 16, fp32): channels_last inputs made an inference forward
-        about 1.4x faster on ResNet-50 and 2x on EfficientNet-Lite0, but a forward + backward to the
-        input no faster at batch 16 and slower at batch 1.
-        """
-        if self.memory_format != "auto":
-            return self.memory_format
-        return "contiguous" if gradients else "channels_last"
-
-    def scores_of(
-        self,
-        batches: Iterator[torch.Tensor],
-        targets: torch.Tensor | int,
-        kind: str = "logit",
-        forward: Callable[[torch.Tensor], torch.Tensor] | None = None,
-    ) -> torch.Tensor:
-        """Evaluate a stream of perturbed batches and return the target score of every sample.
-
-        ``forward`` replaces the whole model (e.g. the tail of a :class:`~cnnlens.attribution.engine.
-        LayerSplit`). Runs at :meth:`compute_precision` (bf16 autocast and channels_last inputs, or fp32);
-        whole-model passes go through the fused inference network (:mod:`cnnlens.attribution.engine.fused`)
-        where it applies.
-        """
-        out = []
-        net: FusedNetwork | None = None
-        first = True
-        with torch.inference_mode():
-            for batch in batches:
-                precision = self.compute_precision(batch.device)
-                batch = to_memory_format(batch, self.memory_format_for(gradients=False))
-                if forward is not None:
-                    with evaluation_context(precision, batch.device, self.module):
-                        logits = forward(batch)
-                else:
-                    if first:  # built once per model and image size, looked up once per call
-                        net, first = fused_network(self.module, batch, precision), False
-                    logits = inference_pass(self.module, batch, precision, net)
-                t = torch.full((len(batch),), targets) if isinstance(targets, int) else targets
-                out.append(target_scores(logits, t, kind))
-        return torch.cat(out) if out else torch.empty(0)
+        """``"fp32"`` or ``"bf16"``: what this method's ``precision`` becomes on ``device``."""
+        return resolve_precision(self.get_params().get("precision", "fp32"), device, self.bf16_faithful)
 
     def _to_input_resolution(self, maps: torch.Tensor, inputs: torch.Tensor) -> torch.Tensor:
         maps = maps.detach().float()

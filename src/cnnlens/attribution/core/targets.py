@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -15,7 +15,17 @@ if TYPE_CHECKING:  # the methods import this module
     from cnnlens.attribution.core.explanation import Explanation
 
 #: What a caller may pass as ``target``: None (top-1), an index, a class name, or one per image.
-Target = None | int | str | Sequence[int | str] | torch.Tensor | np.ndarray
+#: What to explain: ``None`` (each input's top class), a class index or name, one per input, or a
+#: function of the logits (``(N, K)`` in, ``(N,)`` scores out, e.g. the difference of two logits).
+Target = (
+    None
+    | int
+    | str
+    | Sequence[int | str]
+    | torch.Tensor
+    | np.ndarray
+    | Callable[[torch.Tensor], torch.Tensor]
+)
 
 
 def class_index(value: int | str, class_names: Sequence[str] | None, num_classes: int) -> int:

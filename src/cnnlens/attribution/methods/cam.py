@@ -21,22 +21,8 @@ from cnnlens.attribution.core.base import (
     chunk_targets,
 )
 from cnnlens.attribution.core.registry import register
-from cnnlens.attribution.engine.layout import to_memory_format
-from cnnlens.attribution.engine.precision import evaluation_context
+from cnnlens.attribution.engine.runner import feature_map
 from cnnlens.models.hooks import capture_outputs
-
-
-def feature_map(store: dict[str, torch.Tensor], name: str) -> torch.Tensor:
-    """The recorded ``(N, C, h, w)`` output of layer ``name``, or a clear error."""
-    if name not in store:
-        raise RuntimeError(f"layer {name!r} did not run in the forward pass")
-    a = store[name]
-    if a.ndim != 4:
-        raise ValueError(
-            f"layer {name!r} outputs shape {tuple(a.shape)}; CAM methods need a (N, C, H, W) "
-            "feature map, choose a convolutional layer"
-        )
-    return a
 
 
 def layer_gradient(
@@ -45,31 +31,24 @@ def layer_gradient(
     targets: torch.Tensor | TargetPicker,
     batch_size: int,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Activations ``A`` of the method's target layer and ``d(target logit)/dA``, both ``(N, C, h, w)``.
+    """Activations ``A`` of the method's target layer and ``d(target score)/dA``, both ``(N, C, h, w)``.
 
     Only the gradient at that layer is computed (no weight gradients, nothing below the layer). With a
-    :class:`~cnnlens.attribution.core.base.TargetPicker` the targets come from the same forward pass. The
-    pass runs at the method's :meth:`~cnnlens.attribution.core.base.Attribution.compute_precision`.
+    :class:`~cnnlens.attribution.core.base.TargetPicker` the targets come from the same forward pass.
+    The passes run as the method's pass runner says.
     """
     name, layer = attribution.target_layer(inputs)
-    precision = attribution.compute_precision(inputs.device)
-    acts, grads = [], []
-    for start in range(0, len(inputs), batch_size):
-        x = to_memory_format(
-            inputs[start : start + batch_size], attribution.memory_format_for(gradients=True)
+    runner = attribution.passes
+
+    def score(logits: torch.Tensor, _store: dict[str, torch.Tensor], start: int) -> torch.Tensor:
+        return runner.target_scores(logits, chunk_targets(targets, logits, start))
+
+    passes = list(
+        runner.gradient_passes(
+            inputs, score, batch_size, layers={name: layer}, wrt_input=False, purpose="CAM methods"
         )
-        with (
-            capture_outputs({name: layer}) as store,
-            torch.enable_grad(),
-            evaluation_context(precision, x.device, attribution.module),
-        ):
-            logits = attribution.module(x.detach().requires_grad_(True)).float()
-            a = feature_map(store, name)
-            t = chunk_targets(targets, logits, start)
-            (g,) = torch.autograd.grad(logits.gather(1, t.view(-1, 1)).sum(), a)
-        acts.append(a.detach().float())
-        grads.append(g.detach().float())
-    return torch.cat(acts), torch.cat(grads)
+    )
+    return torch.cat([p.activations[name] for p in passes]), torch.cat([p.gradients[name] for p in passes])
 
 
 class GradientCAM(OnePass):
@@ -93,12 +72,9 @@ class GradientCAM(OnePass):
         *,
         layer: LayerSpec = None,
         batch_size: int | None = None,
-        precision: str = "auto",
-        memory_format: str = "auto",
+        **settings: str,
     ):
-        super().__init__(
-            model, layer=layer, batch_size=batch_size, precision=precision, memory_format=memory_format
-        )
+        super().__init__(model, layer=layer, batch_size=batch_size, **settings)
 
     @abstractmethod
     def weights(self, acts: torch.Tensor, grads: torch.Tensor) -> torch.Tensor:
@@ -214,6 +190,7 @@ class CAM(OnePass):
     reference = "Zhou et al. 2016"
     uses_layer = True
     signed = True
+    explains_functions = False
 
     @classmethod
     def unsupported(cls, module: nn.Module) -> str | None:
@@ -239,7 +216,7 @@ class CAM(OnePass):
         for start in range(0, len(inputs), batch_size):
             with capture_outputs({name: layer}) as store, torch.inference_mode():
                 logits = self.module(inputs[start : start + batch_size]).float()
-                acts = feature_map(store, name).float()
+                acts = feature_map(store, name, "CAM methods").float()
             t = picker.take(logits, start)
             head = self._head(name, acts, logits)
             cam = torch.einsum("nk,nkhw->nhw", head.weight.detach().float()[t], acts)

@@ -22,39 +22,28 @@ from cnnlens.attribution.core.base import (
     OnePass,
     TargetPicker,
     chunk_targets,
-    target_scores,
 )
 from cnnlens.attribution.core.registry import register
-from cnnlens.attribution.engine.layout import to_memory_format
-from cnnlens.attribution.engine.precision import evaluation_context
+from cnnlens.attribution.engine.runner import PassRunner
 from cnnlens.models.loaded import LoadedModel
 
 
 def input_gradient(
-    module: torch.nn.Module,
-    inputs: torch.Tensor,
-    targets: torch.Tensor | TargetPicker,
-    batch_size: int,
-    precision: str = "fp32",
-    memory_format: str = "contiguous",
+    runner: PassRunner, inputs: torch.Tensor, targets: torch.Tensor | TargetPicker, batch_size: int
 ) -> torch.Tensor:
-    """d(target logit)/d(input) for each input, ``(N, C, H, W)``, computed in chunks.
+    """d(target score)/d(input) for each input, ``(N, C, H, W)`` float32, in chunks of ``batch_size``.
 
-    Only the input gradient is computed: the caller has switched parameter gradients off. With a
-    :class:`~cnnlens.attribution.core.base.TargetPicker`, each chunk's targets are chosen from the logits
-    of the same forward pass. ``precision="bf16"`` runs the pass under bfloat16 autocast, and
-    ``memory_format`` sets the input layout (:func:`~cnnlens.attribution.engine.layout.to_memory_format`); the
-    gradient is returned in float32 with the inputs' layout.
+    Only the input gradient is computed (the caller has switched parameter gradients off). With a
+    :class:`~cnnlens.attribution.core.base.TargetPicker`, each chunk's targets are chosen from the
+    logits of the same forward pass. The passes run as ``runner`` says (precision, memory format).
     """
-    grads = []
-    for start in range(0, len(inputs), batch_size):
-        x = inputs[start : start + batch_size].detach().requires_grad_(True)
-        with torch.enable_grad(), evaluation_context(precision, x.device, module):
-            logits = module(to_memory_format(x, memory_format)).float()
-            t = chunk_targets(targets, logits, start)
-            (g,) = torch.autograd.grad(logits.gather(1, t.view(-1, 1)).sum(), x)
-        grads.append(g.detach().float())
-    return torch.cat(grads)
+
+    def score(logits: torch.Tensor, _store: dict[str, torch.Tensor], start: int) -> torch.Tensor:
+        return runner.target_scores(logits, chunk_targets(targets, logits, start))
+
+    return torch.cat(
+        [p.input_grad for p in runner.gradient_passes(inputs, score, batch_size) if p.input_grad is not None]
+    )
 
 
 def saliency_reduction(grads: torch.Tensor) -> torch.Tensor:
@@ -81,16 +70,13 @@ class InputGradientMethod(OnePass):
         model: ModelLike,
         *,
         batch_size: int | None = None,
-        precision: str = "auto",
-        memory_format: str = "auto",
+        **settings: str,
     ):
-        super().__init__(model, batch_size=batch_size, precision=precision, memory_format=memory_format)
+        super().__init__(model, batch_size=batch_size, **settings)
 
     def gradients(self, inputs: torch.Tensor, picker: TargetPicker, batch_size: int) -> torch.Tensor:
-        """``(N, C, H, W)`` gradients of each input's target score, at the method's precision."""
-        precision = self.compute_precision(inputs.device)
-        layout = self.memory_format_for(gradients=True)
-        return input_gradient(self.module, inputs, picker, batch_size, precision, layout)
+        """``(N, C, H, W)`` gradients of each input's target score, as the pass runner runs them."""
+        return input_gradient(self.passes, inputs, picker, batch_size)
 
 
 @register
@@ -117,22 +103,15 @@ Point = tuple[int, float, torch.Tensor]
 
 
 def point_gradients(
-    module: torch.nn.Module,
-    points: Iterator[Point],
-    targets: torch.Tensor,
-    batch_size: int,
-    precision: str = "fp32",
-    memory_format: str = "contiguous",
+    runner: PassRunner, points: Iterator[Point], targets: torch.Tensor, batch_size: int
 ) -> Iterator[Point]:
     """Gradients at a stream of points, evaluated ``batch_size`` points per forward/backward pass.
 
     Args:
-        module: The network (parameter gradients already off).
+        runner: The pass runner (parameter gradients already off).
         points: ``(input index, weight, point)`` triples; ``point`` is ``(C, H, W)``.
         targets: One class per input, indexed by the triples' input index.
         batch_size: Most points per pass; only one batch of points is held in memory at a time.
-        precision: ``"fp32"`` or ``"bf16"`` (see :func:`input_gradient`).
-        memory_format: Input layout of the passes (see :func:`input_gradient`).
 
     Returns:
         An iterator of ``(input index, weight, gradient at the point)``, in the order of ``points``.
@@ -142,7 +121,7 @@ def point_gradients(
     def flush() -> Iterator[Point]:
         index = torch.tensor([i for i, _, _ in buffer], device=targets.device)
         stacked = torch.stack([p for _, _, p in buffer])
-        grads = input_gradient(module, stacked, targets[index], len(buffer), precision, memory_format)
+        grads = input_gradient(runner, stacked, targets[index], len(buffer))
         yield from ((i, w, g) for (i, w, _), g in zip(buffer, grads))
         buffer.clear()
 
@@ -245,10 +224,9 @@ class SmoothGrad(Attribution):
         seed: int = 0,
         variant: str = "smoothgrad",
         batch_size: int | None = None,
-        precision: str = "auto",
-        memory_format: str = "auto",
+        **settings: str,
     ):
-        super().__init__(model, batch_size=batch_size, precision=precision, memory_format=memory_format)
+        super().__init__(model, batch_size=batch_size, **settings)
         if not 0 <= noise < float("inf"):
             raise ValueError(f"noise must be a fraction of the input range >= 0 (e.g. 0.15), got {noise}")
         if isinstance(n_samples, bool) or not isinstance(n_samples, int) or n_samples < 1:
@@ -271,10 +249,8 @@ class SmoothGrad(Attribution):
     def _attribute(self, inputs: torch.Tensor, targets: torch.Tensor, batch_size: int) -> torch.Tensor:
         total = torch.zeros(inputs.shape, dtype=torch.float64, device=inputs.device)
         squares = torch.zeros_like(total)
-        precision = self.compute_precision(inputs.device)
-        layout = self.memory_format_for(gradients=True)
         points = self._points(inputs)
-        for i, _, g in point_gradients(self.module, points, targets, batch_size, precision, layout):
+        for i, _, g in point_gradients(self.passes, points, targets, batch_size):
             total[i] += g
             squares[i] += g.double() ** 2
         mean, mean_square = total / self.n_samples, squares / self.n_samples
@@ -360,10 +336,9 @@ class IntegratedGradients(Attribution):
         blur_sigma: float = 10.0,
         seed: int = 0,
         batch_size: int | None = None,
-        precision: str = "auto",
-        memory_format: str = "auto",
+        **settings: str,
     ):
-        super().__init__(model, batch_size=batch_size, precision=precision, memory_format=memory_format)
+        super().__init__(model, batch_size=batch_size, **settings)
         if isinstance(baseline, torch.Tensor):
             if not baseline.is_floating_point() or not torch.isfinite(baseline).all():
                 raise ValueError("a baseline tensor must be a finite float tensor in the model's input space")
@@ -416,12 +391,12 @@ class IntegratedGradients(Attribution):
         baselines = self.baselines(inputs)
         integral = torch.zeros(inputs.shape, dtype=torch.float64, device=inputs.device)
         points = self._points(inputs, baselines)
-        precision = self.compute_precision(inputs.device)
-        layout = self.memory_format_for(gradients=True)
-        for i, w, g in point_gradients(self.module, points, targets, batch_size, precision, layout):
+        for i, w, g in point_gradients(self.passes, points, targets, batch_size):
             integral[i] += w * g.double()
         attr = ((inputs - baselines).double() * integral).sum(dim=1)
-        ends = target_scores(self.forward(torch.cat([inputs, baselines]), batch_size), targets.repeat(2))
+        ends = self.passes.target_scores(
+            self.forward(torch.cat([inputs, baselines]), batch_size), targets.repeat(2)
+        )
         difference = (ends[: len(inputs)] - ends[len(inputs) :]).double()
         gap = (attr.sum(dim=(1, 2)) - difference).abs()
         return Attributed(attr.float(), {"completeness_gap": gap.float().cpu()})

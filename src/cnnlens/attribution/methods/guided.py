@@ -136,10 +136,8 @@ def rule_gradient(
     batch_size: int,
 ) -> torch.Tensor:
     """The input "gradient" of the target logit under a backpropagation rule: ``(N, C, H, W)``."""
-    precision = attribution.compute_precision(inputs.device)
     with backprop_rule(attribution.module, rule) as calls:
-        layout = attribution.memory_format_for(gradients=True)
-        grads = input_gradient(attribution.module, inputs, targets, batch_size, precision, layout)
+        grads = input_gradient(attribution.passes, inputs, targets, batch_size)
     if calls[0] == 0:
         raise ValueError(
             f"no ReLU module of {type(attribution.module).__name__} ran in the forward pass (its "

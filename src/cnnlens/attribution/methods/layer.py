@@ -23,9 +23,9 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
-from cnnlens.attribution.core.base import Attribution, LayerSpec, ModelLike, target_scores
+from cnnlens.attribution.core.base import Attribution, LayerSpec, ModelLike
 from cnnlens.attribution.core.registry import register
-from cnnlens.models.hooks import capture_outputs
+from cnnlens.attribution.engine.runner import PassRunner
 from cnnlens.models.layers import resolve_layer
 
 LayerSelection = str | Sequence[str | nn.Module] | None
@@ -113,21 +113,21 @@ Targets = torch.Tensor | Callable[[torch.Tensor], torch.Tensor]
 
 
 def layer_passes(
-    module: nn.Module,
+    runner: PassRunner,
     points: torch.Tensor,
     targets: Targets,
     layers: dict[str, nn.Module],
     batch_size: int,
     weights: torch.Tensor | None = None,
 ) -> Iterator[LayerPass]:
-    """Forward ``points`` through ``module`` and back-propagate the target scores to every layer.
+    """Forward ``points`` and back-propagate the target scores to every layer of ``layers``.
 
     One forward and one ``torch.autograd.grad`` call per chunk of ``batch_size`` points give the
     activations and gradients of all ``layers`` at once (nothing below the lowest layer, no weight
-    gradients when the parameters are frozen).
+    gradients when the parameters are frozen), through :meth:`PassRunner.gradient_passes`.
 
     Args:
-        module: The network (in eval mode, parameters frozen, by the caller).
+        runner: The pass runner (model in eval mode, parameters frozen, by the caller).
         points: ``(P, C, H, W)`` inputs.
         targets: ``(P,)`` class per point, or a function mapping a chunk's logits to its classes.
         layers: ``{name: module}`` to record; each must output one ``(N, C, h, w)`` tensor.
@@ -138,39 +138,30 @@ def layer_passes(
     Yields:
         One :class:`LayerPass` per chunk, detached, its layers in the order the network ran them.
     """
-    w = torch.ones(len(points), device=points.device) if weights is None else weights
-    for start in range(0, len(points), batch_size):
-        stop = start + batch_size
-        x = points[start:stop].detach().requires_grad_(True)
-        with capture_outputs(layers) as store, torch.enable_grad():
-            logits = module(x)
-            t = targets(logits.detach()) if callable(targets) else targets[start:stop]
-            scores = target_scores(logits, t.to(logits.device))
-            names = [n for n in store if n in layers] + [n for n in layers if n not in store]
-            acts = [_recorded(store, n) for n in names]
-            grads = torch.autograd.grad((scores * w[start:stop]).sum(), acts, allow_unused=True)
+    chosen: dict[int, torch.Tensor] = {}
+
+    def score(logits: torch.Tensor, _store: dict[str, torch.Tensor], start: int) -> torch.Tensor:
+        t = targets(logits.detach()) if callable(targets) else targets[start : start + len(logits)]
+        chosen[start] = t.to(logits.device)
+        return runner.target_scores(logits, chosen[start])
+
+    for p in runner.gradient_passes(
+        points,
+        score,
+        batch_size,
+        layers=layers,
+        wrt_input=False,
+        purpose="layer attribution",
+        weights=weights,
+    ):
         yield LayerPass(
-            start=start,
-            activations={n: a.detach() for n, a in zip(names, acts)},
-            gradients={
-                n: torch.zeros_like(a) if g is None else g.detach() for n, a, g in zip(names, acts, grads)
-            },
-            scores=scores.detach(),
-            targets=t.cpu(),
-            logits=logits.detach().float(),
+            start=p.start,
+            activations=p.activations,
+            gradients=p.gradients,
+            scores=p.scores,
+            targets=chosen.pop(p.start).cpu(),
+            logits=p.logits,
         )
-
-
-def _recorded(store: dict[str, torch.Tensor], name: str) -> torch.Tensor:
-    if name not in store:
-        raise ValueError(f"layer {name!r} did not run in the forward pass; choose a layer the model calls")
-    a = store[name]
-    if a.ndim != 4:
-        raise ValueError(
-            f"layer {name!r} outputs shape {tuple(a.shape)}; layer attribution needs a (N, C, h, w) "
-            "feature map, choose a convolutional layer or block"
-        )
-    return a
 
 
 def _input_baseline(value: float | torch.Tensor, inputs: torch.Tensor) -> torch.Tensor:
@@ -231,8 +222,7 @@ class LayerMethod(Attribution):
 
         This default runs one forward pass to choose the targets, then :meth:`channel_attributions`.
         """
-        with torch.inference_mode():
-            logits = torch.cat([self.module(c).float() for c in inputs.split(batch_size)])
+        logits = self.passes.logits(inputs, batch_size, backend="eager")  # one pass: no fused build
         targets = choose(logits)
         return (
             self.channel_attributions(inputs, targets.to(inputs.device), layers, batch_size),
@@ -260,7 +250,7 @@ class _ProductMethod(LayerMethod):
     def channel_attributions(
         self, inputs: torch.Tensor, targets: torch.Tensor, layers: dict[str, nn.Module], batch_size: int
     ) -> dict[str, torch.Tensor]:
-        return self.products(layer_passes(self.module, inputs, targets, layers, batch_size))
+        return self.products(layer_passes(self.passes, inputs, targets, layers, batch_size))
 
     def attribute_layers(
         self,
@@ -269,7 +259,7 @@ class _ProductMethod(LayerMethod):
         layers: dict[str, nn.Module],
         batch_size: int,
     ) -> tuple[dict[str, torch.Tensor], torch.Tensor, torch.Tensor]:
-        passes = list(layer_passes(self.module, inputs, choose, layers, batch_size))
+        passes = list(layer_passes(self.passes, inputs, choose, layers, batch_size))
         targets = torch.cat([p.targets for p in passes])
         return self.products(iter(passes)), targets, torch.cat([p.logits for p in passes])
 
@@ -374,7 +364,7 @@ class LayerIntegratedGradients(LayerMethod):
         owner = torch.arange(len(points), device=inputs.device) // m
         out: dict[str, torch.Tensor] = {}
         prev: LayerPass | None = None
-        for p in layer_passes(self.module, points, targets.repeat_interleave(m), layers, batch_size):
+        for p in layer_passes(self.passes, points, targets.repeat_interleave(m), layers, batch_size):
             idx = torch.arange(p.start, p.start + len(p.scores), device=inputs.device)
             for n in p.activations:
                 a, g = p.activations[n], p.gradients[n]
@@ -475,7 +465,7 @@ class LayerGradientShap(LayerMethod):
         weights = (torch.arange(len(points), device=inputs.device) >= head).float()
         fixed: dict[str, list[torch.Tensor]] = {}
         out: dict[str, torch.Tensor] = {}
-        for p in layer_passes(self.module, points, t, layers, batch_size, weights):
+        for p in layer_passes(self.passes, points, t, layers, batch_size, weights):
             for k, a in p.activations.items():
                 g = p.gradients[k]
                 fixed.setdefault(k, []).append(a[: max(0, head - p.start)])

@@ -104,10 +104,9 @@ class Occlusion(Attribution):
         fill: float = 0.0,
         score: str = "logit",
         batch_size: int | str | None = None,
-        precision: str = "auto",
-        memory_format: str = "auto",
+        **settings: str,
     ):
-        super().__init__(model, batch_size=batch_size, precision=precision, memory_format=memory_format)
+        super().__init__(model, batch_size=batch_size, **settings)
         windows = _sizes("window", window)
         strides = None if stride is None else _sizes("stride", stride)
         flat = [*_as_tuple(windows), *_as_tuple(strides)]
@@ -178,7 +177,7 @@ class Occlusion(Attribution):
 
         The intact image rides along in the first batch (no separate forward pass for it).
         """
-        scores = self.scores_of(
+        scores = self.passes.scores(
             self._batches(image, [(), *((b,) for b in windows)], batch_size), target, self.score
         )
         return scores[0] - scores[1:]
@@ -278,8 +277,7 @@ class DoubleOcclusion(Occlusion):
         fill: float = 0.0,
         score: str = "logit",
         batch_size: int | str | None = None,
-        precision: str = "fp32",
-        memory_format: str = "auto",
+        **settings: str,
     ):
         for key, value in (("window", window), ("stride", stride)):
             if isinstance(value, (list, tuple)):
@@ -294,8 +292,7 @@ class DoubleOcclusion(Occlusion):
             fill=fill,
             score=score,
             batch_size=batch_size,
-            precision=precision,
-            memory_format=memory_format,
+            **settings,
         )
         if check_int("fixed_window", fixed_window) < 1:
             raise ValueError(f"fixed_window must be positive, got {fixed_window}")
@@ -325,7 +322,7 @@ class DoubleOcclusion(Occlusion):
             fixed = self.fixed_boxes(image, t, batch_size)
             hidden = [(), *((b,) for b in windows), *((a,) for a in fixed)]
             hidden += [(a, b) for a in fixed for b in windows]
-            scores = self.scores_of(self._batches(image, hidden, batch_size), t, self.score)
+            scores = self.passes.scores(self._batches(image, hidden, batch_size), t, self.score)
             drop = scores[0] - scores[1:]
             single, fixed_drop = drop[:n], drop[n : n + len(fixed)]
             pairs = drop[n + len(fixed) :].view(len(fixed), n)  # (fixed position, sliding window)
@@ -403,10 +400,9 @@ class RISE(Attribution):
         score: str = "probability",
         seed: int = 0,
         batch_size: int | str | None = None,
-        precision: str = "auto",
-        memory_format: str = "auto",
+        **settings: str,
     ):
-        super().__init__(model, batch_size=batch_size, precision=precision, memory_format=memory_format)
+        super().__init__(model, batch_size=batch_size, **settings)
         if check_int("n_masks", n_masks) < 1 or check_int("cells (grid cells per side)", cells) < 1:
             raise ValueError(f"n_masks and cells must be positive, got n_masks={n_masks}, cells={cells}")
         if not 0.0 < check_real("p1", p1) <= 1.0:
@@ -456,6 +452,6 @@ class RISE(Attribution):
             masks = self.masks(g, s, size).to(inputs.device)
             for i, (image, t) in enumerate(zip(inputs, targets.tolist())):
                 batch = self.fill + (image - self.fill) * masks
-                scores = self.scores_of(iter([batch]), t, self.score)
+                scores = self.passes.scores(iter([batch]), t, self.score)
                 maps[i] += torch.einsum("b,bhw->hw", scores, masks[:, 0])
         return maps / (self.n_masks * self.p1)

@@ -79,12 +79,9 @@ class ScoreCAM(Attribution):
         fill: float = 0.0,
         score: str = "probability",
         batch_size: int | str | None = None,
-        precision: str = "auto",
-        memory_format: str = "auto",
+        **settings: str,
     ):
-        super().__init__(
-            model, layer=layer, batch_size=batch_size, precision=precision, memory_format=memory_format
-        )
+        super().__init__(model, layer=layer, batch_size=batch_size, **settings)
         self.fill = check_real("fill", fill)
         self.score = check_score(score)
 
@@ -101,7 +98,7 @@ class ScoreCAM(Attribution):
         maps = []
         for image, a, t in zip(inputs, acts, targets.tolist()):
             batches = (self.fill + (image - self.fill) * m for m in self._masks(a, size, batch_size))
-            weights = self.scores_of(batches, t, self.score).softmax(0)
+            weights = self.passes.scores(batches, t, self.score).softmax(0)
             maps.append(torch.relu(torch.einsum("c,chw->hw", weights.to(a.device), a)))
         return torch.stack(maps)
 
@@ -138,12 +135,9 @@ class AblationCAM(Attribution):
         *,
         layer: LayerSpec = None,
         batch_size: int | str | None = None,
-        precision: str = "auto",
-        memory_format: str = "auto",
+        **settings: str,
     ):
-        super().__init__(
-            model, layer=layer, batch_size=batch_size, precision=precision, memory_format=memory_format
-        )
+        super().__init__(model, layer=layer, batch_size=batch_size, **settings)
 
     @staticmethod
     def _ablated(acts: torch.Tensor, batch_size: int) -> Iterator[torch.Tensor]:
@@ -168,8 +162,8 @@ class AblationCAM(Attribution):
                     f"layer {name!r} outputs shape {tuple(acts.shape)}; choose a convolutional layer"
                 )
             tail = lambda b, head=head: split.tail(b, head)  # noqa: E731
-            base = self.scores_of(iter([acts.clone()]), t, "logit", forward=tail)
-            ablated = self.scores_of(self._ablated(acts, batch_size), t, "logit", forward=tail)
+            base = self.passes.scores(iter([acts.clone()]), t, "logit", forward=tail)
+            ablated = self.passes.scores(self._ablated(acts, batch_size), t, "logit", forward=tail)
             y = float(base[0])
             weights = (base - ablated) / (y if abs(y) > 1e-12 else 1e-12)
             maps.append(torch.relu(torch.einsum("c,chw->hw", weights.to(acts.device), acts[0].float())))

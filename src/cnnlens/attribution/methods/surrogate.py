@@ -101,10 +101,9 @@ class SuperpixelSurrogate(Attribution):
         score: str = "probability",
         seed: int = 0,
         batch_size: int | str | None = None,
-        precision: str = "fp32",
-        memory_format: str = "auto",
+        **settings: str,
     ):
-        super().__init__(model, batch_size=batch_size, precision=precision, memory_format=memory_format)
+        super().__init__(model, batch_size=batch_size, **settings)
         if check_int("n_samples", n_samples) < 2:
             raise ValueError(f"n_samples must be at least 2, got {n_samples}")
         if segmentation not in SEGMENTATIONS:
@@ -132,7 +131,7 @@ class SuperpixelSurrogate(Attribution):
     ) -> torch.Tensor:
         """Target score with superpixel ``j`` shown where ``z[i, j]`` is 1, filled where 0: ``(n,)``."""
         base = fill_image(image, segments, self.fill)
-        return self.scores_of(
+        return self.passes.scores(
             self._batches(image, base, segments, z, batch_size), target, self.score
         ).double()
 
@@ -200,8 +199,7 @@ class LIME(SuperpixelSurrogate):
         score: str = "probability",
         seed: int = 0,
         batch_size: int | str | None = None,
-        precision: str = "auto",
-        memory_format: str = "auto",
+        **settings: str,
     ):
         super().__init__(
             model,
@@ -212,8 +210,7 @@ class LIME(SuperpixelSurrogate):
             score=score,
             seed=seed,
             batch_size=batch_size,
-            precision=precision,
-            memory_format=memory_format,
+            **settings,
         )
         width, ridge_alpha, k = (
             check_real("kernel_width", kernel_width),
@@ -333,8 +330,7 @@ class KernelSHAP(SuperpixelSurrogate):
         score: str = "probability",
         seed: int = 0,
         batch_size: int | str | None = None,
-        precision: str = "auto",
-        memory_format: str = "auto",
+        **settings: str,
     ):
         super().__init__(
             model,
@@ -345,8 +341,7 @@ class KernelSHAP(SuperpixelSurrogate):
             score=score,
             seed=seed,
             batch_size=batch_size,
-            precision=precision,
-            memory_format=memory_format,
+            **settings,
         )
 
     def fit(
