@@ -107,8 +107,12 @@ def test_untraceable_model_falls_back_and_says_so(caplog: pytest.LogCaptureFixtu
     x = torch.randn(1, 3, 16, 16)
     with caplog.at_level(logging.WARNING, logger="cnnlens.attribution.engine.split"):
         split = LayerSplit(module, "conv", module.conv, check=x)
-    assert not split.split
-    assert "re-running the whole network" in caplog.text
+    assert not split.split and split.mode == "hook"  # verified on x: faster than re-running it all
+    assert "cannot split DataDependent at 'conv'" in caplog.text
+    assert "swapping the layer's output in a whole-network pass" in caplog.text
+    with caplog.at_level(logging.WARNING, logger="cnnlens.attribution.engine.split"):
+        unchecked = LayerSplit(module, "conv", module.conv)  # without a check: never the hook mode
+    assert unchecked.mode == "full" and "re-running the whole network" in caplog.text
     with torch.inference_mode():
         head = split.head(x)
         acts = head.activation.expand(3, -1, -1, -1) * torch.tensor([0.0, 1.0, 2.0]).view(3, 1, 1, 1)

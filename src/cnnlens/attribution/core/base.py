@@ -24,7 +24,6 @@ from cnnlens.attribution.core.explanation import Explanation
 from cnnlens.attribution.core.targets import Target, plain_target, resolve_targets, target_count_error
 from cnnlens.attribution.engine.batching import auto_batch_size
 from cnnlens.attribution.engine.layout import check_memory_format
-from cnnlens.attribution.engine.padding import same_padding_in_conv
 from cnnlens.attribution.engine.precision import check_precision, resolve_precision
 from cnnlens.attribution.engine.runner import (
     Objective,
@@ -309,11 +308,7 @@ class Attribution(ABC):
         spec: Target = None if objective is not None else target
         start = time.perf_counter()
         runner = self._runner(x.device, objective)
-        with (
-            preserved_state(module, freeze_parameters=True),
-            same_padding_in_conv(module),
-            self._running(runner),
-        ):
+        with preserved_state(module, freeze_parameters=True), self._running(runner):
             chunk = self._chunk_size(batch_size, x)
             layer_name = self.target_layer(x)[0] if self.uses_layer else None
             # a bf16 pass could flip a near tie: targets and scores then come from an fp32 forward

@@ -39,7 +39,7 @@ from torch.nn.utils.fusion import fuse_conv_bn_weights
 
 from cnnlens import capabilities
 from cnnlens.attribution.engine.padding import same_padding_kernel, timm_conv2d_same
-from cnnlens.attribution.engine.precision import bf16_is_native, evaluation_context, keeps_float32
+from cnnlens.attribution.engine.precision import bf16_is_native, evaluation_context, runs_float32
 from cnnlens.attribution.engine.tracing import LeafTracer, timm_notrace_modules
 from cnnlens.models.hooks import Handles
 
@@ -291,7 +291,7 @@ class FloatHead(nn.Module):
         self.linear = linear
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.ndim != 2:
+        if not runs_float32(self.linear, tuple(x.shape), None):
             out: torch.Tensor = self.linear(x)
             return out
         with torch.autocast(device_type=x.device.type, enabled=False):
@@ -370,9 +370,7 @@ def _assemble(
         conv = cast(nn.Conv2d, modules[str(chain.conv.target)])  # _fusable_conv
         norm = cast(nn.BatchNorm2d, modules[str(chain.norm.target)]) if chain.norm is not None else None
         shape = shapes.get(str(chain.conv.target))
-        keep = precision == "fp32" or keeps_float32(
-            conv, tuple(shape) if shape else None, tuple(sample.shape)
-        )
+        keep = precision == "fp32" or runs_float32(conv, tuple(shape) if shape else None, tuple(sample.shape))
         fused = FusedConv(conv, norm, chain.op, torch.float32 if keep else torch.bfloat16, type(conv) is same)
         name = f"fused_{i}"
         root[name] = fused.to(sample.device)
@@ -462,14 +460,19 @@ def _forward_replaced(module: nn.Module, net: FusedNetwork | None) -> Iterator[N
 
 
 def inference_pass(
-    module: nn.Module, batch: torch.Tensor, precision: str, net: FusedNetwork | None
+    module: nn.Module,
+    batch: torch.Tensor,
+    precision: str,
+    net: FusedNetwork | None,
+    *,
+    padding_free: bool = True,
 ) -> torch.Tensor:
     """``module(batch)`` as the methods' inference passes run it: through ``net`` (from
     :func:`fused_network`) where there is one, whose layers carry their own precision (under bf16
     autocast only covers the layers it does not fuse), else under
     :func:`~cnnlens.attribution.engine.precision.evaluation_context`. Call under ``torch.inference_mode``."""
     if net is None:
-        with evaluation_context(precision, batch.device, module):
+        with evaluation_context(precision, batch.device, module, padding_free=padding_free):
             out: torch.Tensor = module(batch)
         return out
     autocast = torch.autocast(

@@ -135,6 +135,22 @@ def keeps_float32(conv: nn.Conv2d, shape: tuple[int, ...] | None, image: tuple[i
     return conv.in_channels == image[1] or reduction <= FP32_MAX_REDUCTION
 
 
+def runs_float32(layer: nn.Module, shape: tuple[int, ...] | None, image: tuple[int, ...] | None) -> bool:
+    """The bf16 rule, written once: whether ``layer``, called on an input of ``shape`` in a network
+    whose input has shape ``image``, computes in float32 under bf16.
+
+    Float32 are every ``nn.Linear`` on a 2-d input (a head on pooled features: its rounding would land
+    on the score itself; a transformer's token-wise linears stay bf16) and the convolutions
+    :func:`keeps_float32` names. :func:`fp32_ends` applies it with hooks to the eager model, the fused
+    network (:mod:`cnnlens.attribution.engine.fused`) to its fused convolutions and its head.
+    """
+    if isinstance(layer, nn.Linear):
+        return shape is not None and len(shape) == 2
+    if isinstance(layer, nn.Conv2d) and image is not None:
+        return keeps_float32(layer, shape, image)
+    return False
+
+
 @contextlib.contextmanager
 def fp32_ends(module: nn.Module, device: torch.device) -> Iterator[None]:
     """Inside an autocast block, run the two ends of ``module`` in float32 (hooks only inside the block).
@@ -167,11 +183,7 @@ def fp32_ends(module: nn.Module, device: torch.device) -> Iterator[None]:
             size[:] = [(int(args[0].shape[1]), int(args[0].shape[-2]), int(args[0].shape[-1]))]
 
     def full_precision(m: nn.Module, x: torch.Tensor) -> bool:
-        if isinstance(m, nn.Linear):
-            return x.ndim == 2  # a head on pooled features (not a transformer's token-wise layers)
-        if not size or not isinstance(m, nn.Conv2d):
-            return False
-        return keeps_float32(m, tuple(x.shape), (1, *size[0]))
+        return runs_float32(m, tuple(x.shape), (1, *size[0]) if size else None)
 
     def enter(m: nn.Module, args: tuple[Any, ...]) -> tuple[Any, ...] | None:
         if not args or not isinstance(args[0], torch.Tensor) or not full_precision(m, args[0]):
@@ -203,12 +215,16 @@ def fp32_ends(module: nn.Module, device: torch.device) -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def evaluation_context(precision: str, device: torch.device, module: nn.Module) -> Iterator[None]:
+def evaluation_context(
+    precision: str, device: torch.device, module: nn.Module, *, padding_free: bool = True
+) -> Iterator[None]:
     """What every pass of a method through ``module`` runs under (the bench's floor too).
 
-    :func:`precision_context` (bf16 autocast with the network's ends in float32, or nothing) and
-    :func:`same_padding_in_conv` (TensorFlow-"same" convolutions without a padded copy of their input).
+    :func:`precision_context` (bf16 autocast with the network's ends in float32, or nothing) and,
+    with ``padding_free``, :func:`same_padding_in_conv` (TensorFlow-"same" convolutions without a
+    padded copy of their input; the eager backend runs the model exactly as it is, without it).
     Pair it with :func:`to_memory_format` for the input.
     """
-    with same_padding_in_conv(module), precision_context(precision, device, module):
+    padding = same_padding_in_conv(module) if padding_free else contextlib.nullcontext()
+    with padding, precision_context(precision, device, module):
         yield

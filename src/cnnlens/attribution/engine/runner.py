@@ -172,8 +172,12 @@ class PassRunner:
 
     def context(self, precision: str | None = None) -> contextlib.AbstractContextManager[None]:
         """What a pass of the model itself runs under: autocast for bf16 with the network's ends in
-        float32, and TensorFlow-"same" convolutions without a padded copy of their input."""
-        return evaluation_context(precision or self.precision, self.device, self.module)
+        float32, and (except on the eager backend, which runs the model exactly as it is)
+        TensorFlow-"same" convolutions without a padded copy of their input."""
+        padding_free = self.backend != "eager"
+        return evaluation_context(
+            precision or self.precision, self.device, self.module, padding_free=padding_free
+        )
 
     def record(self) -> dict[str, Any]:
         """What ran, for the explanation's parameters: ``computed_in`` (the resolved precision), with
@@ -205,7 +209,7 @@ class PassRunner:
     def _infer(self, batch: torch.Tensor, precision: str, backend: str | None = None) -> torch.Tensor:
         net = self._network(batch, precision, backend)
         self.used.add("eager" if net is None else "fused")
-        return inference_pass(self.module, batch, precision, net)
+        return inference_pass(self.module, batch, precision, net, padding_free=self.backend != "eager")
 
     def logits(self, inputs: torch.Tensor, batch_size: int, *, backend: str | None = None) -> torch.Tensor:
         """Float32 logits of ``inputs`` in chunks of ``batch_size``, without autograd: ``(N, K)``.

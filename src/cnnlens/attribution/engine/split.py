@@ -74,6 +74,14 @@ def _split_graph(
     return fx.GraphModule(module, head), fx.GraphModule(module, tail), [n in dependent for n in frontier]
 
 
+def _logits(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    with torch.inference_mode():
+        out = module(x)
+    if not isinstance(out, torch.Tensor):
+        raise TypeError(f"the network returns {type(out).__name__}, not a tensor of logits")
+    return out.float()
+
+
 @dataclass
 class Head:
     """What :meth:`LayerSplit.head` computed for one image: the layer's activation and the context."""
@@ -101,8 +109,9 @@ class LayerSplit:
       output for the batch (the prefix runs once per batch, not per activation; works where the rest
       broadcasts a batch of one against the batch).
     * ``"full"``: as ``"hook"``, with the image repeated over the batch: always correct, no saving.
-    * ``"auto"``: ``"fx"``, falling back to ``"full"`` (logged) when tracing fails or, given
-      ``check``, the split does not reproduce the model.
+    * ``"auto"``: the first of ``"fx"``, ``"hook"`` and ``"full"`` that works and, given ``check``,
+      reproduces the model on it (``"hook"`` is tried only with ``check``: only a check shows that the
+      rest of the network broadcasts). Falling back is logged.
 
     With the hook modes a layer that runs more than once has only its last call swapped.
 
@@ -110,8 +119,9 @@ class LayerSplit:
         module: The network (in eval mode).
         name: The layer's dotted name.
         layer: The layer module.
-        check: An input used to verify that the split reproduces ``module``; without it the traced
-            split is trusted.
+        check: An input used to verify that the split reproduces ``module`` (the tail is run twice,
+            which also catches recorded values it modifies in place); without it the traced split
+            is trusted.
         mode: One of :data:`SPLIT_MODES`.
 
     Attributes:
@@ -120,7 +130,8 @@ class LayerSplit:
 
     Raises:
         ValueError: Unknown mode.
-        SplitError: ``mode="fx"`` and the graph cannot be split at the layer.
+        SplitError: The requested mode does not work or does not reproduce the network (``"auto"``:
+            none does).
     """
 
     def __init__(
@@ -137,37 +148,55 @@ class LayerSplit:
         self.module = module
         self.name = name
         self.layer = layer
-        self.mode = mode
-        if mode in ("auto", "fx"):
+        if mode != "auto":
+            tries: tuple[str, ...] = (mode,)
+        else:
+            tries = ("fx", "hook", "full") if check is not None else ("fx", "full")
+        reference = None if check is None else _logits(module, check[:1])
+        errors = []
+        for self.mode in tries:
             try:
-                self._head, self._tail, self._expand = _split_graph(module, name, layer)
-                self.mode = "fx"
-                if check is not None:
-                    self._verify(check[:1])
+                if self.mode == "fx":
+                    self._head, self._tail, self._expand = _split_graph(module, name, layer)
+                if check is not None and reference is not None:
+                    self._verify(check[:1], reference)
+                break
+            except ValueError as err:
+                if self.mode != "fx":
+                    raise  # the layer does not run in the forward pass: no mode can help
+                errors.append(f"fx: {err}")
             except Exception as err:  # fx raises many kinds (TraceError, TypeError, NotImplementedError...)
-                if mode == "fx":
-                    raise err if isinstance(err, SplitError) else SplitError(str(err)) from err
-                self.mode = "full"
-                logger.warning(
-                    "cannot split %s at %r (%s); re-running the whole network",
-                    type(module).__name__,
-                    name,
-                    err,
-                )
+                logger.info("split mode %s failed for layer %s: %s", self.mode, name, err)
+                errors.append(f"{self.mode}: {err}")
+        else:
+            raise SplitError(f"cannot run the network after layer {name!r} on its own ({'; '.join(errors)})")
+        if errors:
+            how = {
+                "hook": "swapping the layer's output in a whole-network pass",
+                "full": "re-running the whole network",
+            }
+            logger.warning(
+                "cannot split %s at %r (%s); %s",
+                type(module).__name__,
+                name,
+                "; ".join(errors),
+                how[self.mode],
+            )
 
     @property
     def split(self) -> bool:
         return self.mode == "fx"
 
-    def _verify(self, x: torch.Tensor) -> None:
+    def _verify(self, x: torch.Tensor, ref: torch.Tensor) -> None:
         with torch.inference_mode():
-            ref = self.module(x).float()
             head = self.head(x)
-            got = self.tail(head.activation.expand(2, *head.activation.shape[1:]).clone(), head).float()
-        if got.shape != (2, *ref.shape[1:]) or not torch.allclose(
-            got, ref.expand_as(got), rtol=1e-4, atol=1e-4
-        ):
-            raise SplitError("the split network does not reproduce the model's outputs")
+            scale = float(ref.abs().max()) + 1.0
+            for _ in range(2):  # twice: a tail that modifies recorded values in place fails the second
+                got = self.tail(head.activation.expand(2, *head.activation.shape[1:]).clone(), head).float()
+                if got.shape != (2, *ref.shape[1:]) or not torch.allclose(
+                    got, ref.expand_as(got), atol=1e-4 * scale, rtol=1e-4
+                ):
+                    raise SplitError(f"the {self.mode} split does not reproduce the network's output")
 
     def head(self, x: torch.Tensor) -> Head:
         """The layer's activation for one image ``x`` (``(1, C, H, W)``), and what the tail needs."""
@@ -286,31 +315,7 @@ def suffix_runner(
     if image.ndim != 4 or len(image) != 1:
         raise ValueError(f"suffix_runner binds one image of shape (1, C, H, W), got {tuple(image.shape)}")
     name, target = resolve_layer(module, layer)
+    split = LayerSplit(module, name, target, check=image, mode=mode)
     with torch.inference_mode():
-        logits = module(image)
-    if not isinstance(logits, torch.Tensor):
-        raise TypeError(f"the network returns {type(logits).__name__}, not a tensor of logits")
-    errors = []
-    for m in ("fx", "hook", "full") if mode == "auto" else (mode,):
-        try:
-            split = LayerSplit(module, name, target, mode=m)
-            with torch.inference_mode():
-                bound = split.head(image)
-            runner = SuffixRunner(name, m, bound.activation, logits.float(), split, bound)
-            _verify_runner(runner)
-            return runner
-        except (SplitError, RuntimeError, TypeError, fx.proxy.TraceError) as err:
-            logger.info("split mode %s failed for layer %s: %s", m, name, err)
-            errors.append(f"{m}: {err}")
-    raise SplitError(f"cannot run the network after layer {name!r} on its own ({'; '.join(errors)})")
-
-
-def _verify_runner(runner: SuffixRunner) -> None:
-    pair = torch.cat([runner.activation, runner.activation])
-    for _ in range(2):
-        out = runner(pair)
-        scale = float(runner.logits.abs().max()) + 1.0
-        if out.shape != (2, *runner.logits.shape[1:]) or not torch.allclose(
-            out, runner.logits.expand_as(out), atol=1e-4 * scale, rtol=1e-4
-        ):
-            raise SplitError(f"the {runner.mode} split does not reproduce the network's output")
+        bound = split.head(image)
+    return SuffixRunner(name, split.mode, bound.activation, _logits(module, image), split, bound)
