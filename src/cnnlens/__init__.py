@@ -16,6 +16,30 @@ from typing import Any
 from PIL import Image
 
 from cnnlens.attribution import Attribution, Explanation, create, get_method, method_names
+from cnnlens.attribution.methods import (
+    CAM,
+    LIME,
+    RISE,
+    AblationCAM,
+    Deconvnet,
+    DoubleOcclusion,
+    GradCAM,
+    GradCAMPlusPlus,
+    GradientXInput,
+    GuidedBackprop,
+    GuidedGradCAM,
+    IntegratedGradients,
+    KernelSHAP,
+    LayerCAM,
+    LayerGradientShap,
+    LayerGradXAct,
+    LayerIntegratedGradients,
+    Occlusion,
+    Saliency,
+    ScoreCAM,
+    SmoothGrad,
+    SPNMap,
+)
 from cnnlens.attribution.core.targets import Target
 from cnnlens.data import load_image, load_sample
 from cnnlens.models import LoadedModel, list_models, load_model
@@ -44,9 +68,31 @@ def explain(
 
 
 __all__ = [
+    "CAM",
+    "LIME",
+    "RISE",
+    "AblationCAM",
     "Attribution",
+    "Deconvnet",
+    "DoubleOcclusion",
     "Explanation",
+    "GradCAM",
+    "GradCAMPlusPlus",
+    "GradientXInput",
+    "GuidedBackprop",
+    "GuidedGradCAM",
+    "IntegratedGradients",
+    "KernelSHAP",
+    "LayerCAM",
+    "LayerGradXAct",
+    "LayerGradientShap",
+    "LayerIntegratedGradients",
     "LoadedModel",
+    "Occlusion",
+    "SPNMap",
+    "Saliency",
+    "ScoreCAM",
+    "SmoothGrad",
     "__version__",
     "create",
     "explain",
