@@ -6,7 +6,11 @@ Quick start::
     model = cnnlens.load_model()                       # offline ImageNet EfficientNet-Lite0
     image = cnnlens.load_image("cat.jpg")
     explanation = cnnlens.explain(model, image, method="gradcam")
-    explanation.render(image, preprocessing=model.preprocessing).save("gradcam.png")
+    explanation.render(image).save("gradcam.png")      # drawn on the part of the photo the model saw
+
+The methods are classes too: with ``x = model.prepare(image)``,
+``cnnlens.GradCAM(model, layer="blocks.6")(x, target="tabby")`` is
+``cnnlens.create("gradcam", model, layer="blocks.6").explain(x, target="tabby")``.
 """
 
 from __future__ import annotations
