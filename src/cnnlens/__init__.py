@@ -20,6 +20,7 @@ from typing import Any
 from PIL import Image
 
 from cnnlens.attribution import Attribution, Explanation, create, get_method, method_names
+from cnnlens.attribution.core.targets import Target
 from cnnlens.attribution.methods import (
     CAM,
     LIME,
@@ -44,7 +45,6 @@ from cnnlens.attribution.methods import (
     SmoothGrad,
     SPNMap,
 )
-from cnnlens.attribution.core.targets import Target
 from cnnlens.data import load_image, load_sample
 from cnnlens.models import LoadedModel, list_models, load_model
 from cnnlens.runtime import tune_allocator
