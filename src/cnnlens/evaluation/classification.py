@@ -1,4 +1,4 @@
-"""Classification metrics of a trained model: seed 004's table, the confusion matrix and the worst errors.
+"""Classification metrics of a trained model: Fan et al.'s table, the confusion matrix and the worst errors.
 
 For each class ``c`` (one-vs-rest, from the confusion matrix ``C``, rows = true class):
 ``TP = C[c, c]``, ``FP = sum_r C[r, c] - TP``, ``FN = sum_k C[c, k] - TP``, ``TN = N - TP - FP - FN``;
@@ -11,6 +11,9 @@ scikit-learn has no function for, from the confusion matrix.
 References:
     Sokolova, Lapalme. A systematic analysis of performance measures for classification tasks.
     Information Processing & Management 45(4), 2009.
+    Fan, Li, Song, Yang. Explainable deep learning-based classification on small-sized dataset
+    (project report; no year given): the per-class-averaged precision, sensitivity, specificity
+    and F1 of its tables.
 """
 
 from __future__ import annotations
