@@ -6,7 +6,11 @@ Quick start::
     model = cnnlens.load_model()                       # offline ImageNet EfficientNet-Lite0
     image = cnnlens.load_image("cat.jpg")
     explanation = cnnlens.explain(model, image, method="gradcam")
-    explanation.render(image, preprocessing=model.preprocessing).save("gradcam.png")
+    explanation.render(image).save("gradcam.png")      # drawn on the part of the photo the model saw
+
+The methods are classes too: with ``x = model.prepare(image)``,
+``cnnlens.GradCAM(model, layer="blocks.6")(x, target="tabby")`` is
+``cnnlens.create("gradcam", model, layer="blocks.6").explain(x, target="tabby")``.
 """
 
 from __future__ import annotations
@@ -17,6 +21,30 @@ from PIL import Image
 
 from cnnlens.attribution import Attribution, Explanation, create, get_method, method_names
 from cnnlens.attribution.core.targets import Target
+from cnnlens.attribution.methods import (
+    CAM,
+    LIME,
+    RISE,
+    AblationCAM,
+    Deconvnet,
+    DoubleOcclusion,
+    GradCAM,
+    GradCAMPlusPlus,
+    GradientXInput,
+    GuidedBackprop,
+    GuidedGradCAM,
+    IntegratedGradients,
+    KernelSHAP,
+    LayerCAM,
+    LayerGradientShap,
+    LayerGradXAct,
+    LayerIntegratedGradients,
+    Occlusion,
+    Saliency,
+    ScoreCAM,
+    SmoothGrad,
+    SPNMap,
+)
 from cnnlens.data import load_image, load_sample
 from cnnlens.models import LoadedModel, list_models, load_model
 from cnnlens.runtime import tune_allocator
@@ -44,9 +72,31 @@ def explain(
 
 
 __all__ = [
+    "CAM",
+    "LIME",
+    "RISE",
+    "AblationCAM",
     "Attribution",
+    "Deconvnet",
+    "DoubleOcclusion",
     "Explanation",
+    "GradCAM",
+    "GradCAMPlusPlus",
+    "GradientXInput",
+    "GuidedBackprop",
+    "GuidedGradCAM",
+    "IntegratedGradients",
+    "KernelSHAP",
+    "LayerCAM",
+    "LayerGradXAct",
+    "LayerGradientShap",
+    "LayerIntegratedGradients",
     "LoadedModel",
+    "Occlusion",
+    "SPNMap",
+    "Saliency",
+    "ScoreCAM",
+    "SmoothGrad",
     "__version__",
     "create",
     "explain",

@@ -16,17 +16,18 @@ M_MMAP_MAX = -4
 def tune_allocator() -> bool:
     """Keep freed memory in the process instead of handing it back to the kernel (glibc only).
 
-    With glibc's defaults every large tensor is an ``mmap`` that is unmapped when freed, so each
-    batched forward page-faults its activations back in (about 1.2 GB per ResNet-50 batch of 16).
-    ``mallopt(M_MMAP_MAX, 0)`` serves large blocks from the heap and ``M_TRIM_THRESHOLD`` = 1 GiB stops
-    the heap being trimmed after each batch. Measured on the 2-core machine, ResNet-50, batch 16,
-    4 forwards: minor page faults 1.24 M -> 3 k, system time 4.2 s -> 0.0 s, forward 1.9 s -> 1.2-1.3 s,
-    same peak RSS (the environment variables ``MALLOC_MMAP_THRESHOLD_``/``MALLOC_TRIM_THRESHOLD_``
-    cap the mmap threshold at 32 MiB and left 143 k faults). Set ``CNNLENS_MALLOC_TUNING=0`` to keep
-    the defaults.
+    With glibc's defaults every large tensor is an ``mmap`` that is unmapped when it is freed, so each
+    batched forward pass page-faults its activations back in (kernel time, not arithmetic).
+    ``mallopt(M_MMAP_MAX, 0)`` serves large blocks from the heap instead, and ``M_TRIM_THRESHOLD``
+    = 1 GiB stops the heap being trimmed after each batch, so the next batch reuses the same pages.
+    glibc's ``MALLOC_MMAP_THRESHOLD_`` / ``MALLOC_TRIM_THRESHOLD_`` environment variables cannot do
+    the same: the mmap threshold they set is capped at 32 MiB. The price is that freed memory stays
+    with the process (up to 1 GiB at the top of the heap) for its lifetime.
 
-    Library users call it once at start-up (``cnnlens.tune_allocator()``): LIME (256 samples) on
-    EfficientNet-Lite0 took 3.0 s with it and 5.5 s without (2026-12-01, 2 threads).
+    The setting is process-wide and stays for the life of the process. The command line applies it
+    at start-up; a program that runs many batched passes on the CPU (perturbation and surrogate
+    methods, benchmarks) calls it once before them. Set ``CNNLENS_MALLOC_TUNING=0`` to keep glibc's
+    defaults. Measurements: ``docs/decisions.md``, "Allocator tuning".
 
     Returns:
         Whether the allocator was tuned.

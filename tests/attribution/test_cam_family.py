@@ -142,6 +142,7 @@ def test_layercam_on_gap_linear(gap: GapLinear, x8: torch.Tensor) -> None:
     assert torch.allclose(exp.attributions, (torch.relu(w) * acts).sum(1) / 64, atol=1e-6)
 
 
+@pytest.mark.slow
 def test_cam_family_on_efficientnet_lite0(lite0: object) -> None:
     """The real default model: CAM finds the classifier after bn2 + SelectAdaptivePool2d."""
     from cnnlens.data import load_sample

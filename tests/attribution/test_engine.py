@@ -306,6 +306,7 @@ def test_fp32_ends_leave_autocast_as_found_after_an_error(where: str) -> None:
     assert hook_counts(model) == 0
 
 
+@pytest.mark.slow
 def test_fp32_ends_bring_lite0_scores_closer_to_float32(lite0: LoadedModel) -> None:
     """The reason for the policy, on the offline EfficientNet-Lite0: bf16 score errors shrink (measured
     0.022 -> 0.006 mean absolute error of the target probability on these 12 perturbations)."""

@@ -239,6 +239,7 @@ def test_same_padding_is_restored_after_an_error() -> None:
     assert "forward" not in vars(conv)
 
 
+@pytest.mark.slow
 @requires("fused_conv", "bf16_native", "fused_conv_bf16")
 def test_lite0_fused_network_reproduces_its_logits(lite0: LoadedModel) -> None:
     from cnnlens.data import load_sample

@@ -12,6 +12,8 @@ import pytest
 from cnnlens.cli import main
 from tests.conftest import tiny_loaded
 
+pytestmark = pytest.mark.slow  # every test runs `cnnlens data synth` and `cnnlens benchmark`
+
 
 @pytest.fixture
 def synth(tmp_path: Path) -> Path:

@@ -25,6 +25,7 @@ def chelsea(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
+@pytest.mark.slow
 def test_explain_chelsea(chelsea: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "out"
     assert main(["explain", str(chelsea), *FAST, "--out", str(out)]) == 0
@@ -44,6 +45,7 @@ def test_explain_chelsea(chelsea: Path, tmp_path: Path, capsys: pytest.CaptureFi
     assert summary["images"][0]["explanations"][1]["layer"] == "bn2"
 
 
+@pytest.mark.slow
 def test_explain_keeps_going_past_bad_images(
     chelsea: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -61,6 +63,7 @@ def test_explain_keeps_going_past_bad_images(
     assert (out / "chelsea" / "gradcam.npz").is_file()
 
 
+@pytest.mark.slow
 def test_explain_reports_each_bad_input_once(
     chelsea: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -105,6 +108,7 @@ def test_explain_reports_each_bad_input_once(
     assert (out / "chelsea" / "gradcam.npz").is_file()
 
 
+@pytest.mark.slow
 def test_explain_max_pixels_above_pillows_limit(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """--max-pixels decides, not Pillow's own limit (here lowered so that the image is over twice
     it, while the 224 x 224 crop of the preprocessing is not)."""
@@ -116,6 +120,7 @@ def test_explain_max_pixels_above_pillows_limit(tmp_path: Path, monkeypatch: pyt
     assert main(["explain", str(big), "-m", "gradcam", "--max-pixels", "0", "-o", str(out)]) == 2
 
 
+@pytest.mark.slow
 def test_explain_writes_method_extras(chelsea: Path, tmp_path: Path) -> None:
     out = tmp_path / "out"
     args = ["explain", str(chelsea), "-m", "integrated_gradients,lime", "--quick", "-o", str(out)]
@@ -138,6 +143,7 @@ def test_explain_writes_method_extras(chelsea: Path, tmp_path: Path) -> None:
         assert 1 <= len(top) <= 2 and set(top) <= set(np.argsort(-weights)[:2])
 
 
+@pytest.mark.slow
 def test_explain_several_targets_and_names(chelsea: Path, tmp_path: Path) -> None:
     out = tmp_path / "out"
     code = main(
@@ -148,6 +154,7 @@ def test_explain_several_targets_and_names(chelsea: Path, tmp_path: Path) -> Non
     assert files == ["gradcam-espresso.npz", "gradcam-tabby.npz"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("args", "message"),
     [
@@ -172,6 +179,7 @@ def test_explain_errors(
     assert not out.exists()
 
 
+@pytest.mark.slow
 def test_methods_and_models_list(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["methods"]) == 0
     printed = capsys.readouterr().out
@@ -182,6 +190,7 @@ def test_methods_and_models_list(capsys: pytest.CaptureFixture[str]) -> None:
     assert "efficientnet_lite0" in printed and "resnet50" in printed
 
 
+@pytest.mark.slow
 def test_models_show(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["models", "--show", "efficientnet_lite0"]) == 0
     printed = capsys.readouterr().out
@@ -195,6 +204,7 @@ def test_docs_methods_table_is_generated_from_the_registry() -> None:
     assert methods_markdown() in docs.read_text(), "regenerate: cnnlens methods --markdown"
 
 
+@pytest.mark.slow
 def test_demo_writes_report(tmp_path: Path) -> None:
     out = tmp_path / "demo"
     assert main(["demo", "--samples", "coffee", "--out", str(out)]) == 0
@@ -206,6 +216,7 @@ def test_demo_writes_report(tmp_path: Path) -> None:
     assert summary["images"][0]["predictions"][0]["class_name"] == "espresso"
 
 
+@pytest.mark.slow
 def test_quick_settings_and_overrides(chelsea: Path, tmp_path: Path) -> None:
     from cnnlens.cli.common import build_methods
     from cnnlens.models import load_model
@@ -248,6 +259,7 @@ def test_quick_settings_and_overrides(chelsea: Path, tmp_path: Path) -> None:
     assert (out / "chelsea" / "rise.npz").exists()
 
 
+@pytest.mark.slow
 def test_console_script_runs() -> None:
     exe = shutil.which("cnnlens", path=str(Path(sys.executable).parent))
     assert exe is not None

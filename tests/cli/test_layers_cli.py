@@ -19,6 +19,8 @@ from cnnlens.data import load_sample
 from cnnlens.data.transforms import Preprocessing
 from cnnlens.models import LoadedModel, apply_head, load_model, save_checkpoint
 
+pytestmark = pytest.mark.slow  # commands on VGG19 / ResNet-18 checkpoints, and loading them
+
 
 def saved(tmp: Path, arch: str, head: str, classes: list[str]) -> tuple[LoadedModel, Path]:
     """A random-weight ``arch`` with ``head``, and the cnnlens checkpoint it was saved to."""
@@ -76,7 +78,6 @@ def cached_seed_model(seed: tuple[LoadedModel, Path], monkeypatch: pytest.Monkey
     monkeypatch.setattr(common, "load_model", load)
 
 
-@pytest.mark.slow
 def test_seed_000_model_loads_from_its_checkpoint(seed: tuple[LoadedModel, Path]) -> None:
     model = load_model(seed[1])
     assert model.head == "mlp64"

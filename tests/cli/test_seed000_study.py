@@ -21,6 +21,8 @@ from cnnlens.models import LoadedModel
 from cnnlens.probing.atlas import layer_atlas
 from cnnlens.probing.channels import channel_shapley
 
+pytestmark = pytest.mark.slow  # full commands, and the pretrained efficientnet_lite0
+
 VGG19_CONVS = [f"features.{i}" for i in (0, 2, 5, 7, 10, 12, 14, 16, 19, 21, 23, 25, 28, 30, 32, 34)]
 
 
@@ -32,7 +34,6 @@ def strict_json(path: Path) -> dict[str, object]:
     return body
 
 
-@pytest.mark.slow
 def test_seed_000_study_train_vgg19_mlp64_then_layers_and_channels(tmp_path: Path) -> None:
     data = tmp_path / "shapes"
     synth = ["data", "synth", "--out", str(data), "--classes", "2", "--per-class", "10", "--size", "32"]

@@ -11,6 +11,8 @@ import pytest
 
 from cnnlens.cli import main
 
+pytestmark = pytest.mark.slow  # every test runs real commands (data, train, evaluate, explain, experiment)
+
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:

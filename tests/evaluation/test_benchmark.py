@@ -70,6 +70,7 @@ def bench(data: Path, out: Path, metrics: str, *extra: str) -> int:
     return main(["benchmark", *args, *extra])
 
 
+@pytest.mark.slow
 @pytest.mark.usefixtures("tiny_cli")
 def test_end_to_end(data: Path, tmp_path: Path) -> None:
     out = tmp_path / "out"
@@ -101,6 +102,7 @@ def test_end_to_end(data: Path, tmp_path: Path) -> None:
     assert ref["metrics"]["max_sensitivity"]["mean"] == 0.0
 
 
+@pytest.mark.slow
 @pytest.mark.usefixtures("tiny_cli")
 def test_rerun_with_a_new_metric_uses_the_cache(data: Path, tmp_path: Path, explain_calls: list[str]) -> None:
     out = tmp_path / "out"
@@ -119,6 +121,7 @@ def test_rerun_with_a_new_metric_uses_the_cache(data: Path, tmp_path: Path, expl
     assert len(records) == 2 * 4 * 3  # nothing was computed twice
 
 
+@pytest.mark.slow
 @pytest.mark.usefixtures("tiny_cli")
 def test_interrupted_run_resumes(data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     out = tmp_path / "out"
@@ -193,6 +196,7 @@ def test_best_rows_follow_the_direction_and_skip_references() -> None:
     assert best_rows(summary) == {"up": {"a", "b"}, "down": {"b"}}
 
 
+@pytest.mark.slow
 @pytest.mark.usefixtures("tiny_cli")
 def test_all_methods_skip_what_cannot_explain_the_model_and_quick_applies(data: Path, tmp_path: Path) -> None:
     out = tmp_path / "out"
@@ -339,6 +343,7 @@ def test_an_empty_mask_or_unreadable_image_is_skipped_with_a_warning(data: Path)
     assert [(i.stem, i.mask is not None) for i in items] == [("a", False), ("b", True)]
 
 
+@pytest.mark.slow
 @pytest.mark.usefixtures("tiny_cli")
 def test_an_empty_mask_leaves_only_that_images_localisation_out(data: Path, tmp_path: Path) -> None:
     Image.fromarray(np.zeros((32, 32), np.uint8)).save(data / "masks" / "a.png")

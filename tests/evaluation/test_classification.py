@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pytest
 from sklearn import metrics as skm
@@ -52,3 +54,49 @@ def test_bad_inputs() -> None:
         confusion_matrix([0, 1], [0], 2)
     with pytest.raises(ValueError, match=r"labels must lie in \[0, 2\)"):
         confusion_matrix([0, 2], [0, 1], 2)
+
+
+def test_closed_form_with_a_class_never_predicted_and_one_never_seen() -> None:
+    confusion = np.array(
+        [
+            [3, 1, 0, 0],
+            [1, 2, 0, 0],
+            [0, 2, 0, 0],  # "c": two samples, never predicted
+            [0, 0, 0, 0],  # "d": no samples, no predictions
+        ]
+    )
+    y_true = np.repeat(np.arange(4), confusion.sum(1))
+    y_pred = np.concatenate([np.repeat(np.arange(4), row) for row in confusion])
+    m = classification_metrics(y_true.tolist(), y_pred.tolist(), ["a", "b", "c", "d"])
+    np.testing.assert_array_equal(m.confusion, confusion)
+    assert m.confusion.dtype == np.int64
+    # (TP, FP, FN, TN) per class: a (3, 1, 1, 4), b (2, 3, 1, 3), c (0, 0, 2, 7), d (0, 0, 0, 9);
+    # 0/0 is 0
+    expected = {
+        "precision": [3 / 4, 2 / 5, 0.0, 0.0],
+        "sensitivity": [3 / 4, 2 / 3, 0.0, 0.0],
+        "specificity": [4 / 5, 3 / 6, 7 / 7, 9 / 9],
+        "f1": [6 / 8, 4 / 8, 0 / 2, 0.0],
+    }
+    for name, values in expected.items():
+        assert m.per_class[name].tolist() == pytest.approx(values, abs=1e-15), name
+        assert m.macro[name] == pytest.approx(sum(values) / 4, abs=1e-15), name
+    assert m.accuracy == pytest.approx(5 / 9, abs=1e-15)
+    assert m.support.tolist() == [4, 3, 2, 0]
+
+
+def test_no_samples_and_a_single_class_give_zeros_without_warnings() -> None:
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        empty = classification_metrics([], [], ["a", "b"])
+        single = classification_metrics([0, 0, 0], [0, 0, 0], ["only"])
+    assert empty.confusion.tolist() == [[0, 0], [0, 0]] and empty.confusion.dtype == np.int64
+    assert empty.accuracy == 0.0 and empty.to_dict()["n"] == 0
+    assert all(v.tolist() == [0.0, 0.0] for v in empty.per_class.values())
+    assert single.confusion.tolist() == [[3]] and single.accuracy == 1.0
+    assert {k: v.tolist() for k, v in single.per_class.items()} == {
+        "precision": [1.0],
+        "sensitivity": [1.0],
+        "specificity": [0.0],  # no negatives: TN / (TN + FP) = 0 / 0
+        "f1": [1.0],
+    }

@@ -14,6 +14,7 @@ from cnnlens.models import LoadedModel, list_models, load_model, save_checkpoint
 from cnnlens.models.layers import resolve_layer
 
 
+@pytest.mark.slow
 def test_offline_default_predicts_a_cat(lite0: LoadedModel) -> None:
     from cnnlens.data import load_sample
 

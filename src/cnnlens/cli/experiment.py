@@ -22,13 +22,13 @@ from cnnlens.training.experiment import (
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "experiment",
-        help="run a seed's experiment end to end (saliency-aware training)",
+        help="run a published experiment end to end (saliency-aware training)",
         description="Experiments that train, evaluate and tabulate in one command.",
     )
     kinds = p.add_subparsers(dest="experiment", metavar="EXPERIMENT", required=True)
     sa = kinds.add_parser(
         "saliency-aware",
-        help="baseline vs saliency-aware training over backbones, mask ratios, losses and seeds (seed 004)",
+        help="baseline vs saliency-aware training over backbones, mask ratios, losses and seeds (Fan et al.)",
         description="Trains every configuration (ratio 0: the baseline without SPN), scores each run on "
         "its test split and writes OUT/results.md, OUT/results.json and OUT/figure.png. Finished runs "
         "under OUT/runs are reused, so an interrupted experiment resumes.",

@@ -34,10 +34,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--head",
         choices=("linear", "mlp64", "cnet", "spn"),
-        help="new head: linear (default), mlp64 (seed 000), cnet (seed 004's C-Net, 1024 -> K), "
+        help="new head: linear (default), mlp64 (Flatten-Dense 64-Dropout-Dense K, the usual VGG "
+        "transfer-learning head), cnet (Fan et al.'s C-Net, 1024 -> K), "
         "spn (C-Net plus the saliency prediction net; same as --saliency-aware)",
     )
-    sa = p.add_argument_group("saliency-aware training (seed 004)")
+    sa = p.add_argument_group("saliency-aware training (Fan et al.)")
     sa.add_argument(
         "--saliency-aware",
         action="store_true",
@@ -63,7 +64,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "--freeze",
         default="auto",
         help=f"auto | {' | '.join(FREEZE_POLICIES)}; auto (default): features for linear and mlp64 "
-        "heads; for cnet and spn (seed 004) last-stage with pretrained weights, none without, so the "
+        "heads; for cnet and spn (Fan et al.) last-stage with pretrained weights, none without, so the "
         "localisation loss reaches the F-Net",
     )
     p.add_argument("--epochs", type=int, default=10)

@@ -1,12 +1,21 @@
 """Classification heads that replace a backbone's own (transfer learning, checkpoints).
 
-``linear``: the last linear layer is replaced by one with ``num_classes`` outputs (seed 002).
-``mlp64``: Flatten -> Dense 64 -> ReLU -> Dropout -> Dense K (seed 000); on VGG-style models (a
-``classifier`` made of linear layers) it replaces the whole classifier, so it reads the flattened
-7x7x512 feature map as in the seed.
-``cnet`` and ``spn``: seed 004's network (:mod:`cnnlens.models.saliency_net`): the backbone's
-feature part (F-Net) wrapped with C-Net (GAP -> 1024 -> K), and for ``spn`` also the saliency
-prediction net. These wrap the backbone instead of replacing a layer in it (:func:`attach_head`).
+``linear``: the last linear layer is replaced by one with ``num_classes`` outputs (as Fang's
+fruit-classification study fine-tunes the last layer of a ResNet-152).
+``mlp64``: Flatten -> Dense 64 -> ReLU -> Dropout -> Dense K, the head of the usual VGG
+transfer-learning recipe (ImageNet-trained convolutional layers kept, this head trained on the new
+classes); on VGG-style models (a ``classifier`` made of linear layers) it replaces the whole
+classifier, so it reads the flattened 7x7x512 feature map as that recipe does.
+``cnet`` and ``spn``: Fan et al.'s saliency-aware network (:mod:`cnnlens.models.saliency_net`): the
+backbone's feature part (F-Net) wrapped with C-Net (GAP -> 1024 -> K), and for ``spn`` also the
+saliency prediction net. These wrap the backbone instead of replacing a layer in it
+(:func:`attach_head`).
+
+References:
+    Fang. Convolutional Neural Network Interpretability Analysis for Image Classification (no year
+    given): a ResNet-152 with only its last layer fine-tuned on 30 fruit classes.
+    Fan, Li, Song, Yang. Explainable deep learning-based classification on small-sized dataset
+    (project report; no year given).
 """
 
 from __future__ import annotations
@@ -87,7 +96,10 @@ def _last_linear(model: nn.Module) -> tuple[str, int]:
 
 
 def mlp64(in_features: int, num_classes: int, hidden: int = 64, dropout: float = 0.5) -> nn.Sequential:
-    """Seed 000's head: Flatten -> Linear(hidden) -> ReLU -> Dropout -> Linear(num_classes)."""
+    """The head of the usual VGG transfer-learning recipe.
+
+    Flatten -> Linear(hidden) -> ReLU -> Dropout -> Linear(num_classes).
+    """
     return nn.Sequential(
         nn.Flatten(),
         nn.Linear(in_features, hidden),

@@ -1,4 +1,4 @@
-"""The saliency-aware classifier of seed 004: F-Net + C-Net + SPN.
+"""The saliency-aware classifier of Fan et al.: F-Net + C-Net + SPN.
 
 * F-Net: a backbone up to its last feature map (``(N, C, h, w)``, 7x7 for 224 px ResNets).
 * C-Net: global average pooling, then two fully connected layers (1024 units, then K).
@@ -11,8 +11,8 @@ cnnlens command; :meth:`SaliencyAwareNet.saliency` returns the SPN map (logits, 
 
 References:
     Fan, Li, Song, Yang. Explainable deep learning-based classification on small-sized dataset
-    (seed 004): C-Net with 1024 and K units, SPN of upsampling blocks, L = L_cls + lambda * L_loc
-    with the localisation loss counted only for images that have a mask.
+    (project report; no year given): C-Net with 1024 and K units, SPN of upsampling blocks,
+    L = L_cls + lambda * L_loc with the localisation loss counted only for images that have a mask.
 """
 
 from __future__ import annotations
@@ -107,8 +107,8 @@ class SaliencyAwareNet(nn.Module):
         num_classes: K.
         input_size: Side of the (square) input image.
         feature_size: Side of the F-Net's output map for that input.
-        with_spn: Build the SPN (``False``: the seed's baseline without SPN).
-        hidden: Units of C-Net's first layer (1024 in the seed).
+        with_spn: Build the SPN (``False``: Fan et al.'s baseline without SPN).
+        hidden: Units of C-Net's first layer (1024 in Fan et al.).
     """
 
     def __init__(
@@ -184,7 +184,7 @@ def build_saliency_net(
 def localisation_loss(
     saliency_logits: torch.Tensor, masks: torch.Tensor, has_mask: torch.Tensor, kind: str = "ce"
 ) -> torch.Tensor:
-    """The SPN loss over the images that have a mask (seed 004's semi-supervised rule).
+    """The SPN loss over the images that have a mask (Fan et al.'s semi-supervised rule).
 
     Args:
         saliency_logits: ``(N, 1, H, W)`` SPN output (logits).

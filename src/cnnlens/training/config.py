@@ -17,12 +17,15 @@ from cnnlens.models.saliency_net import LOC_LOSSES
 def auto_freeze(head: str, pretrained: bool) -> str:
     """The freeze policy ``"auto"`` stands for.
 
-    ``linear`` and ``mlp64`` heads: ``"features"`` (transfer learning by linear probing, seeds 000
-    and 002). Seed 004's heads (``cnet``, ``spn``): the reconstruction loss must reach the feature
-    extraction network ("back propagated to optimize both the feature extraction network and
-    saliency prediction network"), so a pretrained F-Net trains its last stage (``"last-stage"``)
-    and a randomly initialised one trains entirely (``"none"``). The baseline ``cnet`` gets the
-    same policy as ``spn`` so that the two differ only in the SPN.
+    ``linear`` and ``mlp64`` heads: ``"features"`` (transfer learning by linear probing: the
+    ImageNet-trained backbone is kept and only the new head trains, as in the usual VGG
+    transfer-learning recipe and in Fang's fruit-classification study, which fine-tunes only the
+    last layer of a ResNet-152). The saliency-aware heads of Fan et al. (``cnet``, ``spn``): the
+    reconstruction loss must reach the feature extraction network ("back propagated to optimize
+    both the feature extraction network and saliency prediction network"), so a pretrained F-Net
+    trains its last stage (``"last-stage"``) and a randomly initialised one trains entirely
+    (``"none"``). The baseline ``cnet`` gets the same policy as ``spn`` so that the two differ
+    only in the SPN.
     """
     if head in WRAPPING_HEADS:
         return "last-stage" if pretrained else "none"
@@ -44,7 +47,7 @@ class TrainConfig:
     Attributes:
         data: Class-folder dataset or CSV manifest.
         model: Model name (or checkpoint / run folder) to start from.
-        head: ``"linear"``, ``"mlp64"``, ``"cnet"`` (seed 004's C-Net, no SPN) or ``"spn"`` (C-Net plus
+        head: ``"linear"``, ``"mlp64"``, ``"cnet"`` (Fan et al.'s C-Net, no SPN) or ``"spn"`` (C-Net plus
             the saliency prediction net, trained with the masks: saliency-aware training); see
             :mod:`cnnlens.models.heads`.
         freeze: ``"features"``, ``"none"``, ``"last-stage"`` or ``"until:LAYER"`` (see

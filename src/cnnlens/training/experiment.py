@@ -1,21 +1,21 @@
-"""Seed 004's experiment as one call: baseline vs saliency-aware training over backbones, mask
-ratios, localisation losses and seeds.
+"""Fan et al.'s saliency-aware training experiment as one call: baseline vs saliency-aware
+training over backbones, mask ratios, localisation losses and seeds.
 
 Each configuration is a training run (:class:`~cnnlens.training.trainer.Trainer`) in its own folder
 ``OUT/runs/<backbone>/<config>/seed<k>``; a finished run (its ``result.json`` exists and records the
 same training settings and threshold) is reused and a stopped one (``last.pt``, no ``result.json``)
 is resumed, so an interrupted experiment continues where it stopped. A run whose settings differ
 from the current ones (``--epochs``, ``--lambda``, ``--image-size``...) is trained again from
-scratch. Ratio 0 is the seed's baseline: C-Net without SPN (head ``cnet``), trained on the
+scratch. Ratio 0 is Fan et al.'s baseline: C-Net without SPN (head ``cnet``), trained on the
 classification loss; ratio R > 0 trains head ``spn`` with the masks of a seeded fraction R of the
 training images. By default (``freeze="auto"``) a pretrained F-Net trains its last stage and a
 random one trains entirely, in the baseline and the saliency-aware runs alike, so that the
-localisation loss reaches the features (seed 004 back-propagates it into the F-Net).
+localisation loss reaches the features (Fan et al. back-propagate it into the F-Net).
 
 Every run is scored on its test split:
 
 * classification: accuracy and the per-class-averaged precision, sensitivity, specificity and F1
-  (the seed's tables);
+  (Fan et al.'s tables);
 * the SPN map against the masks: IoU at a threshold and soft Dice (saliency-aware runs only);
 * Grad-CAM at the backbone's default layer against the masks: pointing game and the share of the
   positive attribution inside the mask, for the baseline and the saliency-aware models alike.
@@ -24,6 +24,11 @@ The tables give mean +/- sample standard deviation (ddof 1) over seeds (``OUT/re
 ``OUT/results.json``), with a table comparing the localisation losses when there are several,
 and ``OUT/figure.png`` shows image / mask / SPN map / Grad-CAM (baseline and saliency-aware) for a
 few test images.
+
+References:
+    Fan, Li, Song, Yang. Explainable deep learning-based classification on small-sized dataset
+    (project report; no year given): ResNet F-Nets with and without the SPN on 8 CUB-200 bird
+    classes and on breast ultrasound (BUSI), mask ratios 1 and 0.25, CE / L1 / L2 localisation losses.
 """
 
 from __future__ import annotations
@@ -90,7 +95,7 @@ class ExperimentConfig:
         loc_losses: Localisation losses tried for each ratio > 0.
         seeds: Number of seeds (0 .. seeds-1) per configuration.
         freeze: ``"auto"`` (pretrained backbones train their last stage, ``"last-stage"``, so the
-            localisation loss reaches the F-Net as in the seed; random ones train entirely; the
+            localisation loss reaches the F-Net as in Fan et al.; random ones train entirely; the
             same for the baseline and the saliency-aware runs), or any :class:`TrainConfig` freeze
             policy.
         threshold: Threshold of the SPN map for its IoU with the mask.
@@ -145,7 +150,7 @@ class RunSpec:
 
     @property
     def method(self) -> str:
-        """The seed's "Method" column: ``baseline`` (no SPN) or ``saliency-aware``."""
+        """Fan et al.'s "Method" column: ``baseline`` (no SPN) or ``saliency-aware``."""
         return "baseline" if self.ratio == 0 else "saliency-aware"
 
     @property
@@ -287,13 +292,13 @@ def _loss_cell(row: dict[str, Any]) -> str:
 
 
 def markdown(result: ExperimentResult) -> str:
-    """The seed's tables, mean ± sample std over seeds: classification (per-class averages; Table 1),
+    """Fan et al.'s tables, mean ± sample std over seeds: classification (per-class averages; Table 1),
     the localisation losses compared (Table 2, when the grid has several) and localisation."""
     rows = result.table()
     cfg = result.config
     lead = "| backbone | weights | method | mask ratio | loc loss |"
     lines = [
-        "# Saliency-aware training (seed 004)",
+        "# Saliency-aware training (Fan et al.)",
         "",
         f"Data: `{cfg.data}`; {cfg.seeds} seed(s); {cfg.epochs} epochs; lambda = {cfg.loc_weight}; "
         f"freeze = {cfg.freeze} ({_freeze_note(result)}); image size = "

@@ -1,11 +1,11 @@
 """Which part of a network trains: freeze policies and the train/eval mode they imply.
 
-``features``: everything but the head is frozen (linear probing / seed 002's "only the last layer").
-``none``: everything trains (fine-tuning). ``until:LAYER``: every layer up to and including LAYER,
-in definition order, is frozen; the layers after it and the head train. ``last-stage``: the
-backbone's last stage and the head train, everything before is frozen; the last stage is found from
-the layer list and one dummy forward pass (see :func:`last_stage`), e.g. ``layer4`` of a ResNet,
-``blocks.5`` onwards of an EfficientNet, the last conv block of a VGG.
+``features``: everything but the head is frozen (linear probing; Fang's ResNet-152 study fine-tunes
+"only the last layer"). ``none``: everything trains (fine-tuning). ``until:LAYER``: every layer up
+to and including LAYER, in definition order, is frozen; the layers after it and the head train.
+``last-stage``: the backbone's last stage and the head train, everything before is frozen; the last
+stage is found from the layer list and one dummy forward pass (see :func:`last_stage`), e.g.
+``layer4`` of a ResNet, ``blocks.5`` onwards of an EfficientNet, the last conv block of a VGG.
 
 Frozen layers also stay in eval mode while the rest trains, so batch-norm running statistics of a
 frozen backbone are never updated and its dropout is off: the frozen part computes exactly what it

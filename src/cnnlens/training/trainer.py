@@ -109,7 +109,7 @@ class CrossEntropy:
 
 
 class SaliencyAware:
-    """Seed 004's loss: ``L = L_cls + lambda * L_loc``, ``L_loc`` only over images with a mask.
+    """Fan et al.'s loss: ``L = L_cls + lambda * L_loc``, ``L_loc`` only over images with a mask.
 
     The network must have an SPN (:class:`~cnnlens.models.saliency_net.SaliencyAwareNet`); the
     batches carry ``mask`` and ``has_mask``.
@@ -265,7 +265,7 @@ class Trainer:
             warnings.warn(
                 f"--freeze {cfg.freeze} freezes the whole F-Net, so the localisation loss only trains "
                 "the SPN and cannot change the features the classifier sees (C-Net gets the baseline's "
-                "gradients); seed 004 trains both: use --freeze last-stage, none or until:LAYER",
+                "gradients); Fan et al. train both: use --freeze last-stage, none or until:LAYER",
                 TrainingWarning,
                 stacklevel=3,
             )
@@ -276,7 +276,7 @@ class Trainer:
         return [heads] if isinstance(heads, str) else [str(h) for h in heads]  # type: ignore[attr-defined]
 
     def _keep_masks(self, train: list[Sample]) -> list[Sample]:
-        """Seed 004's partial supervision: only a seeded fraction ``mask_ratio`` of the training
+        """Fan et al.'s partial supervision: only a seeded fraction ``mask_ratio`` of the training
         images with a mask keep it."""
         masked = [i for i, s in enumerate(train) if s.mask is not None]
         if not masked:

@@ -339,6 +339,7 @@ class Attribution(ABC):
             class_names=self.class_names,
             signed=self.signed,
             extras=out.extras,
+            preprocessing=self.model.preprocessing if isinstance(self.model, LoadedModel) else None,
         )
 
     __call__ = explain

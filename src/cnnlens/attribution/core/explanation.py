@@ -37,6 +37,9 @@ class Explanation:
         class_names: The model's class names, if known.
         signed: Whether negative values are meaningful (rendered with a diverging colour map).
         extras: Method-specific results (per-input lists or tensors).
+        preprocessing: The model's preprocessing (set by ``explain`` for a
+            :class:`~cnnlens.models.LoadedModel`, ``None`` for a bare ``nn.Module``): :meth:`render`
+            uses it to place the map on the original photo without being told.
     """
 
     attributions: torch.Tensor
@@ -49,6 +52,7 @@ class Explanation:
     class_names: list[str] | None = None
     signed: bool = False
     extras: dict[str, Any] = field(default_factory=dict)
+    preprocessing: Preprocessing | None = None
 
     def __len__(self) -> int:
         return int(self.attributions.shape[0])
@@ -80,10 +84,11 @@ class Explanation:
 
         Keys: ``attribution`` (H x W, or N x H x W for a batch), ``target``, ``score``, ``method``,
         ``layer``, ``class_name`` (of each target), ``class_names`` (the model's, when known),
-        ``signed``, ``params`` (JSON), and one ``extra_<name>`` array per entry of :attr:`extras`
-        (for a single input without the batch axis, like ``attribution``; per-input arrays of
-        different shapes in a batch are written as ``extra_<name>_<i>``). ``extras`` (JSON) records
-        how each extra was stored; extras that are not arrays or numbers are kept there as JSON.
+        ``signed``, ``params`` (JSON), ``preprocessing`` (JSON, when known), and one
+        ``extra_<name>`` array per entry of :attr:`extras` (for a single input without the batch
+        axis, like ``attribution``; per-input arrays of different shapes in a batch are written as
+        ``extra_<name>_<i>``). ``extras`` (JSON) records how each extra was stored; extras that are
+        not arrays or numbers are kept there as JSON.
         """
         p = Path(path)
         p.parent.mkdir(parents=True, exist_ok=True)
@@ -105,6 +110,8 @@ class Explanation:
         }
         if self.class_names is not None:
             content["class_names"] = np.asarray(list(self.class_names), dtype=str)
+        if self.preprocessing is not None:
+            content["preprocessing"] = np.asarray(json.dumps(self.preprocessing.to_dict()))
         np.savez_compressed(p, **content)
         return p
 
@@ -125,6 +132,11 @@ class Explanation:
                 class_names=[str(n) for n in f["class_names"]] if "class_names" in f else None,
                 signed=bool(f["signed"]) if "signed" in f else False,
                 extras={name: _decode_extra(f, name, how) for name, how in layout.items()},
+                preprocessing=(
+                    Preprocessing.from_dict(json.loads(str(f["preprocessing"])))
+                    if "preprocessing" in f
+                    else None
+                ),
             )
 
     def per_input(self, value: Any) -> bool:
@@ -182,6 +194,10 @@ class Explanation:
         ragged = {f"{key}_{i}": a for i, a in enumerate(arrays)}
         return ragged, {"store": "ragged", "kind": kind, "count": len(arrays)}
 
+    def _preprocessing(self, given: Preprocessing | None) -> Preprocessing | None:
+        """The preprocessing to draw with: ``given``, else the one the explanation carries."""
+        return given if given is not None else self.preprocessing
+
     def render(
         self,
         image: Image.Image,
@@ -194,17 +210,21 @@ class Explanation:
     ) -> Image.Image:
         """Overlay one map on its image.
 
+        The map is drawn on the part of the original photo the model saw, at up to ``max_side``
+        pixels, using ``preprocessing`` or else the explanation's own :attr:`preprocessing`. Without
+        either (an explanation of a bare ``nn.Module``) ``image`` is taken as the model-input view.
+
         Args:
-            image: The original photo (with ``preprocessing``) or the model-input view (without).
+            image: The original photo, or the model-input view when no preprocessing is known.
             index: Which input of the batch.
-            preprocessing: When given, the map is drawn on the part of the original photo the model
-                saw, at up to ``max_side`` pixels, instead of on the low-resolution input view.
+            preprocessing: Overrides :attr:`preprocessing` (the model's, set by ``explain``).
             alpha: Opacity of the heat map.
             cmap: A matplotlib colour map (default ``jet``, or ``bwr`` for signed maps).
+            max_side: Longest side of the returned image, in pixels.
         """
         from cnnlens.viz.overlay import overlay
 
-        view = _view(image, preprocessing, max_side)
+        view = _view(image, self._preprocessing(preprocessing), max_side)
         return overlay(view, self.numpy(index), signed=self.signed, alpha=alpha, cmap=cmap)
 
     def render_mask(
@@ -236,7 +256,7 @@ class Explanation:
         if mask is None or mask.ndim != 2:
             shape = "not an array" if mask is None else f"shape {mask.shape}"
             raise ValueError(f"extra {name!r} of {self.method} is {shape}, expected an (H, W) mask")
-        view = _view(image, preprocessing, max_side).convert("RGB")
+        view = _view(image, self._preprocessing(preprocessing), max_side).convert("RGB")
         keep = Image.fromarray(mask.astype(bool).astype(np.uint8) * 255)
         keep = keep.resize(view.size, Image.Resampling.NEAREST)
         dark = Image.eval(view, lambda v: round(v * dim))
