@@ -10,8 +10,7 @@ builds, once per model and input size, a ``torch.fx`` copy of the network's grap
 ``torch.nn.utils.fusion.fuse_conv_bn_weights``) and its activation is one :class:`FusedConv`, which on
 the CPU is one oneDNN convolution with the activation as a post-op (``torch.ops.mkldnn.
 _convolution_pointwise``, the call PyTorch's own inference compiler emits). This is what inference
-compilers call freezing; here it costs one trace (about 10 ms for EfficientNet-Lite0) instead of a
-compilation.
+compilers call freezing; here it costs one ``torch.fx`` trace instead of a compilation.
 
 What stays as it was: the model (the copy holds new folded weights and shares the unfused modules,
 so hooks on those, on the model itself and on the classifier still run); the numbers (in float32 the

@@ -17,10 +17,9 @@ def check_memory_format(memory_format: str) -> str:
 def to_memory_format(batch: torch.Tensor, memory_format: str = "auto") -> torch.Tensor:
     """A 4-d batch in the memory format of the pass: ``channels_last`` unless ``"contiguous"``.
 
-    ``"auto"`` is ``channels_last`` in both precisions: on the development CPU it made a batch-16
-    fp32 forward (inputs only converted, the model untouched) about 1.4x faster on ResNet-50 and 2x on
-    EfficientNet-Lite0, with logits equal to 6e-5, and oneDNN's bf16 kernels want it too. The model's
-    weights are never converted (the model is left as found); convolutions take the input's layout.
+    ``"auto"`` is ``channels_last`` in both precisions: oneDNN's CPU convolutions are fastest on it
+    (measurements in ``docs/decisions.md``, "Memory format"). The model's weights are never converted
+    (the model is left as found); convolutions take the input's layout.
     """
     if batch.ndim == 4 and memory_format != "contiguous":
         return batch.contiguous(memory_format=torch.channels_last)

@@ -35,11 +35,9 @@ def padding_free_forward(conv: nn.Conv2d, x: torch.Tensor) -> torch.Tensor | Non
     is that padding; where it is one larger after, the kernel gets a leading row (column) of zeros and
     the convolution pads the larger amount on both sides, so every output reads the same inputs with
     the same weights, and the extra leading input is multiplied by the zero. Only for depthwise and
-    grouped convolutions with an uneven padding (a dense convolution pays the extra kernel row in
-    arithmetic: the stem of EfficientNet-Lite0 became 1.3x slower) and for dilation 1 there.
-    Measured on the development CPU, batch 16, channels_last, per image: EfficientNet-Lite0's 96-channel
-    depthwise stride-2 convolution at 112 px 0.545 -> 0.171 ms in float32 (0.231 -> 0.115 ms in bf16);
-    maximum difference from timm's result 0.0.
+    grouped convolutions with an uneven padding (a dense convolution would pay the extra kernel row
+    in arithmetic, more than the copy it saves) and for dilation 1 there. Measurements:
+    ``docs/decisions.md``, "Measurements behind the engine's docstrings".
     """
     found = same_padding_kernel(conv.weight, x.shape, conv.stride, conv.dilation, conv.groups)
     if found is None:

@@ -39,20 +39,13 @@ def resolve_precision(precision: str, device: torch.device, bf16_faithful: bool)
     """Turn ``"auto"`` into ``"fp32"`` or ``"bf16"``.
 
     ``"auto"`` picks bfloat16 only where both hold: the method's maps stay faithful in bfloat16
-    (``bf16_faithful``: Spearman rank correlation with the fp32 map >= 0.99, the minimum over the five
-    sample photos with EfficientNet-Lite0, at the method's default settings, measured by
-    ``bench/attribution.py --precision --defaults``) and the device computes bfloat16 natively
-    (:func:`bf16_is_native`). bf16 here means autocast with the network's ends in float32
-    (:func:`fp32_ends`, and the fused inference network of :mod:`cnnlens.attribution.engine.fused` with the
-    same rule). Measured: occlusion 0.9976, RISE 0.9998, Score-CAM 1.0000, Ablation-CAM 1.0000, LIME
-    0.9941, KernelSHAP 0.9984 (faithful; with the whole network in bf16 occlusion, LIME and KernelSHAP
-    were at 0.9897, 0.9890 and 0.9811); double occlusion 0.9956, but 0.639 in an earlier measurement
-    (kept fp32: its fixed window is chosen by a sweep, and a flip of that choice changes the whole map).
-    On a device without native bf16 convolutions (:func:`bf16_is_native`) bfloat16 is emulated
-    (1.25-50x slower than fp32 on an AVX2 machine), so ``"auto"`` means fp32 there, and an explicit
-    ``"bf16"`` runs emulated autocast where that works (logged once) and raises
-    :class:`PrecisionError` where it does not. Gradient methods stay fp32 under ``"auto"``
-    (``docs/decisions.md``).
+    (``bf16_faithful``, a class attribute set from ``bench/attribution.py --precision --defaults``:
+    Spearman rank correlation with the fp32 map >= 0.99 on the sample photos) and the device computes
+    bfloat16 natively (:func:`bf16_is_native`). bf16 means autocast with the network's ends in float32
+    (:func:`runs_float32`). Where bf16 is not native it is emulated and slower than fp32, so ``"auto"``
+    means fp32 there, and an explicit ``"bf16"`` runs emulated autocast where that works (logged
+    once) and raises :class:`~cnnlens.errors.PrecisionError` where it does not. The measurements
+    behind each method's flag are in ``docs/decisions.md`` ("Precision").
     """
     check_precision(precision)
     if precision == "bf16":
@@ -125,7 +118,7 @@ def keeps_float32(conv: nn.Conv2d, shape: tuple[int, ...] | None, image: tuple[i
     :data:`FP32_MAX_REDUCTION` products per output, such as a depthwise convolution). Why: bf16
     rounding of a few products per output does not average out, rounding errors made where the image
     enters are carried through the whole network, and these layers are memory-bound, so float32 costs
-    them little. Measured on EfficientNet-Lite0 (``docs/decisions.md``): 6 of 49 convolutions.
+    them little (``docs/decisions.md``, "bf16 keeps the network's ends in float32").
     """
     if shape is None or len(shape) != 4 or len(image) != 4:
         return False
@@ -155,24 +148,18 @@ def runs_float32(layer: nn.Module, shape: tuple[int, ...] | None, image: tuple[i
 def fp32_ends(module: nn.Module, device: torch.device) -> Iterator[None]:
     """Inside an autocast block, run the two ends of ``module`` in float32 (hooks only inside the block).
 
-    Float32 are: every ``nn.Linear`` on a 2-d input (the head on pooled features: logits come out in
-    float32, not rounded to bf16's 8 bits, which on a logit of 15 is a step of 0.06; a transformer's
-    token-wise linears stay bf16), and the ``nn.Conv2d`` layers :func:`keeps_float32` names: the stem
-    and the convolutions with short reductions at >= :data:`FP32_MIN_SCALE` of the image's height and
-    width. The input size is read from the call of ``module`` itself; in a pass that does not start
+    Float32 are the layers :func:`runs_float32` names: the head on pooled features (logits come out
+    in float32, not rounded to bf16's 8 bits), the stem and the convolutions with short reductions
+    near the input. The input size is read from the call of ``module`` itself; in a pass that does not start
     at ``module``, such as the tail of a :class:`LayerSplit`, only the head is float32. The layers
     after such a convolution (norm, activation) run in float32 too, up to the next convolution, which
     autocast casts back to bf16. The fused inference network (:mod:`cnnlens.attribution.engine.fused`)
     applies the same rule to its fused convolutions.
 
     Why: rounding errors made where the image enters are carried through the whole network, and the
-    head's rounding lands on the score itself. Measured with EfficientNet-Lite0 on LIME-like
-    perturbations (``docs/decisions.md``): the error of the target probability against float32 fell
-    from 0.146 to 0.052 of its spread with the stem and depthwise convolutions at >= 1/2 the input
-    size (the first rule), and in the fused network from 0.013 to 0.007 with this one. The
-    ordinary convolutions stay bf16: on VGG19 those at full and half resolution are a quarter of the
-    network's work, and keeping them float32 made its bf16 forward 1.7x slower (79 against 45 ms per
-    image at batch 48) for an error of 0.022 instead of 0.030 of the spread.
+    head's rounding lands on the score itself; the ordinary convolutions, most of the network's work,
+    stay bf16. The measurements are in ``docs/decisions.md`` ("bf16 keeps the network's ends in
+    float32").
     """
     size: list[tuple[int, int, int]] = []  # the network input's channels, height, width
     stack: list[contextlib.AbstractContextManager[None] | None] = []

@@ -60,10 +60,9 @@ class GradientCAM(OnePass):
     family = "cam"
     needs_gradients = True
     uses_layer = True
-    #: bf16 maps of Grad-CAM, Grad-CAM++ and Layer-CAM keep a Spearman correlation >= 0.999 with the fp32
-    #: maps (EfficientNet-Lite0, the five sample photos, ``bench/attribution.py --precision``), but a bf16
-    #: pass cannot choose the target (a near tie could flip), so it costs an fp32 forward besides: slower
-    #: than the one fp32 pass that gives target, score and map together. ``"auto"`` stays fp32.
+    #: bf16 maps of the gradient-weighted CAMs stay faithful, but a bf16 pass cannot choose the target
+    #: (a near tie could flip), so it costs an fp32 forward besides: slower than the one fp32 pass that
+    #: gives target, score and map together. ``"auto"`` stays fp32 (``docs/decisions.md``, "Precision").
     bf16_faithful = False
 
     def __init__(
@@ -195,7 +194,7 @@ class CAM(OnePass):
     @classmethod
     def unsupported(cls, module: nn.Module) -> str | None:
         """Models whose classifier ends in two or more linear layers in a row (VGG, an MLP head,
-        seed 004's C-Net) have no single linear layer after the pooling, so CAM does not apply."""
+        the C-Net of Fan et al.'s saliency-aware network) have no single linear layer after the pooling, so CAM does not apply."""
         for parent in module.modules():
             linears = [m for m in parent.children() if isinstance(m, nn.Linear)]
             if isinstance(parent, nn.Sequential) and len(linears) > 1:

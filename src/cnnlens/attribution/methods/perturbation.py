@@ -83,8 +83,8 @@ class Occlusion(Attribution):
 
     References:
         Zeiler, Fergus. Visualizing and Understanding Convolutional Networks. ECCV 2014. Fang.
-        Convolutional Neural Network Interpretability Analysis for Image Classification (seed 002:
-        sliders of several sizes and steps).
+        Convolutional Neural Network Interpretability Analysis for Image Classification (sliders of
+        several sizes and steps).
     """
 
     name = "occlusion"
@@ -93,7 +93,7 @@ class Occlusion(Attribution):
     summary = "score drop when a sliding window is hidden"
     reference = "Zeiler & Fergus 2014"
     signed = True
-    bf16_faithful = True  # Spearman 0.9976 at the defaults (0.9897 with the whole network in bf16)
+    bf16_faithful = True  # measured: docs/decisions.md, "Precision"
 
     def __init__(
         self,
@@ -212,16 +212,16 @@ class Occlusion(Attribution):
 
 @register
 class DoubleOcclusion(Occlusion):
-    """Double occlusion (seed 002): one window held fixed while a second, smaller one slides.
+    """Double occlusion (Fang): one window held fixed while a second, smaller one slides.
 
-    Seed 002 uses two sliders at once: it fixes one, slides the other over the picture, then moves
+    Fang's analysis uses two sliders at once: it fixes one, slides the other over the picture, then moves
     the fixed one a step and slides the other again. ``fixed`` chooses where the fixed window
     (size ``fixed_window``) goes:
 
     - ``None`` (default): where single occlusion with that window size lowers the score the most;
     - ``"center"``: the centre of the image;
     - ``(top, left)``: those pixels;
-    - ``"sweep"``: every position of the fixed window, stepping by ``stride`` (the seed's
+    - ``"sweep"``: every position of the fixed window, stepping by ``stride`` (Fang's
       procedure). It costs ``1 + n + p + p * n`` evaluations for ``n`` sliding and ``p`` fixed
       positions (one fixed position costs ``1 + 2 n + 1``).
 
@@ -263,7 +263,7 @@ class DoubleOcclusion(Occlusion):
     name = "double_occlusion"
     quick_params: ClassVar[dict[str, Any]] = {"window": 32, "stride": 32}
     summary = "score drop with a fixed window and a second sliding window hidden"
-    reference = "Zeiler & Fergus 2014; seed 002 (Fang)"
+    reference = "Zeiler & Fergus 2014; Fang"
     bf16_faithful = False
 
     def __init__(
@@ -387,7 +387,7 @@ class RISE(Attribution):
     family = "perturbation"
     summary = "average of random smooth masks weighted by the score"
     reference = "Petsiuk et al. 2018"
-    bf16_faithful = True  # Spearman 0.9998 at the defaults
+    bf16_faithful = True  # measured: docs/decisions.md, "Precision"
 
     def __init__(
         self,

@@ -69,7 +69,7 @@ class ScoreCAM(Attribution):
     summary = "ReLU(sum_k softmax(score of x masked by A_k) A_k)"
     reference = "Wang et al. 2020"
     uses_layer = True
-    bf16_faithful = True  # Spearman 1.0000 at the defaults
+    bf16_faithful = True  # measured: docs/decisions.md, "Precision"
 
     def __init__(
         self,
@@ -127,7 +127,7 @@ class AblationCAM(Attribution):
     summary = "ReLU(sum_k (y - y without A_k) / y * A_k)"
     reference = "Desai & Ramaswamy 2020"
     uses_layer = True
-    bf16_faithful = True  # Spearman 1.0000 at the defaults
+    bf16_faithful = True  # measured: docs/decisions.md, "Precision"
 
     def __init__(
         self,

@@ -1,4 +1,4 @@
-"""The saliency map a saliency-aware network predicts for itself (seed 004's SPN)."""
+"""The saliency map a saliency-aware network predicts for itself (the SPN of Fan et al.)."""
 
 from __future__ import annotations
 
@@ -21,14 +21,14 @@ class SPNMap(Attribution):
 
     References:
         Fan, Li, Song, Yang. Explainable deep learning-based classification on small-sized
-        dataset (seed 004): F-Net, C-Net and the saliency prediction net trained with
+        dataset: F-Net, C-Net and the saliency prediction net trained with
         ``L = L_cls + lambda * L_loc`` on partially masked data.
     """
 
     name = "spn"
     family = "model"
     summary = "the saliency map the network's own SPN predicts (saliency-aware training); class-agnostic"
-    reference = "Fan et al. (seed 004)"
+    reference = "Fan et al."
 
     @classmethod
     def unsupported(cls, module: nn.Module) -> str | None:

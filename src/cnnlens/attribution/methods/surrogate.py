@@ -183,7 +183,7 @@ class LIME(SuperpixelSurrogate):
     quick_params: ClassVar[dict[str, Any]] = {"n_samples": 256}
     summary = "weighted ridge fit of the score on superpixel on/off switches"
     reference = "Ribeiro et al. 2016"
-    bf16_faithful = True  # Spearman 0.9941 at the defaults (0.9890 with the whole network in bf16)
+    bf16_faithful = True  # measured: docs/decisions.md, "Precision"
 
     def __init__(
         self,
@@ -317,7 +317,7 @@ class KernelSHAP(SuperpixelSurrogate):
     quick_params: ClassVar[dict[str, Any]] = {"n_samples": 256}
     summary = "Shapley values of superpixels by Shapley-kernel regression"
     reference = "Lundberg & Lee 2017"
-    bf16_faithful = True  # Spearman 0.9984 at the defaults (0.9811 with the whole network in bf16)
+    bf16_faithful = True  # measured: docs/decisions.md, "Precision"
 
     def __init__(
         self,
