@@ -19,32 +19,9 @@ from typing import Any
 
 from PIL import Image
 
-from cnnlens.attribution import Attribution, Explanation, create, get_method, method_names
+from cnnlens.attribution import Attribution, Explanation, create, get_method, method_names, methods
 from cnnlens.attribution.core.targets import Target
-from cnnlens.attribution.methods import (
-    CAM,
-    LIME,
-    RISE,
-    AblationCAM,
-    Deconvnet,
-    DoubleOcclusion,
-    GradCAM,
-    GradCAMPlusPlus,
-    GradientXInput,
-    GuidedBackprop,
-    GuidedGradCAM,
-    IntegratedGradients,
-    KernelSHAP,
-    LayerCAM,
-    LayerGradientShap,
-    LayerGradXAct,
-    LayerIntegratedGradients,
-    Occlusion,
-    Saliency,
-    ScoreCAM,
-    SmoothGrad,
-    SPNMap,
-)
+from cnnlens.attribution.methods import *  # noqa: F403  (every method class; importing registers them)
 from cnnlens.data import load_image, load_sample
 from cnnlens.models import LoadedModel, list_models, load_model
 from cnnlens.runtime import tune_allocator
@@ -72,31 +49,9 @@ def explain(
 
 
 __all__ = [
-    "CAM",
-    "LIME",
-    "RISE",
-    "AblationCAM",
     "Attribution",
-    "Deconvnet",
-    "DoubleOcclusion",
     "Explanation",
-    "GradCAM",
-    "GradCAMPlusPlus",
-    "GradientXInput",
-    "GuidedBackprop",
-    "GuidedGradCAM",
-    "IntegratedGradients",
-    "KernelSHAP",
-    "LayerCAM",
-    "LayerGradXAct",
-    "LayerGradientShap",
-    "LayerIntegratedGradients",
     "LoadedModel",
-    "Occlusion",
-    "SPNMap",
-    "Saliency",
-    "ScoreCAM",
-    "SmoothGrad",
     "__version__",
     "create",
     "explain",
@@ -107,4 +62,5 @@ __all__ = [
     "load_sample",
     "method_names",
     "tune_allocator",
+    *methods.__all__,
 ]

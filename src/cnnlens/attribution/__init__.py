@@ -10,61 +10,17 @@ Three layers, each importing only the ones below it:
   memory format, batch size, splitting a network at a layer).
 """
 
+from cnnlens.attribution import methods
 from cnnlens.attribution.core.base import Attributed, Attribution, check_inputs, target_scores
 from cnnlens.attribution.core.explanation import Explanation
 from cnnlens.attribution.core.registry import create, get_method, method_names, methods_markdown, register
 from cnnlens.attribution.core.targets import explain_targets, resolve_targets
-from cnnlens.attribution.methods import (  # importing them registers them
-    CAM,
-    LIME,
-    RISE,
-    AblationCAM,
-    Deconvnet,
-    DoubleOcclusion,
-    GradCAM,
-    GradCAMPlusPlus,
-    GradientXInput,
-    GuidedBackprop,
-    GuidedGradCAM,
-    IntegratedGradients,
-    KernelSHAP,
-    LayerCAM,
-    LayerGradientShap,
-    LayerGradXAct,
-    LayerIntegratedGradients,
-    Occlusion,
-    Saliency,
-    ScoreCAM,
-    SmoothGrad,
-    SPNMap,
-)
+from cnnlens.attribution.methods import *  # noqa: F403  (every method class; importing registers them)
 
 __all__ = [
-    "CAM",
-    "LIME",
-    "RISE",
-    "AblationCAM",
     "Attributed",
     "Attribution",
-    "Deconvnet",
-    "DoubleOcclusion",
     "Explanation",
-    "GradCAM",
-    "GradCAMPlusPlus",
-    "GradientXInput",
-    "GuidedBackprop",
-    "GuidedGradCAM",
-    "IntegratedGradients",
-    "KernelSHAP",
-    "LayerCAM",
-    "LayerGradXAct",
-    "LayerGradientShap",
-    "LayerIntegratedGradients",
-    "Occlusion",
-    "SPNMap",
-    "Saliency",
-    "ScoreCAM",
-    "SmoothGrad",
     "check_inputs",
     "create",
     "explain_targets",
@@ -74,4 +30,5 @@ __all__ = [
     "register",
     "resolve_targets",
     "target_scores",
+    *methods.__all__,
 ]

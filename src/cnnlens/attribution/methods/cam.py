@@ -194,7 +194,8 @@ class CAM(OnePass):
     @classmethod
     def unsupported(cls, module: nn.Module) -> str | None:
         """Models whose classifier ends in two or more linear layers in a row (VGG, an MLP head,
-        the C-Net of Fan et al.'s saliency-aware network) have no single linear layer after the pooling, so CAM does not apply."""
+        the C-Net of Fan et al.'s saliency-aware network) have no single linear layer after the
+        pooling, so CAM does not apply."""
         for parent in module.modules():
             linears = [m for m in parent.children() if isinstance(m, nn.Linear)]
             if isinstance(parent, nn.Sequential) and len(linears) > 1:

@@ -189,29 +189,12 @@ class LIME(SuperpixelSurrogate):
         self,
         model: ModelLike,
         *,
-        n_samples: int = 1000,
-        segmentation: str = "slic",
-        n_segments: int = 50,
         kernel_width: float = 0.25,
         alpha: float = 1.0,
         top_k: int = 5,
-        fill: str = "mean",
-        score: str = "probability",
-        seed: int = 0,
-        batch_size: int | str | None = None,
-        **settings: str,
+        **params: Any,
     ):
-        super().__init__(
-            model,
-            n_samples=n_samples,
-            segmentation=segmentation,
-            n_segments=n_segments,
-            fill=fill,
-            score=score,
-            seed=seed,
-            batch_size=batch_size,
-            **settings,
-        )
+        super().__init__(model, **params)  # the superpixel settings, batch size and runner settings
         width, ridge_alpha, k = (
             check_real("kernel_width", kernel_width),
             check_real("alpha", alpha),
@@ -318,31 +301,6 @@ class KernelSHAP(SuperpixelSurrogate):
     summary = "Shapley values of superpixels by Shapley-kernel regression"
     reference = "Lundberg & Lee 2017"
     bf16_faithful = True  # measured: docs/decisions.md, "Precision"
-
-    def __init__(
-        self,
-        model: ModelLike,
-        *,
-        n_samples: int = 1000,
-        segmentation: str = "slic",
-        n_segments: int = 50,
-        fill: str = "mean",
-        score: str = "probability",
-        seed: int = 0,
-        batch_size: int | str | None = None,
-        **settings: str,
-    ):
-        super().__init__(
-            model,
-            n_samples=n_samples,
-            segmentation=segmentation,
-            n_segments=n_segments,
-            fill=fill,
-            score=score,
-            seed=seed,
-            batch_size=batch_size,
-            **settings,
-        )
 
     def fit(
         self,
