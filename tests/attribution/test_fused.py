@@ -282,3 +282,47 @@ def test_one_build_serves_the_bf16_network_and_the_checked_fp32_one(monkeypatch:
     with torch.inference_mode():
         low, full = fused_network(model, x, "bf16"), fused_network(model, x, "fp32")
     assert builds == ["bf16"] and low is not None and full is not None and low is not full
+
+
+@requires("fused_conv")
+def test_the_fused_network_is_always_of_the_model_as_it_is_now() -> None:
+    """A replaced submodule, a hook added on a container after a first call, and a hook removed
+    after the first call: each explanation is of the model as it is at that call."""
+    torch.manual_seed(3)
+    model = _randomise_norms(Block())
+    x = torch.randn(2, 3, 32, 32)
+
+    def fused_or_eager() -> torch.Tensor:
+        with torch.inference_mode():
+            return inference_pass(model, x, "fp32", fused_network(model, x, "fp32"))
+
+    first = fused_or_eager()
+    model.pool = nn.AdaptiveMaxPool2d(1)  # a swap without parameters
+    with torch.inference_mode():
+        expected = model(x)
+    torch.testing.assert_close(fused_or_eager(), expected, rtol=1e-5, atol=1e-5)
+    assert not torch.allclose(first, expected)
+
+    outer = nn.Sequential(model)  # a container the trace inlines
+    calls: list[int] = []
+    with torch.inference_mode():
+        fused_network(outer, x, "fp32")  # built once without hooks
+    handle = model.register_forward_hook(lambda _m, _i, out: calls.append(1) or out * 2)
+    with torch.inference_mode():
+        assert fused_network(outer, x, "fp32") is None  # the hooked block is inlined: eager
+        doubled = inference_pass(outer, x, "fp32", fused_network(outer, x, "fp32"))
+    assert calls and torch.allclose(doubled, 2 * expected, atol=1e-5)
+    handle.remove()
+    with torch.inference_mode():
+        torch.testing.assert_close(
+            inference_pass(outer, x, "fp32", fused_network(outer, x, "fp32")), expected
+        )
+    handle = model.register_forward_hook(lambda _m, _i, out: out * 3)  # present at the first call
+    fresh = nn.Sequential(model)
+    with torch.inference_mode():
+        tripled = inference_pass(fresh, x, "fp32", fused_network(fresh, x, "fp32"))
+    handle.remove()
+    with torch.inference_mode():
+        after = inference_pass(fresh, x, "fp32", fused_network(fresh, x, "fp32"))
+    torch.testing.assert_close(tripled, 3 * expected, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(after, expected, rtol=1e-5, atol=1e-5)  # nothing baked in

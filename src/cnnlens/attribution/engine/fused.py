@@ -408,7 +408,8 @@ _CACHE = weakref.WeakKeyDictionary()
 
 
 def _fingerprint(module: nn.Module) -> tuple[Any, ...] | None:
-    """Identity and version of every parameter and buffer: any in-place update or swap changes it.
+    """Identity of every submodule, and identity and version of every parameter and buffer: any
+    in-place update, swapped tensor or replaced submodule (a new pooling layer, say) changes it.
 
     ``None`` when one of them is an inference tensor (made under ``torch.inference_mode``), which
     keeps no version counter: such a model's fused network is built again for every call.
@@ -416,20 +417,39 @@ def _fingerprint(module: nn.Module) -> tuple[Any, ...] | None:
     tensors = [*module.parameters(), *module.buffers()]
     if any(t.is_inference() for t in tensors):
         return None
-    return tuple((t.data_ptr(), t._version, t.dtype, tuple(t.shape)) for t in tensors)
+    weights = tuple((t.data_ptr(), t._version, t.dtype, tuple(t.shape)) for t in tensors)
+    return (tuple((name, id(m)) for name, m in module.named_modules()), weights)
+
+
+def _traced_through(module: nn.Module) -> list[nn.Module]:
+    """The submodules a trace inlines (containers and custom blocks; not the leaves the fused graph
+    still calls): a hook on one of them would be traced into the graph, or skipped by it."""
+    same = timm_conv2d_same()
+    tracer = LeafTracer(timm_notrace_modules() + ((same,) if same is not None else ()), None)
+    out: list[nn.Module] = []
+    stack = [(name, child) for name, child in module.named_children()]
+    while stack:
+        name, m = stack.pop()
+        if not tracer.is_leaf_module(m, name):
+            out.append(m)
+            stack.extend((f"{name}.{n}", c) for n, c in m.named_children())
+    return out
 
 
 def fused_network(module: nn.Module, batch: torch.Tensor, precision: str) -> FusedNetwork | None:
     """The cached fused network for ``module`` at ``batch``'s image size, or ``None`` where it must
-    not be used (gradients on, training mode, hooks on a fused-away layer or global module hooks, a
-    CPU whose oneDNN fused convolution failed its probe, bf16 on a device without native bf16
-    kernels, an untraceable model)."""
+    not be used (gradients on, training mode, hooks on a fused-away layer, on a container the trace
+    inlines, or global module hooks, a CPU whose oneDNN fused convolution failed its probe, bf16 on a
+    device without native bf16 kernels, an untraceable model). It is built again whenever a
+    parameter, buffer or submodule of the model has changed since."""
     if torch.is_grad_enabled() or module.training or batch.ndim != 4 or _global_hooks():
         return None
     if batch.device.type == "cpu" and _mkldnn_pointwise() is None:
         return None
     if precision == "bf16" and not bf16_is_native(batch.device):
         return None  # emulated bf16: autocast on the eager model (the fused ops need native kernels)
+    if any(_has_hooks(m) for m in _traced_through(module)):
+        return None  # a container's hook: the model itself runs, so that it is called as it is now
     key = (precision, batch.device, batch.dtype, tuple(batch.shape[1:]))
     entries = _CACHE.setdefault(module, {})
     fingerprint = _fingerprint(module)
