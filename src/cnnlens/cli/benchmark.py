@@ -11,7 +11,7 @@ from rich.table import Table
 
 from cnnlens.attribution import method_names
 from cnnlens.cli.common import (
-    add_model_arguments,
+    add_command,
     build_methods,
     console,
     method_choices_help,
@@ -31,20 +31,20 @@ from cnnlens.evaluation.metrics import (
 )
 from cnnlens.report.benchmark import benchmark_report, best_rows, format_cell
 
+HELP = "score attribution methods with faithfulness, localisation, sanity and other metrics"
+DESCRIPTION = (
+    "Writes OUT/benchmark.json, OUT/benchmark.csv, OUT/benchmark.html and "
+    "OUT/results.jsonl (per image; a re-run resumes and only computes what is missing, and "
+    "results are keyed by model, image and mask, so another model or data never reuses them). "
+    "DATA is 'samples' (the shipped photos with hand-drawn object masks), a folder with "
+    "images/ (searched recursively) and optional masks/<name>.<ext> (non-zero = object) matched "
+    "by file name, or a CSV manifest path,label[,mask][,split] such as the one `cnnlens data "
+    "synth` writes. An unreadable image or an empty mask is skipped with a warning."
+)
+
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser(
-        "benchmark",
-        help="score attribution methods with faithfulness, localisation, sanity and other metrics",
-        description="Writes OUT/benchmark.json, OUT/benchmark.csv, OUT/benchmark.html and "
-        "OUT/results.jsonl (per image; a re-run resumes and only computes what is missing, and "
-        "results are keyed by model, image and mask, so another model or data never reuses them). "
-        "DATA is 'samples' (the shipped photos with hand-drawn object masks), a folder with "
-        "images/ (searched recursively) and optional masks/<name>.<ext> (non-zero = object) matched "
-        "by file name, or a CSV manifest path,label[,mask][,split] such as the one `cnnlens data "
-        "synth` writes. An unreadable image or an empty mask is skipped with a warning.",
-    )
-    add_model_arguments(p)
+    p = add_command(sub, "benchmark", run, model=True, help=HELP, description=DESCRIPTION)
     p.add_argument(
         "--data", default="samples", help="'samples', a folder or a manifest .csv (default: samples)"
     )
@@ -80,7 +80,6 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=0, help="seed of the random reference map (default 0)")
     p.add_argument("--cache", type=Path, help="attribution cache folder (default: OUT/cache)")
     p.add_argument("-o", "--out", required=True, type=Path, help="output folder")
-    p.set_defaults(func=run)
 
 
 def selected(values: list[str] | None, every: list[str]) -> list[str]:

@@ -14,7 +14,7 @@ import torch
 from PIL import Image
 from rich.table import Table
 
-from cnnlens.cli.common import add_model_arguments, console, error_console, model_from_args
+from cnnlens.cli.common import add_command, console, error_console, model_from_args
 from cnnlens.data.folders import IMAGE_SUFFIXES, read_manifest
 from cnnlens.data.images import load_image
 from cnnlens.models.loaded import LoadedModel
@@ -25,20 +25,19 @@ from cnnlens.probing.patches import PATCH_MASS, Patch, channel_patches
 #: Images read at most from the folders and manifests given to --mean-from and --probes.
 MEAN_LIMIT = 64
 
+HELP = "Shapley values of the channels of one layer for one image"
+DESCRIPTION = (
+    "Writes OUT/channels.csv and OUT/channels.json (channels ranked by Shapley value, with "
+    "standard errors) and OUT/channels.png: for each top positive and negative channel its activation "
+    "map, the image patch where it fires most (the receptive field of its peak) and, given probe "
+    "images, the probe patches where it fires most (boxes in channels.json). A removed channel is "
+    "replaced by zero or by its mean over --mean-from images; only the network after the layer is "
+    "re-run per coalition."
+)
+
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser(
-        "channels",
-        help="Shapley values of the channels of one layer for one image",
-        description="Writes OUT/channels.csv and OUT/channels.json (channels ranked by Shapley value, with "
-        "standard errors) and OUT/channels.png: for each top positive and negative channel its activation "
-        "map, the image patch where it fires most (the receptive field of its peak) and, given probe "
-        "images, the probe patches where it fires most (boxes in channels.json). A removed channel is "
-        "replaced by zero or by its mean over --mean-from images; only the network after the layer is "
-        "re-run per coalition.",
-    )
-    p.add_argument("image", metavar="IMAGE", help="image file")
-    add_model_arguments(p)
+    p = add_command(sub, "channels", run, image="one", model=True, help=HELP, description=DESCRIPTION)
     p.add_argument("--layer", help="dotted layer name (default: the model's CAM layer)")
     p.add_argument("-t", "--target", help="class index or name (default: top-1)")
     how = p.add_mutually_exclusive_group()
@@ -81,7 +80,6 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=0, help="seed of the permutations (default 0)")
     p.add_argument("--batch-size", type=int, default=256, help="coalitions per pass (default 256)")
     p.add_argument("-o", "--out", required=True, type=Path, help="output folder")
-    p.set_defaults(func=run)
 
 
 def image_paths(paths: list[str], limit: int) -> list[Path]:

@@ -11,7 +11,7 @@ from cnnlens.attribution import method_names
 from cnnlens.attribution.engine.layout import MEMORY_FORMATS
 from cnnlens.attribution.engine.precision import PRECISIONS
 from cnnlens.cli.common import (
-    add_model_arguments,
+    add_command,
     build_methods,
     console,
     error_console,
@@ -30,16 +30,15 @@ from cnnlens.pipeline import (
     write_summary,
 )
 
+HELP = "explain the model's decision on image files"
+DESCRIPTION = (
+    "Writes OUT/<image>/<method>.png and .npz for each image and method, and "
+    "OUT/summary.json. Unreadable images are reported and skipped."
+)
+
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser(
-        "explain",
-        help="explain the model's decision on image files",
-        description="Writes OUT/<image>/<method>.png and .npz for each image and method, and "
-        "OUT/summary.json. Unreadable images are reported and skipped.",
-    )
-    p.add_argument("images", nargs="+", metavar="IMAGE", help="image files")
-    add_model_arguments(p)
+    p = add_command(sub, "explain", run, image="many", model=True, help=HELP, description=DESCRIPTION)
     p.add_argument("-m", "--method", action="append", help=method_choices_help() + " (default: all)")
     p.add_argument(
         "-t",
@@ -81,7 +80,6 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         help=f"refuse images of more than N pixels as possible decompression bombs (default {MAX_PIXELS:,})",
     )
     p.add_argument("-o", "--out", required=True, type=Path, help="output folder")
-    p.set_defaults(func=run)
 
 
 def selected_methods(values: list[str] | None) -> list[str]:
