@@ -172,6 +172,27 @@ def test_explain_errors(
     assert not out.exists()
 
 
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["explain", "a.jpg", "--top", "0"], "--top must be a positive integer, got 0"),
+        (["explain", "a.jpg", "--max-pixels", "-1"], "--max-pixels must be a positive integer, got -1"),
+        (["layers", "a.jpg", "--batch-size", "0"], "--batch-size must be a positive integer, got 0"),
+        (["channels", "a.jpg", "--top", "0"], "--top must be a positive integer, got 0"),
+        (["channels", "a.jpg", "--patches", "0"], "--patches must be a positive integer, got 0"),
+        (["evaluate", "run", "--errors", "-1"], "--errors must be an integer of at least 0, got -1"),
+        (["evaluate", "run", "--batch-size", "0"], "--batch-size must be a positive integer, got 0"),
+    ],
+)
+def test_counts_below_their_minimum_stop_before_any_work(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], argv: list[str], message: str
+) -> None:
+    out = tmp_path / "out"
+    assert main([*argv, "--out", str(out)]) == 2
+    assert f"error: {message}" in capsys.readouterr().err
+    assert not out.exists()
+
+
 def test_methods_and_models_list(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["methods"]) == 0
     printed = capsys.readouterr().out

@@ -250,5 +250,5 @@ def test_channels_probes_with_a_zero_baseline_and_bad_mean_sources(
     assert main([*mean, "--mean-from", str(tmp_path / "nope")]) == 2
     assert "no such file or folder" in capsys.readouterr().err
     assert main([*mean, "--mean-from", str(class_folders), "--mean-limit", "0"]) == 2
-    assert "--mean-limit must be at least 1" in capsys.readouterr().err
+    assert "--mean-limit must be a positive integer, got 0" in capsys.readouterr().err
     assert not (tmp_path / "x").exists()

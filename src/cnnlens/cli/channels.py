@@ -21,6 +21,7 @@ from cnnlens.models.loaded import LoadedModel
 from cnnlens.pipeline import check_targets, load_images
 from cnnlens.probing.channels import ChannelShapley, channel_shapley, mean_activation
 from cnnlens.probing.patches import PATCH_MASS, Patch, channel_patches
+from cnnlens.validation import check_positive_int
 
 #: Images read at most from the folders and manifests given to --mean-from and --probes.
 MEAN_LIMIT = 64
@@ -91,8 +92,7 @@ def image_paths(paths: list[str], limit: int) -> list[Path]:
     Raises:
         ValueError: A path does not exist, a folder has no image files, or ``limit`` is below 1.
     """
-    if limit < 1:
-        raise ValueError(f"--mean-limit must be at least 1, got {limit}")
+    check_positive_int("--mean-limit", limit)
     files: list[Path] = []
     for text in paths:
         path = Path(text)
@@ -227,8 +227,8 @@ def print_top(result: ChannelShapley, k: int) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    if args.top < 1 or args.patches < 1:
-        raise ValueError(f"--top and --patches must be at least 1, got {args.top} and {args.patches}")
+    check_positive_int("--top", args.top)
+    check_positive_int("--patches", args.patches)
     if not 0 < args.patch_mass <= 1:
         raise ValueError(f"--patch-mass is a share in (0, 1], got {args.patch_mass}")
     image = load_image(args.image)

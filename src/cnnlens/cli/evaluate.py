@@ -11,6 +11,7 @@ from rich.table import Table
 from cnnlens.cli.common import add_command, console
 from cnnlens.cli.train import shown_warnings
 from cnnlens.evaluation.classification import METRICS, Evaluation, evaluate, write_evaluation
+from cnnlens.validation import check_int_at_least, check_positive_int
 
 HELP = "metrics of a trained model on its test split or on another dataset"
 DESCRIPTION = (
@@ -56,8 +57,8 @@ def default_out(args: argparse.Namespace) -> Path:
 
 
 def run(args: argparse.Namespace) -> int:
-    if args.errors < 0 or args.batch_size < 1:
-        raise ValueError(f"--errors must be >= 0 and --batch-size >= 1, got {args.errors}, {args.batch_size}")
+    check_int_at_least("--errors", args.errors, 0)
+    check_positive_int("--batch-size", args.batch_size)
     with shown_warnings(), console.status("evaluating"):
         result = evaluate(
             args.run, args.data, split=args.split, batch_size=args.batch_size, strict=args.strict

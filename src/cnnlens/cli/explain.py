@@ -29,6 +29,7 @@ from cnnlens.pipeline import (
     summarize,
     write_summary,
 )
+from cnnlens.validation import check_positive_int
 
 HELP = "explain the model's decision on image files"
 DESCRIPTION = (
@@ -105,10 +106,8 @@ def print_results(results: list[ImageResult], top: int) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    if args.top < 1:
-        raise ValueError(f"--top must be at least 1, got {args.top}")
-    if args.max_pixels < 1:
-        raise ValueError(f"--max-pixels must be at least 1, got {args.max_pixels}")
+    check_positive_int("--top", args.top)
+    check_positive_int("--max-pixels", args.max_pixels)
     names = selected_methods(args.method)
     model = model_from_args(args)
     every = not split_list(args.method) or split_list(args.method) == ["all"]

@@ -13,6 +13,7 @@ from cnnlens.data.images import load_image
 from cnnlens.models.loaded import LoadedModel
 from cnnlens.pipeline import check_targets
 from cnnlens.probing.atlas import ATLAS_METHODS, LayerAtlas, layer_atlas
+from cnnlens.validation import check_positive_int
 
 HELP = "attributions at every conv layer / stage of the model (the layer atlas)"
 DESCRIPTION = (
@@ -71,8 +72,7 @@ def print_atlas(atlas: LayerAtlas) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    if args.batch_size < 1:
-        raise ValueError(f"--batch-size must be at least 1, got {args.batch_size}")
+    check_positive_int("--batch-size", args.batch_size)
     image = load_image(args.image)
     model = model_from_args(args)
     target = check_targets(model, [args.target])[0] if args.target is not None else None

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from torchvision.transforms import functional as TF
 
-from cnnlens.attribution.core.base import SCORES, target_scores
+from cnnlens.attribution.core.base import target_scores
 from cnnlens.data.transforms import Preprocessing
 from cnnlens.evaluation.metrics import (
     Metric,
@@ -23,12 +23,11 @@ from cnnlens.evaluation.metrics import (
     Sample,
     as_input,
     as_map,
-    check_fraction,
-    check_positive_int,
     register_metric,
     required,
 )
 from cnnlens.models.hooks import preserved_state
+from cnnlens.validation import check_fraction, check_positive_int, check_score
 
 BASELINES = ("blur", "black", "mean")
 MODES = ("deletion", "insertion")
@@ -136,8 +135,7 @@ def curve_auc(x: list[float] | np.ndarray, y: list[float] | np.ndarray) -> float
 def _check_common(baseline: str, score: str, batch_size: int, blur_sigma: float) -> None:
     if baseline not in BASELINES:
         raise ValueError(f"baseline must be one of {', '.join(BASELINES)}, got {baseline!r}")
-    if score not in SCORES:
-        raise ValueError(f"score must be one of {', '.join(SCORES)}, got {score!r}")
+    check_score(score)
     check_positive_int("batch_size", batch_size)
     if not blur_sigma > 0:
         raise ValueError(f"blur_sigma must be positive, got {blur_sigma!r}")

@@ -12,10 +12,10 @@ from cnnlens.evaluation.metrics import (
     Sample,
     as_map,
     as_mask,
-    check_fraction,
     nan_result,
     register_metric,
 )
+from cnnlens.validation import check_fraction
 
 
 def pointing_game(attribution: torch.Tensor, mask: torch.Tensor, tolerance: float = 15.0) -> float:

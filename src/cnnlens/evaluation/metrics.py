@@ -185,18 +185,6 @@ def as_input(inputs: torch.Tensor | None, shape: tuple[int, ...]) -> torch.Tenso
     return x.detach()
 
 
-def check_fraction(name: str, value: float) -> float:
-    if not isinstance(value, (int, float)) or not 0 < value < 1:
-        raise ValueError(f"{name} must be a fraction in (0, 1), got {value!r}")
-    return float(value)
-
-
-def check_positive_int(name: str, value: int) -> int:
-    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-        raise ValueError(f"{name} must be a positive integer, got {value!r}")
-    return value
-
-
 T = TypeVar("T")
 
 

@@ -10,10 +10,10 @@ from cnnlens.evaluation.metrics import (
     Sample,
     as_input,
     as_map,
-    check_positive_int,
     register_metric,
     required,
 )
+from cnnlens.validation import check_positive_int
 
 
 @register_metric

@@ -23,11 +23,10 @@ from cnnlens.evaluation.metrics import (
     Sample,
     as_input,
     as_map,
-    check_fraction,
-    check_positive_int,
     register_metric,
     required,
 )
+from cnnlens.validation import check_fraction, check_positive_int
 
 
 def parameter_layers(module: nn.Module) -> list[tuple[str, nn.Module]]:
