@@ -193,6 +193,17 @@ def test_counts_below_their_minimum_stop_before_any_work(
     assert not out.exists()
 
 
+def test_an_integer_given_for_a_float_parameter_becomes_that_float() -> None:
+    from cnnlens.cli.benchmark import build_metrics
+    from cnnlens.cli.common import build_methods
+    from tests.conftest import tiny_loaded
+
+    (deletion,) = build_metrics(["deletion"], {"blur_sigma": 2, "steps": 4})
+    assert type(deletion.blur_sigma) is float and type(deletion.steps) is int
+    (smooth,) = build_methods(tiny_loaded(), ["smoothgrad"], {"noise": 1, "n_samples": 2}, None)
+    assert type(smooth.get_params()["noise"]) is float and type(smooth.get_params()["n_samples"]) is int
+
+
 def test_methods_and_models_list(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["methods"]) == 0
     printed = capsys.readouterr().out

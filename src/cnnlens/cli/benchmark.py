@@ -13,6 +13,7 @@ from cnnlens.attribution import method_names
 from cnnlens.cli.common import (
     add_command,
     build_methods,
+    coerce_floats,
     console,
     method_choices_help,
     model_from_args,
@@ -100,12 +101,8 @@ def build_metrics(names: list[str], params: dict[str, Any]) -> list[Metric]:
     for cls in classes:
         accepted = cls.parameters()
         kwargs = {k: v for k, v in params.items() if k in accepted}
-        for k, v in kwargs.items():
-            default = accepted[k].default
-            if isinstance(default, float) and isinstance(v, int):
-                kwargs[k] = float(v)
         used |= set(kwargs)
-        metrics.append(create_metric(cls.name, **kwargs))
+        metrics.append(create_metric(cls.name, **coerce_floats(kwargs, accepted)))
     unused = set(params) - used
     if unused:
         raise ValueError(f"no selected metric takes the parameter(s) {', '.join(sorted(unused))}")

@@ -148,11 +148,7 @@ def build_methods(
         kwargs = preset | given
         if layer is not None and cls.uses_layer:
             kwargs["layer"] = layer
-        for k, v in kwargs.items():
-            default = accepted[k].default
-            if isinstance(default, float) and isinstance(v, int):
-                kwargs[k] = float(v)
-        methods.append(create(cls.name, model, **kwargs))
+        methods.append(create(cls.name, model, **coerce_floats(kwargs, accepted)))
     unused = set(params) - used
     if unused:
         raise ValueError(
@@ -164,6 +160,15 @@ def build_methods(
     if layer is not None:
         model.layer(layer)  # fail early on an unknown layer
     return methods
+
+
+def coerce_floats(kwargs: dict[str, Any], accepted: dict[str, inspect.Parameter]) -> dict[str, Any]:
+    """``kwargs`` with an integer given for a parameter whose default is a float (``-p sigma=2``)
+    turned into that float, so parameters keep their declared type."""
+    return {
+        k: float(v) if isinstance(v, int) and isinstance(accepted[k].default, float) else v
+        for k, v in kwargs.items()
+    }
 
 
 def method_choices_help() -> str:
