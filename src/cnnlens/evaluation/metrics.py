@@ -24,6 +24,8 @@ from cnnlens.errors import unknown
 
 #: Recomputes the map of one input for a (possibly changed) model: ``(module, x (1,C,H,W), target)``.
 ExplainFn = Callable[[nn.Module, torch.Tensor, int], torch.Tensor]
+#: The map of an input for a model and the explained target, ``(H, W)`` (:class:`ReexplainingMetric`).
+Reexplain = Callable[[nn.Module, torch.Tensor], torch.Tensor]
 
 CATEGORIES = ("faithfulness", "localisation", "sanity", "robustness", "complexity")
 
@@ -132,6 +134,32 @@ class Metric(ABC):
     def __repr__(self) -> str:
         args = ", ".join(f"{k}={v!r}" for k, v in self.get_params().items())
         return f"{type(self).__name__}({args})"
+
+
+class ReexplainingMetric(Metric):
+    """A metric that explains the image again for a changed model or input (:attr:`Sample.explain`)
+    and compares the new maps with the original one (sanity and robustness metrics)."""
+
+    needs = ("inputs", "model", "explain")
+
+    def _evaluate(self, sample: Sample) -> MetricResult:
+        a = as_map(sample.attribution)
+        x = as_input(sample.inputs, tuple(a.shape))
+        explain = required(sample.explain, "explain")
+
+        def again(model: nn.Module, inputs: torch.Tensor) -> torch.Tensor:
+            b = as_map(explain(model, inputs, sample.target))
+            if b.shape != a.shape:
+                raise ValueError(f"explain returned shape {tuple(b.shape)}, expected {tuple(a.shape)}")
+            return b
+
+        return self._compare(a, x, required(sample.model, "model"), again)
+
+    @abstractmethod
+    def _compare(
+        self, a: torch.Tensor, x: torch.Tensor, model: nn.Module, explain: Reexplain
+    ) -> MetricResult:
+        """The metric of the ``(H, W)`` map ``a`` of ``x`` ``(1, C, H, W)`` and the maps ``explain`` gives."""
 
 
 # -- checks shared by the metrics ------------------------------------------------------------------
