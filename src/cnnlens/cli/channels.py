@@ -15,7 +15,7 @@ from PIL import Image
 from rich.table import Table
 
 from cnnlens.cli.common import add_command, console, error_console, model_from_args
-from cnnlens.data.folders import IMAGE_SUFFIXES, read_manifest
+from cnnlens.data.folders import read_data
 from cnnlens.data.images import load_image
 from cnnlens.models.loaded import LoadedModel
 from cnnlens.pipeline import check_targets, load_images
@@ -86,8 +86,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 def image_paths(paths: list[str], limit: int) -> list[Path]:
     """The image files named by ``paths``, at most ``limit`` of them, spread evenly.
 
-    A file is taken as given, a ``.csv`` file is a manifest (its ``path`` column), a folder is searched
-    recursively for image files (so a class-folder dataset gives the images of every class).
+    An image file is taken as given; a ``.csv`` file (a manifest) or a folder is read by
+    :func:`~cnnlens.data.folders.read_data` as a plain folder of images: the images below
+    ``DIR/images/`` or ``DIR`` (so a class-folder dataset gives the images of every class), never its
+    ``DIR/masks/``.
 
     Raises:
         ValueError: A path does not exist, a folder has no image files, or ``limit`` is below 1.
@@ -96,19 +98,10 @@ def image_paths(paths: list[str], limit: int) -> list[Path]:
     files: list[Path] = []
     for text in paths:
         path = Path(text)
-        if path.is_dir():
-            found = sorted(
-                p
-                for p in path.rglob("*")
-                if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith(".")
-            )
-            if not found:
-                raise ValueError(f"{path}: no image files in this folder or below it")
-            files += found
-        elif path.suffix.lower() == ".csv" and path.is_file():
-            files += [s.path for s in read_manifest(path).samples]
-        elif path.exists():
+        if path.is_file() and path.suffix.lower() != ".csv":
             files.append(path)
+        elif path.exists():
+            files += [s.path for s in read_data(path, labelled=False).samples]
         else:
             raise ValueError(f"{path}: no such file or folder")
     if len(files) > limit:
