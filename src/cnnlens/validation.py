@@ -19,6 +19,10 @@ def is_int(value: object) -> TypeGuard[numbers.Integral]:
     return isinstance(value, numbers.Integral) and not isinstance(value, bool)
 
 
+def is_real(value: object) -> TypeGuard[numbers.Real]:
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
+
+
 def describe(value: object) -> str:
     """``value`` and its type for an error message, with a hint for the usual mistakes."""
     text = f"{value!r} ({type(value).__name__})"
@@ -50,6 +54,42 @@ def check_real(name: str, value: object) -> float:
     Raises:
         TypeError: ``value`` is not a real number (a string, ``None``, a ``bool`` ...).
     """
-    if not isinstance(value, numbers.Real) or isinstance(value, bool):
+    if not is_real(value):
         raise TypeError(f"{name} must be a number, got {describe(value)}")
+    return float(value)
+
+
+def check_positive_int(name: str, value: object) -> int:
+    """Validate a count (``steps``, ``batch_size``, ``--top`` ...): an integer of at least 1.
+
+    Raises:
+        ValueError: ``value`` is not an integer (``bool`` and integral floats such as ``8.0``
+            included) or is below 1.
+    """
+    return check_int_at_least(name, value, 1)
+
+
+def check_int_at_least(name: str, value: object, minimum: int) -> int:
+    """Validate an integer setting that has a lower bound, and return it as an ``int``.
+
+    Raises:
+        ValueError: ``value`` is not an integer (``bool`` and integral floats such as ``8.0``
+            included) or is below ``minimum``; the message says what was given and expected.
+    """
+    if not is_int(value) or value < minimum:
+        expected = "a positive integer" if minimum == 1 else f"an integer of at least {minimum}"
+        raise ValueError(f"{name} must be {expected}, got {value if is_int(value) else describe(value)}")
+    return int(value)
+
+
+def check_fraction(name: str, value: object) -> float:
+    """Validate a share strictly between 0 and 1 and return it as a ``float``.
+
+    Raises:
+        ValueError: ``value`` is not a real number or not in ``(0, 1)``.
+    """
+    if not is_real(value) or not 0 < float(value) < 1:
+        raise ValueError(
+            f"{name} must be a fraction in (0, 1), got {value if is_real(value) else describe(value)}"
+        )
     return float(value)

@@ -179,6 +179,38 @@ def test_explain_errors(
     assert not out.exists()
 
 
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["explain", "a.jpg", "--top", "0"], "--top must be a positive integer, got 0"),
+        (["explain", "a.jpg", "--max-pixels", "-1"], "--max-pixels must be a positive integer, got -1"),
+        (["layers", "a.jpg", "--batch-size", "0"], "--batch-size must be a positive integer, got 0"),
+        (["channels", "a.jpg", "--top", "0"], "--top must be a positive integer, got 0"),
+        (["channels", "a.jpg", "--patches", "0"], "--patches must be a positive integer, got 0"),
+        (["evaluate", "run", "--errors", "-1"], "--errors must be an integer of at least 0, got -1"),
+        (["evaluate", "run", "--batch-size", "0"], "--batch-size must be a positive integer, got 0"),
+    ],
+)
+def test_counts_below_their_minimum_stop_before_any_work(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], argv: list[str], message: str
+) -> None:
+    out = tmp_path / "out"
+    assert main([*argv, "--out", str(out)]) == 2
+    assert f"error: {message}" in capsys.readouterr().err
+    assert not out.exists()
+
+
+def test_an_integer_given_for_a_float_parameter_becomes_that_float() -> None:
+    from cnnlens.cli.benchmark import build_metrics
+    from cnnlens.cli.common import build_methods
+    from tests.conftest import tiny_loaded
+
+    (deletion,) = build_metrics(["deletion"], {"blur_sigma": 2, "steps": 4})
+    assert type(deletion.blur_sigma) is float and type(deletion.steps) is int
+    (smooth,) = build_methods(tiny_loaded(), ["smoothgrad"], {"noise": 1, "n_samples": 2}, None)
+    assert type(smooth.get_params()["noise"]) is float and type(smooth.get_params()["n_samples"]) is int
+
+
 @pytest.mark.slow
 def test_methods_and_models_list(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["methods"]) == 0

@@ -251,5 +251,22 @@ def test_channels_probes_with_a_zero_baseline_and_bad_mean_sources(
     assert main([*mean, "--mean-from", str(tmp_path / "nope")]) == 2
     assert "no such file or folder" in capsys.readouterr().err
     assert main([*mean, "--mean-from", str(class_folders), "--mean-limit", "0"]) == 2
-    assert "--mean-limit must be at least 1" in capsys.readouterr().err
+    assert "--mean-limit must be a positive integer, got 0" in capsys.readouterr().err
     assert not (tmp_path / "x").exists()
+
+
+def test_probe_images_come_from_files_manifests_and_image_folders_never_their_masks(tmp_path: Path) -> None:
+    from cnnlens.cli.channels import image_paths
+
+    picture = load_sample("coffee").resize((16, 16))
+    for name in ("images/a/1.png", "images/b/2.png", "masks/1.png", "loose.png"):
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        picture.save(tmp_path / name)
+    (tmp_path / "m.csv").write_text("path,label\nloose.png,x\n")
+    found = [tmp_path / "images/a/1.png", tmp_path / "images/b/2.png"]
+    assert image_paths([str(tmp_path)], 10) == found
+    assert (
+        image_paths([str(tmp_path / "m.csv"), str(tmp_path / "loose.png")], 10)
+        == [tmp_path / "loose.png"] * 2
+    )
+    assert image_paths([str(tmp_path / "loose.png"), str(tmp_path)], 2) == [tmp_path / "loose.png", found[0]]

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from cnnlens.data.folders import ImageSet, class_weights, scan_dataset, warn_imbalance
+from cnnlens.data.folders import UNLABELLED, ImageSet, class_weights, read_data, scan_dataset, warn_imbalance
 from cnnlens.data.split import load_split, save_split, split_dataset, stratified_split
 from cnnlens.errors import DataWarning, ImageLoadError
 
@@ -212,3 +212,69 @@ def test_split_file_round_trip(tmp_path: Path) -> None:
     smaller = scan_dataset(tmp_path / "d")
     with pytest.raises(ValueError, match="not in the dataset any more"):
         load_split(smaller, tmp_path / "split.json")
+
+
+# -- read_data: what a DATA argument names -------------------------------------------------------
+
+
+def test_a_plain_folder_reads_its_images_folder_with_the_masks_beside_it(tmp_path: Path) -> None:
+    for name in ("a/one.png", "b/two.jpg", "b/.hidden.png"):
+        _png(tmp_path / "images" / name)
+    (tmp_path / "images" / "b" / "notes.txt").write_text("not an image")
+    _png(tmp_path / "masks" / "one.png")
+    ds = read_data(tmp_path, labelled=False)
+    assert ds.root == tmp_path / "images" and ds.class_names == []
+    assert [(s.path.name, s.label, s.mask) for s in ds.samples] == [
+        ("one.png", UNLABELLED, tmp_path / "masks" / "one.png"),
+        ("two.jpg", UNLABELLED, None),
+    ]
+
+
+def test_a_folder_without_images_is_read_recursively_but_never_its_masks(tmp_path: Path) -> None:
+    _folder(tmp_path, {"cat": 2, "dog": 1})
+    _png(tmp_path / "masks" / "cat0.png")
+    ds = read_data(tmp_path, labelled=False)
+    assert [s.path.relative_to(tmp_path).as_posix() for s in ds.samples] == [
+        "cat/cat0.png",
+        "cat/cat1.png",
+        "dog/dog0.png",
+    ]
+    assert [s.mask is not None for s in ds.samples] == [True, False, False]
+    labelled = read_data(tmp_path)
+    assert labelled.class_names == ["cat", "dog", "masks"]  # a class-folder dataset has no masks/ convention
+
+
+def _manifest(root: Path, rows: list[str]) -> Path:
+    for row in rows:
+        _png(root / row.split(",")[0])
+    path = root / "manifest.csv"
+    path.write_text("path,label,split\n" + "".join(f"{r}\n" for r in rows))
+    return path
+
+
+def test_a_split_keeps_its_manifest_rows_of_a_file_or_a_folder(tmp_path: Path) -> None:
+    path = _manifest(tmp_path, ["x.png,a,train", "y.png,b,test", "z.png,a,test"])
+    assert [s.path.name for s in read_data(path, labelled=False).samples] == ["x.png", "y.png", "z.png"]
+    for data in (path, tmp_path):
+        ds = read_data(data, labelled=False, split="test")
+        assert ds.root == tmp_path and [s.path.name for s in ds.samples] == ["y.png", "z.png"]
+    with pytest.raises(ValueError, match=r"no row has split 'val' \(splits present: test, train\)"):
+        read_data(path, split="val")
+    with pytest.raises(ValueError, match="split must be one of train, val, test, got 'testing'"):
+        read_data(path, split="testing")
+
+
+def test_read_data_errors(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError, match="missing: no such file or folder"):
+        read_data(tmp_path / "missing")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ValueError, match="empty: no image files in this folder or below it"):
+        read_data(tmp_path / "empty", labelled=False)
+    with pytest.raises(ValueError, match=r"selects rows of a manifest, but there is no .*manifest\.csv"):
+        read_data(tmp_path / "empty", split="test")
+    (tmp_path / "empty.csv").write_text("path,label\n")
+    with pytest.raises(ValueError, match="the manifest lists no image"):
+        read_data(tmp_path / "empty.csv")
+    _png(tmp_path / "images" / "a.png")
+    with pytest.raises(ValueError, match=r"a plain folder of images has its masks in .*masks"):
+        read_data(tmp_path, labelled=False, masks=tmp_path / "images")

@@ -191,6 +191,14 @@ def test_max_sensitivity_of_an_input_copy_is_bounded_by_the_noise() -> None:
     assert metric(sample).value == value  # seeded
 
 
+@pytest.mark.parametrize("name", ["randomisation", "max_sensitivity"])
+def test_a_recomputed_map_of_another_size_is_an_error(name: str) -> None:
+    x = torch.randn(1, 3, 8, 8)
+    sample = Sample(torch.rand(8, 8), x, nn.Conv2d(3, 1, 1), explain=lambda m, xx, t: torch.rand(4, 4))
+    with pytest.raises(ValueError, match=r"explain returned shape \(4, 4\), expected \(8, 8\)"):
+        create_metric(name)(sample)
+
+
 # -- registry and bad inputs ---------------------------------------------------------------------
 
 

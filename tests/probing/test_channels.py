@@ -125,6 +125,12 @@ def test_bad_settings() -> None:
         channel_shapley(model, X, layer="conv", samples=4, stderr=0.1)
     with pytest.raises(ValueError, match="samples must be a positive"):
         channel_shapley(model, X, layer="conv", samples=0)
+    with pytest.raises(ValueError, match=r"samples must be a positive integer, got 2\.5 \(float\)"):
+        channel_shapley(model, X, layer="conv", samples=2.5)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="max_permutations must be an integer of at least 2, got 1"):
+        channel_shapley(model, X, layer="conv", stderr=0.1, max_permutations=1)
+    with pytest.raises(ValueError, match="batch_size must be a positive integer, got 0"):
+        channel_shapley(model, X, layer="conv", batch_size=0)
     with pytest.raises(ValueError, match="'zero' or a tensor"):
         channel_shapley(model, X, layer="conv", baseline="mean")
     with pytest.raises(ValueError, match="does not fit the layer's output"):

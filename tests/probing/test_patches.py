@@ -91,8 +91,10 @@ def test_patches_leave_the_model_as_found_and_check_their_arguments() -> None:
     assert hook_counts(model) == 0
     with pytest.raises(ValueError, match=r"channels \[2\] are not in layer 'conv2', which has 2"):
         channel_patches(model, spots(), "conv2", [2])
-    with pytest.raises(ValueError, match="at least 1"):
+    with pytest.raises(ValueError, match="per_channel must be a positive integer, got 0"):
         channel_patches(model, spots(), "conv2", [0], per_channel=0)
+    with pytest.raises(ValueError, match="batch_size must be a positive integer, got 0"):
+        channel_patches(model, spots(), "conv2", [0], batch_size=0)
     with pytest.raises(ValueError, match=r"share of the gradient in \(0, 1\]"):
         channel_patches(model, spots(), "conv2", [0], mass=0)
     with pytest.raises(ValueError, match=r"patches need a \(N, C, h, w\) map"):

@@ -11,8 +11,9 @@ from rich.table import Table
 
 from cnnlens.attribution import method_names
 from cnnlens.cli.common import (
-    add_model_arguments,
+    add_command,
     build_methods,
+    coerce_floats,
     console,
     method_choices_help,
     model_from_args,
@@ -31,20 +32,20 @@ from cnnlens.evaluation.metrics import (
 )
 from cnnlens.report.benchmark import benchmark_report, best_rows, format_cell
 
+HELP = "score attribution methods with faithfulness, localisation, sanity and other metrics"
+DESCRIPTION = (
+    "Writes OUT/benchmark.json, OUT/benchmark.csv, OUT/benchmark.html and "
+    "OUT/results.jsonl (per image; a re-run resumes and only computes what is missing, and "
+    "results are keyed by model, image and mask, so another model or data never reuses them). "
+    "DATA is 'samples' (the shipped photos with hand-drawn object masks), a folder with "
+    "images/ (searched recursively) and optional masks/<name>.<ext> (non-zero = object) matched "
+    "by file name, or a CSV manifest path,label[,mask][,split] such as the one `cnnlens data "
+    "synth` writes. An unreadable image or an empty mask is skipped with a warning."
+)
+
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser(
-        "benchmark",
-        help="score attribution methods with faithfulness, localisation, sanity and other metrics",
-        description="Writes OUT/benchmark.json, OUT/benchmark.csv, OUT/benchmark.html and "
-        "OUT/results.jsonl (per image; a re-run resumes and only computes what is missing, and "
-        "results are keyed by model, image and mask, so another model or data never reuses them). "
-        "DATA is 'samples' (the shipped photos with hand-drawn object masks), a folder with "
-        "images/ (searched recursively) and optional masks/<name>.<ext> (non-zero = object) matched "
-        "by file name, or a CSV manifest path,label[,mask][,split] such as the one `cnnlens data "
-        "synth` writes. An unreadable image or an empty mask is skipped with a warning.",
-    )
-    add_model_arguments(p)
+    p = add_command(sub, "benchmark", run, model=True, help=HELP, description=DESCRIPTION)
     p.add_argument(
         "--data", default="samples", help="'samples', a folder or a manifest .csv (default: samples)"
     )
@@ -80,7 +81,6 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=0, help="seed of the random reference map (default 0)")
     p.add_argument("--cache", type=Path, help="attribution cache folder (default: OUT/cache)")
     p.add_argument("-o", "--out", required=True, type=Path, help="output folder")
-    p.set_defaults(func=run)
 
 
 def selected(values: list[str] | None, every: list[str]) -> list[str]:
@@ -101,12 +101,8 @@ def build_metrics(names: list[str], params: dict[str, Any]) -> list[Metric]:
     for cls in classes:
         accepted = cls.parameters()
         kwargs = {k: v for k, v in params.items() if k in accepted}
-        for k, v in kwargs.items():
-            default = accepted[k].default
-            if isinstance(default, float) and isinstance(v, int):
-                kwargs[k] = float(v)
         used |= set(kwargs)
-        metrics.append(create_metric(cls.name, **kwargs))
+        metrics.append(create_metric(cls.name, **coerce_floats(kwargs, accepted)))
     unused = set(params) - used
     if unused:
         raise ValueError(f"no selected metric takes the parameter(s) {', '.join(sorted(unused))}")

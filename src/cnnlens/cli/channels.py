@@ -14,31 +14,31 @@ import torch
 from PIL import Image
 from rich.table import Table
 
-from cnnlens.cli.common import add_model_arguments, console, error_console, model_from_args
-from cnnlens.data.folders import IMAGE_SUFFIXES, read_manifest
+from cnnlens.cli.common import add_command, console, error_console, model_from_args
+from cnnlens.data.folders import read_data
 from cnnlens.data.images import load_image
 from cnnlens.models.loaded import LoadedModel
 from cnnlens.pipeline import check_targets, load_images
 from cnnlens.probing.channels import ChannelShapley, channel_shapley, mean_activation
 from cnnlens.probing.patches import PATCH_MASS, Patch, channel_patches
+from cnnlens.validation import check_positive_int
 
 #: Images read at most from the folders and manifests given to --mean-from and --probes.
 MEAN_LIMIT = 64
 
+HELP = "Shapley values of the channels of one layer for one image"
+DESCRIPTION = (
+    "Writes OUT/channels.csv and OUT/channels.json (channels ranked by Shapley value, with "
+    "standard errors) and OUT/channels.png: for each top positive and negative channel its activation "
+    "map, the image patch where it fires most (the receptive field of its peak) and, given probe "
+    "images, the probe patches where it fires most (boxes in channels.json). A removed channel is "
+    "replaced by zero or by its mean over --mean-from images; only the network after the layer is "
+    "re-run per coalition."
+)
+
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser(
-        "channels",
-        help="Shapley values of the channels of one layer for one image",
-        description="Writes OUT/channels.csv and OUT/channels.json (channels ranked by Shapley value, with "
-        "standard errors) and OUT/channels.png: for each top positive and negative channel its activation "
-        "map, the image patch where it fires most (the receptive field of its peak) and, given probe "
-        "images, the probe patches where it fires most (boxes in channels.json). A removed channel is "
-        "replaced by zero or by its mean over --mean-from images; only the network after the layer is "
-        "re-run per coalition.",
-    )
-    p.add_argument("image", metavar="IMAGE", help="image file")
-    add_model_arguments(p)
+    p = add_command(sub, "channels", run, image="one", model=True, help=HELP, description=DESCRIPTION)
     p.add_argument("--layer", help="dotted layer name (default: the model's CAM layer)")
     p.add_argument("-t", "--target", help="class index or name (default: top-1)")
     how = p.add_mutually_exclusive_group()
@@ -81,36 +81,27 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=0, help="seed of the permutations (default 0)")
     p.add_argument("--batch-size", type=int, default=256, help="coalitions per pass (default 256)")
     p.add_argument("-o", "--out", required=True, type=Path, help="output folder")
-    p.set_defaults(func=run)
 
 
 def image_paths(paths: list[str], limit: int) -> list[Path]:
     """The image files named by ``paths``, at most ``limit`` of them, spread evenly.
 
-    A file is taken as given, a ``.csv`` file is a manifest (its ``path`` column), a folder is searched
-    recursively for image files (so a class-folder dataset gives the images of every class).
+    An image file is taken as given; a ``.csv`` file (a manifest) or a folder is read by
+    :func:`~cnnlens.data.folders.read_data` as a plain folder of images: the images below
+    ``DIR/images/`` or ``DIR`` (so a class-folder dataset gives the images of every class), never its
+    ``DIR/masks/``.
 
     Raises:
         ValueError: A path does not exist, a folder has no image files, or ``limit`` is below 1.
     """
-    if limit < 1:
-        raise ValueError(f"--mean-limit must be at least 1, got {limit}")
+    check_positive_int("--mean-limit", limit)
     files: list[Path] = []
     for text in paths:
         path = Path(text)
-        if path.is_dir():
-            found = sorted(
-                p
-                for p in path.rglob("*")
-                if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith(".")
-            )
-            if not found:
-                raise ValueError(f"{path}: no image files in this folder or below it")
-            files += found
-        elif path.suffix.lower() == ".csv" and path.is_file():
-            files += [s.path for s in read_manifest(path).samples]
-        elif path.exists():
+        if path.is_file() and path.suffix.lower() != ".csv":
             files.append(path)
+        elif path.exists():
+            files += [s.path for s in read_data(path, labelled=False).samples]
         else:
             raise ValueError(f"{path}: no such file or folder")
     if len(files) > limit:
@@ -229,8 +220,8 @@ def print_top(result: ChannelShapley, k: int) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    if args.top < 1 or args.patches < 1:
-        raise ValueError(f"--top and --patches must be at least 1, got {args.top} and {args.patches}")
+    check_positive_int("--top", args.top)
+    check_positive_int("--patches", args.patches)
     if not 0 < args.patch_mass <= 1:
         raise ValueError(f"--patch-mass is a share in (0, 1], got {args.patch_mass}")
     image = load_image(args.image)

@@ -7,7 +7,8 @@ import ast
 import inspect
 import os
 import sys
-from typing import Any
+from collections.abc import Callable
+from typing import Any, Literal
 
 from rich.console import Console
 
@@ -28,7 +29,43 @@ def setup_runtime() -> None:
     tune_allocator()
 
 
+def add_command(
+    sub: argparse._SubParsersAction,
+    name: str,
+    run: Callable[[argparse.Namespace], int] | None = None,
+    *,
+    help: str,
+    description: str | None = None,
+    image: Literal["one", "many"] | None = None,
+    model: bool = False,
+) -> argparse.ArgumentParser:
+    """Add the sub-command ``name`` and return its parser, for the command's own arguments.
+
+    Args:
+        sub: The sub-parsers of the parent command.
+        name: The command's name.
+        run: What the command calls with the parsed arguments (``None`` for a group of commands).
+        help: One line for the parent's list of commands.
+        description: The paragraph of the command's ``--help``.
+        image: Add the positional ``IMAGE`` argument: ``"one"`` image file (``args.image``) or
+            ``"many"`` (``args.images``, one or more).
+        model: Add the arguments that choose the model (:func:`add_model_arguments`), as its first
+            options.
+    """
+    parser: argparse.ArgumentParser = sub.add_parser(name, help=help, description=description)
+    if run is not None:
+        parser.set_defaults(func=run)
+    if image == "one":
+        parser.add_argument("image", metavar="IMAGE", help="image file")
+    elif image == "many":
+        parser.add_argument("images", nargs="+", metavar="IMAGE", help="image files")
+    if model:
+        add_model_arguments(parser)
+    return parser
+
+
 def add_model_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--model``, ``--weights``, ``--no-pretrained`` and ``--device`` (read by :func:`model_from_args`)."""
     parser.add_argument(
         "--model",
         default=DEFAULT_MODEL,
@@ -111,11 +148,7 @@ def build_methods(
         kwargs = preset | given
         if layer is not None and cls.uses_layer:
             kwargs["layer"] = layer
-        for k, v in kwargs.items():
-            default = accepted[k].default
-            if isinstance(default, float) and isinstance(v, int):
-                kwargs[k] = float(v)
-        methods.append(create(cls.name, model, **kwargs))
+        methods.append(create(cls.name, model, **coerce_floats(kwargs, accepted)))
     unused = set(params) - used
     if unused:
         raise ValueError(
@@ -127,6 +160,15 @@ def build_methods(
     if layer is not None:
         model.layer(layer)  # fail early on an unknown layer
     return methods
+
+
+def coerce_floats(kwargs: dict[str, Any], accepted: dict[str, inspect.Parameter]) -> dict[str, Any]:
+    """``kwargs`` with an integer given for a parameter whose default is a float (``-p sigma=2``)
+    turned into that float, so parameters keep their declared type."""
+    return {
+        k: float(v) if isinstance(v, int) and isinstance(accepted[k].default, float) else v
+        for k, v in kwargs.items()
+    }
 
 
 def method_choices_help() -> str:

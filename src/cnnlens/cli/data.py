@@ -5,21 +5,22 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from cnnlens.cli.common import console
+from cnnlens.cli.common import add_command, console
 from cnnlens.data.export import EXPORTS, export_dataset
 from cnnlens.data.synthetic import SHAPES, SynthConfig, generate
 
+SYNTH_HELP = "shapes on cluttered backgrounds, with exact masks and an optional spurious cue"
+SYNTH_DESCRIPTION = (
+    f"Classes in order: {', '.join(SHAPES)}. Writes DIR/manifest.csv "
+    "(path,label,mask,split,cue; train on it to keep the split), DIR/images/<class>/, DIR/masks/ "
+    "and DIR/synth.json."
+)
+
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("data", help="generate or export datasets that work offline")
+    p = add_command(sub, "data", help="generate or export datasets that work offline")
     actions = p.add_subparsers(dest="action", metavar="ACTION", required=True)
-    s = actions.add_parser(
-        "synth",
-        help="shapes on cluttered backgrounds, with exact masks and an optional spurious cue",
-        description=f"Classes in order: {', '.join(SHAPES)}. Writes DIR/manifest.csv "
-        "(path,label,mask,split,cue; train on it to keep the split), DIR/images/<class>/, DIR/masks/ "
-        "and DIR/synth.json.",
-    )
+    s = add_command(actions, "synth", run_synth, help=SYNTH_HELP, description=SYNTH_DESCRIPTION)
     s.add_argument("-o", "--out", type=Path, required=True, help="new output folder")
     s.add_argument(
         "--classes", type=int, default=3, help=f"number of shape classes, 2-{len(SHAPES)} (default 3)"
@@ -35,11 +36,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "--clutter", type=float, default=1.0, help="density of background lines and dots (default 1)"
     )
     s.add_argument("--seed", type=int, default=0)
-    s.set_defaults(func=run_synth)
-    e = actions.add_parser("export", help=f"write {', '.join(EXPORTS)} as class folders of PNG files")
+    e = add_command(
+        actions, "export", run_export, help=f"write {', '.join(EXPORTS)} as class folders of PNG files"
+    )
     e.add_argument("name", choices=list(EXPORTS))
     e.add_argument("-o", "--out", type=Path, required=True, help="new output folder")
-    e.set_defaults(func=run_export)
 
 
 def run_synth(args: argparse.Namespace) -> int:

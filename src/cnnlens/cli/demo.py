@@ -8,20 +8,19 @@ from pathlib import Path
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from cnnlens.attribution import Attribution, method_names
-from cnnlens.cli.common import build_methods, console, error_console
+from cnnlens.cli.common import add_command, build_methods, console, error_console
 from cnnlens.cli.explain import print_results
 from cnnlens.data.samples import SAMPLE_NAMES, load_sample
 from cnnlens.models import DEFAULT_MODEL, load_model
 from cnnlens.pipeline import explain_images, summarize, write_summary
 from cnnlens.report import demo_report
 
+HELP = "explain the sample photos with the offline default model and every method"
+DESCRIPTION = "Writes OUT/index.html (self-contained report), OUT/summary.json and the maps."
+
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser(
-        "demo",
-        help="explain the sample photos with the offline default model and every method",
-        description="Writes OUT/index.html (self-contained report), OUT/summary.json and the maps.",
-    )
+    p = add_command(sub, "demo", run, help=HELP, description=DESCRIPTION)
     p.add_argument("-o", "--out", type=Path, default=Path("demo-out"), help="output folder")
     p.add_argument(
         "--samples", default=",".join(SAMPLE_NAMES), help="comma-separated sample photos to explain"
@@ -31,7 +30,6 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         action="store_true",
         help="every method with its paper defaults (about 10x longer) instead of the quick settings",
     )
-    p.set_defaults(func=run)
 
 
 #: Demo-only settings on EfficientNet-Lite0: Score-CAM runs one forward pass per channel, and the

@@ -8,18 +8,20 @@ from pathlib import Path
 
 from rich.table import Table
 
-from cnnlens.cli.common import console
+from cnnlens.cli.common import add_command, console
 from cnnlens.cli.train import shown_warnings
 from cnnlens.evaluation.classification import METRICS, Evaluation, evaluate, write_evaluation
+from cnnlens.validation import check_int_at_least, check_positive_int
+
+HELP = "metrics of a trained model on its test split or on another dataset"
+DESCRIPTION = (
+    "Writes metrics.json, confusion.json, confusion.png and misclassified.png to --out "
+    "(default RUN/eval-<split> or RUN/eval-<data name>)."
+)
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser(
-        "evaluate",
-        help="metrics of a trained model on its test split or on another dataset",
-        description="Writes metrics.json, confusion.json, confusion.png and misclassified.png to --out "
-        "(default RUN/eval-<split> or RUN/eval-<data name>).",
-    )
+    p = add_command(sub, "evaluate", run, help=HELP, description=DESCRIPTION)
     p.add_argument("run", metavar="RUN", help="training run folder (or a checkpoint, with DATA)")
     p.add_argument(
         "data", nargs="?", metavar="DATA", help="dataset to evaluate on (default: the run's test split)"
@@ -32,7 +34,6 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--strict", action="store_true", help="stop on unreadable files instead of skipping them")
     p.add_argument("--json", action="store_true", help="print the metrics as JSON instead of a table")
-    p.set_defaults(func=run)
 
 
 def metrics_table(result: Evaluation) -> Table:
@@ -56,8 +57,8 @@ def default_out(args: argparse.Namespace) -> Path:
 
 
 def run(args: argparse.Namespace) -> int:
-    if args.errors < 0 or args.batch_size < 1:
-        raise ValueError(f"--errors must be >= 0 and --batch-size >= 1, got {args.errors}, {args.batch_size}")
+    check_int_at_least("--errors", args.errors, 0)
+    check_positive_int("--batch-size", args.batch_size)
     with shown_warnings(), console.status("evaluating"):
         result = evaluate(
             args.run, args.data, split=args.split, batch_size=args.batch_size, strict=args.strict

@@ -9,7 +9,7 @@ from typing import Any
 from rich import box
 from rich.table import Table
 
-from cnnlens.cli.common import console, split_list
+from cnnlens.cli.common import add_command, console, split_list
 from cnnlens.models.saliency_net import LOC_LOSSES
 from cnnlens.training.experiment import (
     Backbone,
@@ -20,14 +20,17 @@ from cnnlens.training.experiment import (
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser(
+    p = add_command(
+        sub,
         "experiment",
         help="run a published experiment end to end (saliency-aware training)",
         description="Experiments that train, evaluate and tabulate in one command.",
     )
     kinds = p.add_subparsers(dest="experiment", metavar="EXPERIMENT", required=True)
-    sa = kinds.add_parser(
+    sa = add_command(
+        kinds,
         "saliency-aware",
+        run,
         help="baseline vs saliency-aware training over backbones, mask ratios, losses and seeds (Fan et al.)",
         description="Trains every configuration (ratio 0: the baseline without SPN), scores each run on "
         "its test split and writes OUT/results.md, OUT/results.json and OUT/figure.png. Finished runs "
@@ -65,7 +68,6 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     sa.add_argument("--figure-images", type=int, default=4, help="test images in the figure (default 4)")
     sa.add_argument("--device", help="torch device (default: cuda when available, else cpu)")
     sa.add_argument("-o", "--out", type=Path, required=True, help="output folder")
-    sa.set_defaults(func=run)
 
 
 def _floats(text: str, flag: str) -> tuple[float, ...]:

@@ -11,7 +11,7 @@ from cnnlens.attribution import method_names
 from cnnlens.attribution.engine.layout import MEMORY_FORMATS
 from cnnlens.attribution.engine.precision import PRECISIONS
 from cnnlens.cli.common import (
-    add_model_arguments,
+    add_command,
     build_methods,
     console,
     error_console,
@@ -29,17 +29,17 @@ from cnnlens.pipeline import (
     summarize,
     write_summary,
 )
+from cnnlens.validation import check_positive_int
+
+HELP = "explain the model's decision on image files"
+DESCRIPTION = (
+    "Writes OUT/<image>/<method>.png and .npz for each image and method, and "
+    "OUT/summary.json. Unreadable images are reported and skipped."
+)
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser(
-        "explain",
-        help="explain the model's decision on image files",
-        description="Writes OUT/<image>/<method>.png and .npz for each image and method, and "
-        "OUT/summary.json. Unreadable images are reported and skipped.",
-    )
-    p.add_argument("images", nargs="+", metavar="IMAGE", help="image files")
-    add_model_arguments(p)
+    p = add_command(sub, "explain", run, image="many", model=True, help=HELP, description=DESCRIPTION)
     p.add_argument("-m", "--method", action="append", help=method_choices_help() + " (default: all)")
     p.add_argument(
         "-t",
@@ -81,7 +81,6 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         help=f"refuse images of more than N pixels as possible decompression bombs (default {MAX_PIXELS:,})",
     )
     p.add_argument("-o", "--out", required=True, type=Path, help="output folder")
-    p.set_defaults(func=run)
 
 
 def selected_methods(values: list[str] | None) -> list[str]:
@@ -107,10 +106,8 @@ def print_results(results: list[ImageResult], top: int) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    if args.top < 1:
-        raise ValueError(f"--top must be at least 1, got {args.top}")
-    if args.max_pixels < 1:
-        raise ValueError(f"--max-pixels must be at least 1, got {args.max_pixels}")
+    check_positive_int("--top", args.top)
+    check_positive_int("--max-pixels", args.max_pixels)
     names = selected_methods(args.method)
     model = model_from_args(args)
     every = not split_list(args.method) or split_list(args.method) == ["all"]

@@ -8,23 +8,23 @@ from pathlib import Path
 
 from rich.table import Table
 
-from cnnlens.cli.common import add_model_arguments, console, model_from_args, split_list
+from cnnlens.cli.common import add_command, console, model_from_args, split_list
 from cnnlens.data.images import load_image
 from cnnlens.models.loaded import LoadedModel
 from cnnlens.pipeline import check_targets
 from cnnlens.probing.atlas import ATLAS_METHODS, LayerAtlas, layer_atlas
+from cnnlens.validation import check_positive_int
+
+HELP = "attributions at every conv layer / stage of the model (the layer atlas)"
+DESCRIPTION = (
+    "Writes OUT/atlas.png (every layer's map, in network order, with its name and output "
+    "shape), OUT/layers/NN_<layer>.npz (one per layer) and OUT/atlas.json. All layers come from one "
+    "batched forward and backward pass."
+)
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser(
-        "layers",
-        help="attributions at every conv layer / stage of the model (the layer atlas)",
-        description="Writes OUT/atlas.png (every layer's map, in network order, with its name and output "
-        "shape), OUT/layers/NN_<layer>.npz (one per layer) and OUT/atlas.json. All layers come from one "
-        "batched forward and backward pass.",
-    )
-    p.add_argument("image", metavar="IMAGE", help="image file")
-    add_model_arguments(p)
+    p = add_command(sub, "layers", run, image="one", model=True, help=HELP, description=DESCRIPTION)
     p.add_argument("--method", choices=list(ATLAS_METHODS), default="gradxact", help="default: gradxact")
     p.add_argument(
         "--layers",
@@ -40,7 +40,6 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--batch-size", type=int, default=32, help="points per forward pass (default 32)")
     p.add_argument("--columns", type=int, default=None, help="panels per row of the figure")
     p.add_argument("-o", "--out", required=True, type=Path, help="output folder")
-    p.set_defaults(func=run)
 
 
 def method_params(args: argparse.Namespace, model: LoadedModel) -> dict[str, object]:
@@ -73,8 +72,7 @@ def print_atlas(atlas: LayerAtlas) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    if args.batch_size < 1:
-        raise ValueError(f"--batch-size must be at least 1, got {args.batch_size}")
+    check_positive_int("--batch-size", args.batch_size)
     image = load_image(args.image)
     model = model_from_args(args)
     target = check_targets(model, [args.target])[0] if args.target is not None else None

@@ -7,13 +7,12 @@ import argparse
 from rich.table import Table
 
 from cnnlens.attribution import get_method, method_names, methods_markdown
-from cnnlens.cli.common import console, signature_text
+from cnnlens.cli.common import add_command, console, signature_text
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("methods", help="list the attribution methods and their parameters")
+    p = add_command(sub, "methods", run, help="list the attribution methods and their parameters")
     p.add_argument("--markdown", action="store_true", help="print the docs table (docs/methods.md)")
-    p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:

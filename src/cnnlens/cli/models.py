@@ -6,14 +6,13 @@ import argparse
 
 from rich.table import Table
 
-from cnnlens.cli.common import add_model_arguments, console, model_from_args
+from cnnlens.cli.common import add_command, add_model_arguments, console, model_from_args
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("models", help="list the models cnnlens can load, or show one")
+    p = add_command(sub, "models", run, help="list the models cnnlens can load, or show one")
     p.add_argument("--all", action="store_true", help="also list every timm model name")
     p.add_argument("--show", metavar="MODEL", help="show one model: preprocessing, classes and layers")
-    p.set_defaults(func=run)
     add_model_arguments(p)
 
 

@@ -13,7 +13,7 @@ from typing import Any
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from cnnlens.cli.common import add_model_arguments, console, error_console
+from cnnlens.cli.common import add_command, console, error_console
 from cnnlens.data.dataset import AUGMENTATIONS
 from cnnlens.errors import DataWarning
 from cnnlens.models.saliency_net import LOC_LOSSES
@@ -21,8 +21,11 @@ from cnnlens.training import FREEZE_POLICIES, Listener, TrainConfig, Trainer, Tr
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser(
+    p = add_command(
+        sub,
         "train",
+        run,
+        model=True,
         help="train a classifier on a folder of images (transfer learning)",
         description="DATA is a folder with one subfolder per class, or a CSV manifest "
         "path,label[,mask][,split]. Writes RUN/best.pt (use it as --model RUN with every other "
@@ -30,7 +33,6 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "split.json, data.json, history.json and curves.png.",
     )
     p.add_argument("data", nargs="?", metavar="DATA", help="class-folder dataset or CSV manifest")
-    add_model_arguments(p)
     p.add_argument(
         "--head",
         choices=("linear", "mlp64", "cnet", "spn"),
@@ -90,7 +92,6 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "--resume", nargs="?", const=True, metavar="RUN", help="continue the run in RUN (or --out)"
     )
     p.add_argument("--force", action="store_true", help="replace an existing run folder")
-    p.set_defaults(func=run)
 
 
 def config_from_args(args: argparse.Namespace) -> TrainConfig:

@@ -1,4 +1,5 @@
-"""Indexing an image dataset: a folder with one subfolder per class, or a CSV manifest.
+"""Indexing an image dataset: a folder with one subfolder per class, a CSV manifest, or a plain
+folder of images (:func:`read_data` resolves what a DATA argument names).
 
 A manifest has a header with the columns ``path`` and ``label``, and optionally ``mask`` (a mask
 image, empty where the image has none) and ``split`` (``train``, ``val`` or ``test``, to fix the
@@ -6,6 +7,10 @@ split instead of drawing one). Relative paths are relative to the manifest's fol
 
 Masks can also come from a folder (``masks=DIR``): a mask belongs to the image with the same file
 name stem (``cat_001.jpg`` <- ``masks/cat_001.png``). Only some images need one.
+
+A plain folder of images (what ``cnnlens data synth`` writes, or any folder of photos) is read
+recursively from ``DIR/images/`` when there is one, else from ``DIR``; its masks are in ``DIR/masks/``.
+Its images have no class label (:data:`UNLABELLED`).
 
 Every problem is either fatal (a :class:`ValueError` that says what to fix) or listed: files that
 are skipped go to :attr:`ImageSet.skipped` and raise a :class:`~cnnlens.errors.DataWarning`, or a
@@ -35,6 +40,8 @@ IMAGE_SUFFIXES = frozenset(
     {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pbm"}
 )
 SPLITS = ("train", "val", "test")
+#: The label of an image of a plain folder of images (scikit-learn's mark of an unlabelled sample).
+UNLABELLED = -1
 #: Largest/smallest class size above which a dataset is reported as imbalanced.
 IMBALANCE_RATIO = 3.0
 
@@ -45,7 +52,7 @@ class Sample:
 
     Attributes:
         path: The image file.
-        label: Index into :attr:`ImageSet.class_names`.
+        label: Index into :attr:`ImageSet.class_names` (:data:`UNLABELLED` for a plain folder of images).
         mask: Its segmentation mask file, if it has one.
         split: The split fixed by a manifest (``None``: drawn by :func:`~cnnlens.data.split.split_dataset`).
     """
@@ -126,11 +133,7 @@ def scan_dataset(
     root = Path(data)
     if not root.exists():
         raise ValueError(f"{root}: no such dataset; expected a folder of class subfolders or a CSV manifest")
-    dataset = read_manifest(root) if root.is_file() else scan_folder(root)
-    if masks is not None:
-        if any(s.mask is not None for s in dataset.samples):
-            raise ValueError("the manifest has a mask column; do not give a mask folder as well")
-        dataset.samples = match_masks(dataset.samples, Path(masks))
+    dataset = read_data(root, masks=masks)
     if verify:
         dataset = verify_images(dataset)
     for item in dataset.skipped:
@@ -139,6 +142,114 @@ def scan_dataset(
     dataset = drop_empty_classes(dataset)
     warn_imbalance(dataset.counts())
     return dataset
+
+
+def read_data(
+    data: str | os.PathLike[str],
+    *,
+    labelled: bool = True,
+    masks: str | os.PathLike[str] | None = None,
+    split: str | None = None,
+) -> ImageSet:
+    """The images (and masks) a DATA argument names, indexed; no image is decoded.
+
+    DATA is a CSV manifest (any file; see the module doc) or a folder. Given ``split``, only the
+    manifest rows of that split are kept, and a folder is read as its ``manifest.csv``. Otherwise a
+    folder is a class-folder dataset when ``labelled`` (:func:`scan_folder`), else a plain folder of
+    images (:func:`scan_images`; a class-folder dataset is one too).
+
+    Args:
+        data: The manifest or the folder.
+        labelled: Whether a folder must be a class-folder dataset (training, classification metrics).
+        masks: A folder of masks matched to the images of a class-folder dataset or a manifest
+            without a mask column by file-name stem (a plain folder of images has ``DIR/masks/``).
+        split: Keep only the manifest rows of this split (``train``, ``val`` or ``test``).
+
+    Raises:
+        FileNotFoundError: ``data`` does not exist.
+        ValueError: ``split`` is unknown, or given for a folder without ``manifest.csv``, or no row
+            has it; a manifest is malformed or lists no image; a folder has no class subfolders
+            (``labelled``) or no image files; masks are ambiguous, or given twice (a mask column and
+            ``masks``), or ``masks`` is given for a plain folder of images.
+    """
+    if split is not None and split not in SPLITS:
+        raise ValueError(f"split must be one of {', '.join(SPLITS)}, got {split!r}")
+    root = Path(data)
+    if not root.exists():
+        raise FileNotFoundError(f"{root}: no such file or folder")
+    if root.is_file() or split is not None:
+        dataset = _manifest_rows(root, split)
+    elif labelled:
+        dataset = scan_folder(root)
+    elif masks is not None:
+        raise ValueError(
+            f"{root}: a plain folder of images has its masks in {root / 'masks'}, not in {masks}"
+        )
+    else:
+        return scan_images(root)
+    if masks is not None:
+        if any(s.mask is not None for s in dataset.samples):
+            raise ValueError("the manifest has a mask column; do not give a mask folder as well")
+        dataset.samples = match_masks(dataset.samples, Path(masks))
+    return dataset
+
+
+def _manifest_rows(root: Path, split: str | None) -> ImageSet:
+    """The manifest ``root`` (``root/manifest.csv`` for a folder), only the rows of ``split``."""
+    path = root
+    if root.is_dir():
+        path = root / "manifest.csv"
+        if not path.is_file():
+            raise ValueError(
+                f"{root}: --split {split} selects rows of a manifest, but there is no {path}; pass the "
+                "manifest (path,label[,mask],split) or leave out --split"
+            )
+    dataset = read_manifest(path)
+    if split is not None:
+        kept = [s for s in dataset.samples if s.split == split]
+        if not kept:
+            present = sorted({s.split for s in dataset.samples if s.split is not None})
+            raise ValueError(
+                f"{path}: no row has split {split!r} (splits present: {', '.join(present) or 'none'})"
+            )
+        dataset.samples = kept
+    if not dataset.samples:
+        raise ValueError(f"{path}: the manifest lists no image")
+    return dataset
+
+
+def image_files(folder: Path, *, exclude: Path | None = None) -> list[Path]:
+    """The image files below ``folder`` (by suffix), sorted; hidden files and those below ``exclude``
+    are left out."""
+    return sorted(
+        p
+        for p in folder.rglob("*")
+        if p.is_file()
+        and p.suffix.lower() in IMAGE_SUFFIXES
+        and not p.name.startswith(".")
+        and (exclude is None or exclude not in p.parents)
+    )
+
+
+def scan_images(root: Path) -> ImageSet:
+    """Index a plain folder of images: every image file below ``root/images/`` (or ``root``), with
+    its mask from ``root/masks/`` (when there is one) matched by file-name stem.
+
+    The dataset's root is the image folder; it has no classes and every label is :data:`UNLABELLED`.
+
+    Raises:
+        ValueError: No image file, or two masks (or two images that a mask would belong to) share a
+            stem.
+    """
+    image_dir = root / "images" if (root / "images").is_dir() else root
+    mask_dir = root / "masks"
+    files = image_files(image_dir, exclude=mask_dir)
+    if not files:
+        raise ValueError(
+            f"{image_dir}: no image files in this folder or below it ({', '.join(sorted(IMAGE_SUFFIXES))})"
+        )
+    found = masks_for(files, mask_dir) if mask_dir.is_dir() else [None] * len(files)
+    return ImageSet(image_dir, [], [Sample(p, UNLABELLED, m) for p, m in zip(files, found, strict=True)])
 
 
 def _skip_or_raise(item: dict[str, str], strict: bool) -> None:
@@ -215,13 +326,10 @@ def mask_files(folder: Path) -> dict[str, Path]:
         ValueError: Two masks share a stem.
     """
     found: dict[str, Path] = {}
-    for p in sorted(folder.rglob("*")):
-        if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES:
-            if p.stem in found:
-                raise ValueError(
-                    f"masks {found[p.stem]} and {p} have the same name; masks are matched by name"
-                )
-            found[p.stem] = p
+    for p in image_files(folder):
+        if p.stem in found:
+            raise ValueError(f"masks {found[p.stem]} and {p} have the same name; masks are matched by name")
+        found[p.stem] = p
     return found
 
 

@@ -18,6 +18,7 @@ import numpy as np
 from PIL import Image, ImageOps
 
 from cnnlens.errors import ImageLoadError
+from cnnlens.validation import check_positive_int
 
 #: Largest image (width x height) cnnlens decodes; larger files are refused as possible bombs.
 MAX_PIXELS = 100_000_000
@@ -41,8 +42,7 @@ def load_image(path: str | os.PathLike[str], *, max_pixels: int = MAX_PIXELS) ->
         ImageLoadError: The file is missing, a directory, not an image, truncated or too large.
         ValueError: ``max_pixels`` is not a positive integer.
     """
-    if isinstance(max_pixels, bool) or not isinstance(max_pixels, int) or max_pixels < 1:
-        raise ValueError(f"max_pixels must be a positive integer, got {max_pixels!r}")
+    check_positive_int("max_pixels", max_pixels)
     p = Path(path)
     if not p.exists():
         raise ImageLoadError(f"{p}: no such file")

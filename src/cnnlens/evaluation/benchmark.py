@@ -38,7 +38,7 @@ from scipy import stats
 
 from cnnlens.attribution.core.base import Attribution
 from cnnlens.attribution.core.explanation import Explanation
-from cnnlens.data.folders import SPLITS, masks_for, read_manifest
+from cnnlens.data.folders import ImageSet, read_data
 from cnnlens.data.images import load_image
 from cnnlens.data.masks import load_mask, mask_to_input, sample_mask
 from cnnlens.data.samples import SAMPLE_NAMES, load_sample
@@ -50,7 +50,6 @@ log = logging.getLogger(__name__)
 
 #: The reference rows: maps that know nothing about the model.
 REFERENCES = ("gaussian", "random")
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 
 
 @dataclass
@@ -80,8 +79,9 @@ def load_dataset(data: str | os.PathLike[str], *, split: str | None = None) -> l
     image then gets NaN for the localisation metrics instead of stopping the benchmark.
 
     Args:
-        data: ``"samples"``, a folder, a ``.csv`` manifest, or a folder holding ``manifest.csv``
-            (read as that manifest when ``split`` is given).
+        data: ``"samples"``, or what :func:`~cnnlens.data.folders.read_data` reads as a plain folder
+            of images: a folder, a ``.csv`` manifest, or a folder holding ``manifest.csv`` (read as
+            that manifest when ``split`` is given).
         split: Keep only the manifest rows of this split (``train``, ``val`` or ``test``).
 
     Raises:
@@ -90,77 +90,33 @@ def load_dataset(data: str | os.PathLike[str], *, split: str | None = None) -> l
             masks (or two images that a mask would belong to) share a stem, or a mask does not match
             its image's size.
     """
-    if split is not None and split not in SPLITS:
-        raise ValueError(f"split must be one of {', '.join(SPLITS)}, got {split!r}")
     if str(data) == "samples":
         if split is not None:
             raise ValueError("--split selects rows of a manifest; 'samples' has no splits")
         return [BenchImage(n, load_sample(n), sample_mask(n)) for n in SAMPLE_NAMES]
     root = Path(data)
-    if root.is_file():
-        entries = _manifest_entries(root, split)
-    elif root.is_dir() and split is not None:
-        if not (root / "manifest.csv").is_file():
-            raise ValueError(
-                f"{root}: --split {split} selects rows of a manifest, but there is no "
-                f"{root / 'manifest.csv'}; pass the manifest (path,label[,mask],split) or leave out --split"
-            )
-        entries = _manifest_entries(root / "manifest.csv", split)
-    elif root.is_dir():
-        entries = _folder_entries(root)
-    else:
+    if not root.exists():
         raise FileNotFoundError(f"{root}: no such folder or manifest; pass a folder, a .csv or 'samples'")
-    items = [item for item in (_read_entry(*e) for e in _named(entries)) if item is not None]
+    dataset = read_data(root, labelled=False, split=split)
+    items = [item for item in (_read_entry(*e) for e in _named(dataset)) if item is not None]
     if not items:
-        raise ValueError(f"{root}: none of the {len(entries)} images could be read")
+        raise ValueError(f"{root}: none of the {len(dataset.samples)} images could be read")
     return items
 
 
-#: ``(image file, mask file or None, folder the name is relative to)``.
-_Entry = tuple[Path, Path | None, Path]
-
-
-def _folder_entries(root: Path) -> list[_Entry]:
-    image_dir = root / "images" if (root / "images").is_dir() else root
-    mask_dir = root / "masks"
-    files = sorted(
-        p
-        for p in image_dir.rglob("*")
-        if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES and mask_dir not in p.parents
-    )
-    if not files:
-        raise ValueError(f"{image_dir}: no image files ({', '.join(IMAGE_SUFFIXES)}) in it or its subfolders")
-    masks = masks_for(files, mask_dir) if mask_dir.is_dir() else [None] * len(files)
-    return [(p, m, image_dir) for p, m in zip(files, masks, strict=True)]
-
-
-def _manifest_entries(path: Path, split: str | None) -> list[_Entry]:
-    samples = read_manifest(path).samples
-    if split is not None:
-        kept = [s for s in samples if s.split == split]
-        if not kept:
-            present = sorted({s.split for s in samples if s.split is not None})
-            raise ValueError(
-                f"{path}: no row has split {split!r} (splits present: {', '.join(present) or 'none'})"
-            )
-        samples = kept
-    if not samples:
-        raise ValueError(f"{path}: the manifest lists no image")
-    return [(s.path, s.mask, path.parent) for s in samples]
-
-
-def _named(entries: list[_Entry]) -> list[tuple[str, Path, Path | None]]:
-    """Each entry with its name: the file stem, or the relative path when stems are shared."""
-    stems = [image.stem for image, _, _ in entries]
+def _named(dataset: ImageSet) -> list[tuple[str, Path, Path | None]]:
+    """Each image with its name: the file stem, or its path relative to the dataset root when stems
+    are shared."""
+    stems = [s.path.stem for s in dataset.samples]
     if len(set(stems)) == len(stems):
-        return [(stem, image, mask) for stem, (image, mask, _) in zip(stems, entries, strict=True)]
+        return [(stem, s.path, s.mask) for stem, s in zip(stems, dataset.samples, strict=True)]
     named = []
-    for image, mask, base in entries:
+    for s in dataset.samples:
         try:
-            name = image.relative_to(base).with_suffix("").as_posix()
+            name = s.path.relative_to(dataset.root).with_suffix("").as_posix()
         except ValueError:
-            name = image.with_suffix("").as_posix()
-        named.append((name, image, mask))
+            name = s.path.with_suffix("").as_posix()
+        named.append((name, s.path, s.mask))
     return named
 
 

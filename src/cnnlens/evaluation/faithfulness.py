@@ -5,11 +5,18 @@ target score; insertion starts from a baseline image and puts the pixels back in
 area under the curve (AUC, trapezoidal, x in [0, 1]) summarises it: low for deletion, high for
 insertion means a faithful map. All perturbed images are evaluated in batches under
 ``torch.inference_mode``; the model's train/eval state is restored afterwards.
+
+References:
+    Petsiuk, Das, Saenko. RISE: Randomized Input Sampling for Explanation of Black-box Models.
+    BMVC 2018 (deletion and insertion).
 """
 
 from __future__ import annotations
 
 import math
+from abc import abstractmethod
+from collections.abc import Callable
+from functools import partial, partialmethod
 
 import numpy as np
 import torch
@@ -23,13 +30,11 @@ from cnnlens.evaluation.metrics import (
     Sample,
     as_input,
     as_map,
-    check_fraction,
-    check_positive_int,
     register_metric,
     required,
 )
 from cnnlens.models.hooks import preserved_state
-from cnnlens.validation import SCORES
+from cnnlens.validation import check_fraction, check_positive_int, check_score
 
 BASELINES = ("blur", "black", "mean")
 MODES = ("deletion", "insertion")
@@ -137,18 +142,37 @@ def curve_auc(x: list[float] | np.ndarray, y: list[float] | np.ndarray) -> float
 def _check_common(baseline: str, score: str, batch_size: int, blur_sigma: float) -> None:
     if baseline not in BASELINES:
         raise ValueError(f"baseline must be one of {', '.join(BASELINES)}, got {baseline!r}")
-    if score not in SCORES:
-        raise ValueError(f"score must be one of {', '.join(SCORES)}, got {score!r}")
+    check_score(score)
     check_positive_int("batch_size", batch_size)
     if not blur_sigma > 0:
         raise ValueError(f"blur_sigma must be positive, got {blur_sigma!r}")
 
 
-class _CurveMetric(Metric):
-    """Deletion or insertion: the curve over ``steps + 1`` points and its AUC."""
+class _RemovalMetric(Metric):
+    """A faithfulness metric: the target score as the map's top pixels are replaced by a baseline."""
 
     category = "faithfulness"
     needs = ("inputs", "model")
+    baseline: str
+    blur_sigma: float
+
+    def _evaluate(self, sample: Sample) -> MetricResult:
+        a = as_map(sample.attribution)
+        x = as_input(sample.inputs, tuple(a.shape))
+        base = baseline_image(x, self.baseline, sample.preprocessing, self.blur_sigma)
+        model = required(sample.model, "model")
+        return self._score(partial(perturbation_curve, model, x, sample.target, pixel_ranks(a), base))
+
+    @abstractmethod
+    def _score(self, curve: Callable[..., list[float]]) -> MetricResult:
+        """The metric from ``curve(fractions, **options)``: :func:`perturbation_curve` of this sample."""
+
+
+class _CurveMetric(_RemovalMetric):
+    """Deletion or insertion (Petsiuk et al. 2018, see the module): the curve over ``steps + 1``
+    points and its AUC."""
+
+    reference = "Petsiuk et al. 2018"
     mode: str
 
     def __init__(
@@ -167,22 +191,9 @@ class _CurveMetric(Metric):
         self.blur_sigma = blur_sigma
         self.batch_size = batch_size
 
-    def _evaluate(self, sample: Sample) -> MetricResult:
-        a = as_map(sample.attribution)
-        x = as_input(sample.inputs, tuple(a.shape))
-        base = baseline_image(x, self.baseline, sample.preprocessing, self.blur_sigma)
+    def _score(self, curve: Callable[..., list[float]]) -> MetricResult:
         fractions = [k / self.steps for k in range(self.steps + 1)]
-        ys = perturbation_curve(
-            required(sample.model, "model"),
-            x,
-            sample.target,
-            pixel_ranks(a),
-            base,
-            fractions,
-            mode=self.mode,
-            score=self.score,
-            batch_size=self.batch_size,
-        )
+        ys = curve(fractions, mode=self.mode, score=self.score, batch_size=self.batch_size)
         return MetricResult(curve_auc(fractions, ys), curve=(fractions, ys))
 
 
@@ -192,51 +203,29 @@ class Deletion(_CurveMetric):
 
     Shape:
         ``Sample.attribution`` ``(H, W)``, ``Sample.inputs`` ``(1, C, H, W)``.
-
-    References:
-        Petsiuk, Das, Saenko. RISE: Randomized Input Sampling for Explanation of Black-box Models.
-        BMVC 2018.
     """
 
     name = "deletion"
     higher_is_better = False
     summary = "AUC of the target score as top pixels are removed"
-    reference = "Petsiuk et al. 2018"
     mode = "deletion"
 
 
 @register_metric
 class Insertion(_CurveMetric):
     """Insertion curve AUC: the score as the most important pixels are put back first on a baseline
-    (higher is better).
-
-    References:
-        Petsiuk, Das, Saenko. RISE: Randomized Input Sampling for Explanation of Black-box Models.
-        BMVC 2018.
-    """
+    (higher is better)."""
 
     name = "insertion"
     higher_is_better = True
     summary = "AUC of the target score as top pixels are inserted on a blurred image"
-    reference = "Petsiuk et al. 2018"
     mode = "insertion"
-
-    def __init__(
-        self,
-        *,
-        steps: int = 10,
-        baseline: str = "blur",
-        score: str = "probability",
-        blur_sigma: float = 5.0,
-        batch_size: int = 16,
-    ):
-        super().__init__(
-            steps=steps, baseline=baseline, score=score, blur_sigma=blur_sigma, batch_size=batch_size
-        )
+    #: Deletion's parameters; only the default baseline differs (the signature shows it).
+    __init__ = partialmethod(_CurveMetric.__init__, baseline="blur")
 
 
 @register_metric
-class TopKDrop(Metric):
+class TopKDrop(_RemovalMetric):
     """Share of the target probability lost when the top ``fraction`` of pixels is removed.
 
     ``(p(x) - p(x with the top pixels replaced by the baseline)) / p(x)``; higher is better (the map
@@ -248,11 +237,9 @@ class TopKDrop(Metric):
     """
 
     name = "topk_drop"
-    category = "faithfulness"
     higher_is_better = True
     summary = "share of the probability lost when the top-k% pixels are removed"
     reference = "Samek et al. 2017"
-    needs = ("inputs", "model")
 
     def __init__(self, *, fraction: float = 0.2, baseline: str = "black", blur_sigma: float = 5.0):
         _check_common(baseline, "probability", 1, blur_sigma)
@@ -260,11 +247,6 @@ class TopKDrop(Metric):
         self.baseline = baseline
         self.blur_sigma = blur_sigma
 
-    def _evaluate(self, sample: Sample) -> MetricResult:
-        a = as_map(sample.attribution)
-        x = as_input(sample.inputs, tuple(a.shape))
-        base = baseline_image(x, self.baseline, sample.preprocessing, self.blur_sigma)
-        full, removed = perturbation_curve(
-            required(sample.model, "model"), x, sample.target, pixel_ranks(a), base, [0.0, self.fraction]
-        )
+    def _score(self, curve: Callable[..., list[float]]) -> MetricResult:
+        full, removed = curve([0.0, self.fraction])
         return MetricResult((full - removed) / full, extras={"score": full, "score_removed": removed})

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from abc import abstractmethod
+
 import torch
 from scipy import ndimage
 
@@ -12,10 +14,10 @@ from cnnlens.evaluation.metrics import (
     Sample,
     as_map,
     as_mask,
-    check_fraction,
     nan_result,
     register_metric,
 )
+from cnnlens.validation import check_fraction
 
 
 def pointing_game(attribution: torch.Tensor, mask: torch.Tensor, tolerance: float = 15.0) -> float:
@@ -82,8 +84,24 @@ def iou_at(probability: torch.Tensor, mask: torch.Tensor, threshold: float = 0.5
     return int((region & truth).sum()) / union if union else 1.0
 
 
+class _MaskMetric(Metric):
+    """A localisation metric: the map against the object mask (higher is better)."""
+
+    category = "localisation"
+    higher_is_better = True
+    needs = ("mask",)
+
+    def _evaluate(self, sample: Sample) -> MetricResult:
+        a = as_map(sample.attribution)
+        return self._score(a, as_mask(sample.mask, tuple(a.shape)))
+
+    @abstractmethod
+    def _score(self, attribution: torch.Tensor, mask: torch.Tensor) -> MetricResult:
+        """The metric of an ``(H, W)`` map and the ``(H, W)`` boolean mask of the same size."""
+
+
 @register_metric
-class PointingGame(Metric):
+class PointingGame(_MaskMetric):
     """Pointing game: is the map's maximum on the object (within ``tolerance`` pixels)?
 
     References:
@@ -91,24 +109,20 @@ class PointingGame(Metric):
     """
 
     name = "pointing_game"
-    category = "localisation"
-    higher_is_better = True
     summary = "1 if the map's maximum is on the object (15 px tolerance)"
     reference = "Zhang et al. 2018"
-    needs = ("mask",)
 
     def __init__(self, *, tolerance: float = 15.0):
         if not isinstance(tolerance, (int, float)) or tolerance < 0:
             raise ValueError(f"tolerance must be a non-negative number of pixels, got {tolerance!r}")
         self.tolerance = float(tolerance)
 
-    def _evaluate(self, sample: Sample) -> MetricResult:
-        a = as_map(sample.attribution)
-        return MetricResult(pointing_game(a, as_mask(sample.mask, tuple(a.shape)), self.tolerance))
+    def _score(self, attribution: torch.Tensor, mask: torch.Tensor) -> MetricResult:
+        return MetricResult(pointing_game(attribution, mask, self.tolerance))
 
 
 @register_metric
-class EnergyPointingGame(Metric):
+class EnergyPointingGame(_MaskMetric):
     """Energy-based pointing game: the share of positive attribution inside the mask.
 
     Undefined (NaN) for a map with no positive value.
@@ -118,23 +132,19 @@ class EnergyPointingGame(Metric):
     """
 
     name = "energy_pointing"
-    category = "localisation"
-    higher_is_better = True
     summary = "share of the positive attribution inside the object mask"
     reference = "Wang et al. 2020"
-    needs = ("mask",)
 
     def __init__(self) -> None:
         pass
 
-    def _evaluate(self, sample: Sample) -> MetricResult:
-        a = as_map(sample.attribution)
-        value = energy_in_mask(a, as_mask(sample.mask, tuple(a.shape)))
+    def _score(self, attribution: torch.Tensor, mask: torch.Tensor) -> MetricResult:
+        value = energy_in_mask(attribution, mask)
         return nan_result("no positive attribution") if value != value else MetricResult(value)
 
 
 @register_metric
-class TopKIoU(Metric):
+class TopKIoU(_MaskMetric):
     """IoU of the map's top ``fraction`` of pixels with the object mask.
 
     References:
@@ -143,16 +153,11 @@ class TopKIoU(Metric):
     """
 
     name = "topk_iou"
-    category = "localisation"
-    higher_is_better = True
     summary = "IoU of the top-k% pixels with the object mask"
     reference = "Zhou et al. 2016"
-    needs = ("mask",)
 
     def __init__(self, *, fraction: float = 0.2):
         self.fraction = check_fraction("fraction", fraction)
 
-    def _evaluate(self, sample: Sample) -> MetricResult:
-        a = as_map(sample.attribution)
-        mask = as_mask(sample.mask, tuple(a.shape))
-        return MetricResult(region_iou(top_region(a, self.fraction), mask))
+    def _score(self, attribution: torch.Tensor, mask: torch.Tensor) -> MetricResult:
+        return MetricResult(region_iou(top_region(attribution, self.fraction), mask))

@@ -24,6 +24,8 @@ from cnnlens.errors import unknown
 
 #: Recomputes the map of one input for a (possibly changed) model: ``(module, x (1,C,H,W), target)``.
 ExplainFn = Callable[[nn.Module, torch.Tensor, int], torch.Tensor]
+#: The map of an input for a model and the explained target, ``(H, W)`` (:class:`ReexplainingMetric`).
+Reexplain = Callable[[nn.Module, torch.Tensor], torch.Tensor]
 
 CATEGORIES = ("faithfulness", "localisation", "sanity", "robustness", "complexity")
 
@@ -134,6 +136,32 @@ class Metric(ABC):
         return f"{type(self).__name__}({args})"
 
 
+class ReexplainingMetric(Metric):
+    """A metric that explains the image again for a changed model or input (:attr:`Sample.explain`)
+    and compares the new maps with the original one (sanity and robustness metrics)."""
+
+    needs = ("inputs", "model", "explain")
+
+    def _evaluate(self, sample: Sample) -> MetricResult:
+        a = as_map(sample.attribution)
+        x = as_input(sample.inputs, tuple(a.shape))
+        explain = required(sample.explain, "explain")
+
+        def again(model: nn.Module, inputs: torch.Tensor) -> torch.Tensor:
+            b = as_map(explain(model, inputs, sample.target))
+            if b.shape != a.shape:
+                raise ValueError(f"explain returned shape {tuple(b.shape)}, expected {tuple(a.shape)}")
+            return b
+
+        return self._compare(a, x, required(sample.model, "model"), again)
+
+    @abstractmethod
+    def _compare(
+        self, a: torch.Tensor, x: torch.Tensor, model: nn.Module, explain: Reexplain
+    ) -> MetricResult:
+        """The metric of the ``(H, W)`` map ``a`` of ``x`` ``(1, C, H, W)`` and the maps ``explain`` gives."""
+
+
 # -- checks shared by the metrics ------------------------------------------------------------------
 
 
@@ -183,18 +211,6 @@ def as_input(inputs: torch.Tensor | None, shape: tuple[int, ...]) -> torch.Tenso
             "they must have the same spatial size"
         )
     return x.detach()
-
-
-def check_fraction(name: str, value: float) -> float:
-    if not isinstance(value, (int, float)) or not 0 < value < 1:
-        raise ValueError(f"{name} must be a fraction in (0, 1), got {value!r}")
-    return float(value)
-
-
-def check_positive_int(name: str, value: int) -> int:
-    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-        raise ValueError(f"{name} must be a positive integer, got {value!r}")
-    return value
 
 
 T = TypeVar("T")

@@ -3,21 +3,14 @@
 from __future__ import annotations
 
 import torch
+from torch import nn
 
-from cnnlens.evaluation.metrics import (
-    Metric,
-    MetricResult,
-    Sample,
-    as_input,
-    as_map,
-    check_positive_int,
-    register_metric,
-    required,
-)
+from cnnlens.evaluation.metrics import MetricResult, Reexplain, ReexplainingMetric, register_metric
+from cnnlens.validation import check_positive_int
 
 
 @register_metric
-class MaxSensitivity(Metric):
+class MaxSensitivity(ReexplainingMetric):
     """Max-sensitivity: the largest relative change of the map under uniform input noise.
 
     ``max_i ||a(x + d_i) - a(x)|| / ||a(x)||`` over ``n_samples`` draws ``d_i ~ U(-r, r)`` per input
@@ -34,7 +27,6 @@ class MaxSensitivity(Metric):
     higher_is_better = False
     summary = "largest relative change of the map under small uniform input noise"
     reference = "Yeh et al. 2019"
-    needs = ("inputs", "model", "explain")
 
     def __init__(self, *, n_samples: int = 3, radius: float = 0.02, seed: int = 0):
         self.n_samples = check_positive_int("n_samples", n_samples)
@@ -43,19 +35,15 @@ class MaxSensitivity(Metric):
         self.radius = float(radius)
         self.seed = seed
 
-    def _evaluate(self, sample: Sample) -> MetricResult:
-        a = as_map(sample.attribution)
-        x = as_input(sample.inputs, tuple(a.shape))
-        explain = required(sample.explain, "explain")
-        model = required(sample.model, "model")
+    def _compare(
+        self, a: torch.Tensor, x: torch.Tensor, model: nn.Module, explain: Reexplain
+    ) -> MetricResult:
         generator = torch.Generator().manual_seed(self.seed)
         r = self.radius * float(x.max() - x.min())
         norm = max(float(a.norm()), 1e-12)
         changes = []
         for _ in range(self.n_samples):
             noise = (torch.rand(x.shape, generator=generator) * 2 - 1) * r
-            b = as_map(explain(model, x + noise.to(x.device), sample.target))
-            if b.shape != a.shape:
-                raise ValueError(f"explain returned shape {tuple(b.shape)}, expected {tuple(a.shape)}")
+            b = explain(model, x + noise.to(x.device))
             changes.append(float((b - a).norm()) / norm)
         return MetricResult(max(changes), extras={"changes": changes})

@@ -16,18 +16,8 @@ from scipy import stats
 from skimage.metrics import structural_similarity
 from torch import nn
 
-from cnnlens.evaluation.metrics import (
-    Column,
-    Metric,
-    MetricResult,
-    Sample,
-    as_input,
-    as_map,
-    check_fraction,
-    check_positive_int,
-    register_metric,
-    required,
-)
+from cnnlens.evaluation.metrics import Column, MetricResult, Reexplain, ReexplainingMetric, register_metric
+from cnnlens.validation import check_fraction, check_positive_int
 
 
 def parameter_layers(module: nn.Module) -> list[tuple[str, nn.Module]]:
@@ -76,7 +66,7 @@ def map_ssim(a: torch.Tensor, b: torch.Tensor) -> float:
 
 
 @register_metric
-class ModelRandomisation(Metric):
+class ModelRandomisation(ReexplainingMetric):
     """Cascading model-parameter randomisation (lower similarity is better).
 
     After each stage of randomisation (top layers first) the map is recomputed and compared with the
@@ -96,7 +86,6 @@ class ModelRandomisation(Metric):
     higher_is_better = False
     summary = "rank correlation with maps of a top-down randomised model copy"
     reference = "Adebayo et al. 2018"
-    needs = ("inputs", "model", "explain")
     columns = (
         Column(
             "randomisation_ssim",
@@ -115,11 +104,10 @@ class ModelRandomisation(Metric):
         self.threshold = check_fraction("threshold", threshold)
         self.ssim_threshold = check_fraction("ssim_threshold", ssim_threshold)
 
-    def _evaluate(self, sample: Sample) -> MetricResult:
-        a = as_map(sample.attribution)
-        x = as_input(sample.inputs, tuple(a.shape))
-        explain = required(sample.explain, "explain")
-        model = copy.deepcopy(required(sample.model, "model"))
+    def _compare(
+        self, a: torch.Tensor, x: torch.Tensor, model: nn.Module, explain: Reexplain
+    ) -> MetricResult:
+        model = copy.deepcopy(model)
         layers = dict(model.named_modules())
         generator = torch.Generator().manual_seed(self.seed)
         spearman: list[float] = []
@@ -129,7 +117,7 @@ class ModelRandomisation(Metric):
             for name in stage:
                 randomise_layer(layers[name], generator)
             randomised += stage
-            b = as_map(explain(model, x, sample.target))
+            b = explain(model, x)
             spearman.append(rank_correlation(a, b))
             ssim.append(map_ssim(a, b))
         value = float(np.mean(np.abs(spearman)))

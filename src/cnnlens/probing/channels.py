@@ -33,6 +33,7 @@ from cnnlens.attribution.engine.split import SuffixRunner, suffix_runner
 from cnnlens.models.hooks import capture_outputs, preserved_state
 from cnnlens.models.layers import resolve_layer
 from cnnlens.models.loaded import LoadedModel
+from cnnlens.validation import check_int_at_least, check_positive_int
 
 log = logging.getLogger(__name__)
 
@@ -391,14 +392,12 @@ def _check_settings(
         raise ValueError(
             "give either samples (a number of permutations) or stderr (a target error), not both"
         )
-    if samples is not None and (isinstance(samples, bool) or not isinstance(samples, int) or samples < 1):
-        raise ValueError(f"samples must be a positive number of permutations, got {samples!r}")
+    if samples is not None:
+        check_positive_int("samples", samples)
     if stderr is not None and not (isinstance(stderr, (int, float)) and stderr > 0):
         raise ValueError(f"stderr must be a positive number, got {stderr!r}")
-    if max_permutations < 2 or batch_size < 1:
-        raise ValueError(
-            f"max_permutations must be >= 2 and batch_size >= 1, got {max_permutations} and {batch_size}"
-        )
+    check_int_at_least("max_permutations", max_permutations, 2)
+    check_positive_int("batch_size", batch_size)
 
 
 def _solve(

@@ -16,6 +16,7 @@ from cnnlens.attribution.engine.padding import same_padding_in_conv
 from cnnlens.models.hooks import capture_outputs, preserved_state
 from cnnlens.models.layers import resolve_layer
 from cnnlens.models.loaded import LoadedModel
+from cnnlens.validation import check_positive_int
 
 log = logging.getLogger(__name__)
 
@@ -100,8 +101,8 @@ def channel_patches(
         Luo, Li, Urtasun, Zemel. Understanding the Effective Receptive Field in Deep Convolutional
         Neural Networks. NeurIPS 2016.
     """
-    if per_channel < 1 or batch_size < 1:
-        raise ValueError(f"per_channel and batch_size must be at least 1, got {per_channel}, {batch_size}")
+    check_positive_int("per_channel", per_channel)
+    check_positive_int("batch_size", batch_size)
     if not 0 < mass <= 1:
         raise ValueError(f"mass is a share of the gradient in (0, 1], got {mass}")
     module = model.module if isinstance(model, LoadedModel) else model

@@ -61,6 +61,18 @@ NOT_COMPARED = ("device",)
 
 CLASSIFICATION = ("accuracy", "precision", "sensitivity", "specificity", "f1")
 LOCALISATION = ("spn_iou", "spn_dice", "gradcam_pointing", "gradcam_energy")
+#: The column title of each metric in ``results.md``.
+COLUMNS = {
+    "accuracy": "accuracy",
+    "precision": "precision",
+    "sensitivity": "sensitivity",
+    "specificity": "specificity",
+    "f1": "F1",
+    "spn_iou": "SPN IoU",
+    "spn_dice": "SPN soft Dice",
+    "gradcam_pointing": "Grad-CAM pointing game",
+    "gradcam_energy": "Grad-CAM energy in mask",
+}
 
 
 @dataclass(frozen=True)
@@ -296,7 +308,6 @@ def markdown(result: ExperimentResult) -> str:
     the localisation losses compared (Table 2, when the grid has several) and localisation."""
     rows = result.table()
     cfg = result.config
-    lead = "| backbone | weights | method | mask ratio | loc loss |"
     lines = [
         "# Saliency-aware training (Fan et al.)",
         "",
@@ -306,50 +317,52 @@ def markdown(result: ExperimentResult) -> str:
         "seeds, on each run's test split. Baseline: C-Net without SPN (mask ratio 0); saliency-aware: "
         "C-Net + SPN with masks kept for a fraction (mask ratio) of the training images, trained with "
         "the localisation loss (loc loss).",
-        "",
-        "## Classification (per-class averages)",
-        "",
-        f"{lead} accuracy | precision | sensitivity | specificity | F1 |",
-        "|---|---|---|---|---|---|---|---|---|---|",
     ]
-    for r in rows:
-        cells = " | ".join(_fmt(r[k]) for k in CLASSIFICATION)
-        lines.append(_lead_cells(r) + f" {cells} |")
+    lines += _grid_table("Classification (per-class averages)", rows, CLASSIFICATION)
     losses = list(dict.fromkeys(r["loc_loss"] for r in rows if r["loc_loss"] is not None))
     if len(losses) > 1:
-        lines += [
-            "",
-            "## Localisation loss compared (per-class averages)",
-            "",
-            "| backbone | weights | loc loss | mask ratio | precision | sensitivity | specificity | F1 |",
-            "|---|---|---|---|---|---|---|---|",
-        ]
         sa = [r for r in rows if r["loc_loss"] is not None]
-        for r in sorted(sa, key=lambda r: (r["backbone"], losses.index(r["loc_loss"]), -r["mask_ratio"])):
-            cells = " | ".join(_fmt(r[k]) for k in CLASSIFICATION[1:])
-            lines.append(
-                f"| {r['backbone']} | {r['weights']} | {_loss_cell(r)} | {r['mask_ratio']:g} | {cells} |"
-            )
-    lines += [
-        "",
-        f"## Localisation against the masks (SPN map thresholded at {cfg.threshold:g}; Grad-CAM at the "
+        sa.sort(key=lambda r: (r["backbone"], losses.index(r["loc_loss"]), -r["mask_ratio"]))
+        lines += _table(
+            "Localisation loss compared (per-class averages)",
+            ["backbone", "weights", "loc loss", "mask ratio", *(COLUMNS[k] for k in CLASSIFICATION[1:])],
+            [
+                [r["backbone"], r["weights"], _loss_cell(r), f"{r['mask_ratio']:g}"]
+                + [_fmt(r[k]) for k in CLASSIFICATION[1:]]
+                for r in sa
+            ],
+        )
+    lines += _grid_table(
+        f"Localisation against the masks (SPN map thresholded at {cfg.threshold:g}; Grad-CAM at the "
         "backbone's last feature layer)",
-        "",
-        f"{lead} SPN IoU | SPN soft Dice | Grad-CAM pointing game | Grad-CAM energy in mask |",
-        "|---|---|---|---|---|---|---|---|---|",
-    ]
-    for r in rows:
-        cells = " | ".join(_fmt(r[k]) for k in LOCALISATION)
-        lines.append(_lead_cells(r) + f" {cells} |")
+        rows,
+        LOCALISATION,
+    )
     lines += ["", "![image, mask, SPN map, Grad-CAM](figure.png)", ""]
     return "\n".join(lines)
 
 
-def _lead_cells(row: dict[str, Any]) -> str:
-    return (
-        f"| {row['backbone']} | {row['weights']} | {row['method']} | {row['mask_ratio']:g} | "
-        f"{_loss_cell(row)} |"
+def _grid_table(title: str, rows: list[dict[str, Any]], keys: tuple[str, ...]) -> list[str]:
+    """One line per configuration of the grid (backbone ... loc loss) with the metrics ``keys``."""
+    lead = ["backbone", "weights", "method", "mask ratio", "loc loss"]
+    return _table(
+        title,
+        [*lead, *(COLUMNS[k] for k in keys)],
+        [
+            [r["backbone"], r["weights"], r["method"], f"{r['mask_ratio']:g}", _loss_cell(r)]
+            + [_fmt(r[k]) for k in keys]
+            for r in rows
+        ],
     )
+
+
+def _table(title: str, header: list[str], rows: list[list[str]]) -> list[str]:
+    """A markdown section: a blank line, ``## title``, a blank line and the table."""
+    return ["", f"## {title}", "", _cells(header), "|" + "---|" * len(header)] + [_cells(r) for r in rows]
+
+
+def _cells(cells: list[str]) -> str:
+    return "| " + " | ".join(cells) + " |"
 
 
 def _freeze_note(result: ExperimentResult) -> str:
