@@ -26,6 +26,7 @@ from cnnlens.attribution.core.base import (
 from cnnlens.attribution.core.registry import register
 from cnnlens.attribution.engine.runner import PassRunner
 from cnnlens.models.loaded import LoadedModel
+from cnnlens.validation import check_positive_int
 
 
 def input_gradient(
@@ -229,8 +230,7 @@ class SmoothGrad(Attribution):
         super().__init__(model, batch_size=batch_size, **settings)
         if not 0 <= noise < float("inf"):
             raise ValueError(f"noise must be a fraction of the input range >= 0 (e.g. 0.15), got {noise}")
-        if isinstance(n_samples, bool) or not isinstance(n_samples, int) or n_samples < 1:
-            raise ValueError(f"n_samples must be a positive integer, got {n_samples!r}")
+        check_positive_int("n_samples", n_samples)
         if variant not in SMOOTHGRAD_VARIANTS:
             raise ValueError(f"variant must be one of {', '.join(SMOOTHGRAD_VARIANTS)}, got {variant!r}")
         self.noise = noise
@@ -344,8 +344,7 @@ class IntegratedGradients(Attribution):
                 raise ValueError("a baseline tensor must be a finite float tensor in the model's input space")
         elif baseline not in BASELINES:
             raise ValueError(f"baseline must be one of {', '.join(BASELINES)} or a tensor, got {baseline!r}")
-        if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
-            raise ValueError(f"steps must be a positive integer, got {steps!r}")
+        check_positive_int("steps", steps)
         if rule not in IG_RULES:
             raise ValueError(f"rule must be one of {', '.join(IG_RULES)}, got {rule!r}")
         if not blur_sigma > 0:

@@ -27,6 +27,7 @@ from cnnlens.attribution.core.base import Attribution, LayerSpec, ModelLike
 from cnnlens.attribution.core.registry import register
 from cnnlens.attribution.engine.runner import PassRunner
 from cnnlens.models.layers import resolve_layer
+from cnnlens.validation import check_positive_int
 
 LayerSelection = str | Sequence[str | nn.Module] | None
 
@@ -342,8 +343,7 @@ class LayerIntegratedGradients(LayerMethod):
         batch_size: int | None = None,
     ):
         super().__init__(model, layer=layer, batch_size=batch_size)
-        if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
-            raise ValueError(f"steps must be a positive integer, got {steps!r}")
+        check_positive_int("steps", steps)
         if not isinstance(baseline, (int, float, torch.Tensor)) or isinstance(baseline, bool):
             raise TypeError(f"baseline must be a number or a tensor, got {type(baseline).__name__}")
         self.steps = steps
@@ -418,8 +418,7 @@ class LayerGradientShap(LayerMethod):
     ):
         super().__init__(model, layer=layer, batch_size=batch_size)
         for key, value in (("n_samples", n_samples), ("n_baselines", n_baselines)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{key} must be a positive integer, got {value!r}")
+            check_positive_int(key, value)
         if not isinstance(stdev, (int, float)) or stdev < 0:
             raise ValueError(f"stdev must be a non-negative number, got {stdev!r}")
         if baselines is not None and (not isinstance(baselines, torch.Tensor) or baselines.ndim != 4):
