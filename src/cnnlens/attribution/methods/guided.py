@@ -209,8 +209,9 @@ class GuidedGradCAM(GradCAM):
         A ``(N, H, W)`` non-negative map at the input resolution.
 
     References:
-        Selvaraju et al. Grad-CAM: Visual Explanations from Deep Networks via Gradient-based
-        Localization. ICCV 2017.
+        The Grad-CAM paper (Selvaraju et al., ICCV 2017; see
+        :class:`~cnnlens.attribution.methods.cam.GradCAM`), which combines it with Guided
+        Backpropagation (Springenberg et al., ICLR workshop 2015).
     """
 
     name = "guided_gradcam"

@@ -240,6 +240,9 @@ class _ProductMethod(LayerMethod):
 
     gradcam: ClassVar[bool] = False
 
+    def __init__(self, model: ModelLike, *, layer: LayerSpec = None, batch_size: int | None = None):
+        super().__init__(model, layer=layer, batch_size=batch_size)
+
     def products(self, passes: Iterator[LayerPass]) -> dict[str, torch.Tensor]:
         out: dict[str, list[torch.Tensor]] = {}
         for p in passes:
@@ -283,19 +286,13 @@ class LayerGradXAct(_ProductMethod):
     summary = "sum_k A_k * dy/dA_k at a layer (one pass gives every layer)"
     reference = "Shrikumar et al. 2016"
 
-    def __init__(self, model: ModelLike, *, layer: LayerSpec = None, batch_size: int | None = None):
-        super().__init__(model, layer=layer, batch_size=batch_size)
-
 
 class LayerGradCAM(_ProductMethod):
     """Grad-CAM at any set of layers: ``ReLU(sum_k mean(dy/dA_k) A_k)``.
 
-    Not registered (the single-layer method is :class:`~cnnlens.attribution.methods.cam.GradCAM`); used by the
-    atlas, where it gives the same map as ``gradcam`` at each layer from one pass.
-
-    References:
-        Selvaraju et al. Grad-CAM: Visual Explanations from Deep Networks via Gradient-based
-        Localization. ICCV 2017.
+    Not registered (the single-layer method is :class:`~cnnlens.attribution.methods.cam.GradCAM`,
+    whose paper it follows); used by the atlas, where it gives the same map as ``gradcam`` at each
+    layer from one pass.
     """
 
     name = "gradcam"
@@ -304,9 +301,6 @@ class LayerGradCAM(_ProductMethod):
     signed = False
     rectify = True
     gradcam = True
-
-    def __init__(self, model: ModelLike, *, layer: LayerSpec = None, batch_size: int | None = None):
-        super().__init__(model, layer=layer, batch_size=batch_size)
 
 
 @register

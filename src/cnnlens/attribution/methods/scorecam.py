@@ -10,6 +10,7 @@ from torch import nn
 
 from cnnlens.attribution.core.base import Attributed, Attribution, LayerSpec, ModelLike
 from cnnlens.attribution.core.registry import register
+from cnnlens.attribution.engine.runner import feature_map
 from cnnlens.attribution.engine.split import LayerSplit
 from cnnlens.models.hooks import Handles
 from cnnlens.validation import check_real, check_score
@@ -38,17 +39,29 @@ def _layer_activations(method: Attribution, inputs: torch.Tensor, batch_size: in
         handles.remove()
     if len(out) != len(inputs.split(batch_size)):
         raise RuntimeError(f"layer {name!r} did not run exactly once per forward pass")
-    acts = torch.cat(out)
-    if acts.ndim != 4:
-        raise ValueError(
-            f"layer {name!r} outputs shape {tuple(acts.shape)}; CAM methods need a (N, C, H, W) "
-            "feature map, choose a convolutional layer"
-        )
-    return acts.float()
+    return feature_map({name: torch.cat(out)}, name, "CAM methods").float()
+
+
+class _ForwardCAM(Attribution):
+    """A CAM weighted by forward passes: the layer, batch size and pass runner settings."""
+
+    family = "cam"
+    uses_layer = True
+    bf16_faithful = True  # measured: docs/decisions.md, "Precision"
+
+    def __init__(
+        self,
+        model: ModelLike,
+        *,
+        layer: LayerSpec = None,
+        batch_size: int | str | None = None,
+        **settings: str,
+    ):
+        super().__init__(model, layer=layer, batch_size=batch_size, **settings)
 
 
 @register
-class ScoreCAM(Attribution):
+class ScoreCAM(_ForwardCAM):
     """Score-CAM: feature maps weighted by how much each one, used as an input mask, raises the score.
 
     Each channel ``A_k`` of the layer is upsampled to the input size and min-max normalised to
@@ -65,11 +78,8 @@ class ScoreCAM(Attribution):
     """
 
     name = "scorecam"
-    family = "cam"
     summary = "ReLU(sum_k softmax(score of x masked by A_k) A_k)"
     reference = "Wang et al. 2020"
-    uses_layer = True
-    bf16_faithful = True  # measured: docs/decisions.md, "Precision"
 
     def __init__(
         self,
@@ -104,7 +114,7 @@ class ScoreCAM(Attribution):
 
 
 @register
-class AblationCAM(Attribution):
+class AblationCAM(_ForwardCAM):
     """Ablation-CAM: feature maps weighted by the score drop when each one is set to zero.
 
     The network runs up to the layer once per image (:class:`~cnnlens.attribution.engine.split.LayerSplit`),
@@ -123,21 +133,8 @@ class AblationCAM(Attribution):
     """
 
     name = "ablationcam"
-    family = "cam"
     summary = "ReLU(sum_k (y - y without A_k) / y * A_k)"
     reference = "Desai & Ramaswamy 2020"
-    uses_layer = True
-    bf16_faithful = True  # measured: docs/decisions.md, "Precision"
-
-    def __init__(
-        self,
-        model: ModelLike,
-        *,
-        layer: LayerSpec = None,
-        batch_size: int | str | None = None,
-        **settings: str,
-    ):
-        super().__init__(model, layer=layer, batch_size=batch_size, **settings)
 
     @staticmethod
     def _ablated(acts: torch.Tensor, batch_size: int) -> Iterator[torch.Tensor]:

@@ -10,7 +10,9 @@ does not grow with ``n_samples``; the sampling uses a local generator seeded wit
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from functools import partial
 from typing import Any, ClassVar
 
 import numpy as np
@@ -83,6 +85,20 @@ def fill_image(image: torch.Tensor, segments: torch.Tensor, fill: str) -> torch.
     return (sums / count)[:, segments]
 
 
+@dataclass
+class Problem:
+    """One image's surrogate fit: its superpixels, the generator of its samples, and the target score
+    of any on/off switches ``z`` (``(n, superpixels)``, 1 shows a superpixel, 0 fills it): ``(n,)``."""
+
+    segments: torch.Tensor
+    generator: torch.Generator
+    scores: Callable[[torch.Tensor], np.ndarray]
+
+    @property
+    def superpixels(self) -> int:
+        return int(self.segments.max()) + 1
+
+
 class SuperpixelSurrogate(Attribution):
     """Shared machinery of LIME and KernelSHAP (not registered itself)."""
 
@@ -127,35 +143,28 @@ class SuperpixelSurrogate(Attribution):
             yield base + (image - base) * mask
 
     def evaluate(
-        self, image: torch.Tensor, target: int, segments: torch.Tensor, z: torch.Tensor, batch_size: int
-    ) -> torch.Tensor:
+        self, image: torch.Tensor, target: int, segments: torch.Tensor, batch_size: int, z: torch.Tensor
+    ) -> np.ndarray:
         """Target score with superpixel ``j`` shown where ``z[i, j]`` is 1, filled where 0: ``(n,)``."""
         base = fill_image(image, segments, self.fill)
-        return self.passes.scores(
-            self._batches(image, base, segments, z, batch_size), target, self.score
-        ).double()
+        batches = self._batches(image, base, segments, z, batch_size)
+        return self.passes.scores(batches, target, self.score).double().cpu().numpy()
 
     def _attribute(self, inputs: torch.Tensor, targets: torch.Tensor, batch_size: int) -> Attributed:
         maps, extras = [], []
         for image, t in zip(inputs, targets.tolist()):
             segments = superpixels(image, self.segmentation, self.n_segments)
             generator = torch.Generator().manual_seed(self.seed)
-            values, info = self.fit(image, t, segments, generator, batch_size)
+            scores = partial(self.evaluate, image, t, segments, batch_size)
+            values, info = self.fit(Problem(segments, generator, scores))
             maps.append(values.to(image.device, torch.float32)[segments])
             extras.append({"segments": segments.cpu(), **info})
         merged: dict[str, Any] = {k: [e[k] for e in extras] for k in extras[0]}
         merged["segments"] = torch.stack(merged["segments"])
         return Attributed(torch.stack(maps), merged)
 
-    def fit(
-        self,
-        image: torch.Tensor,
-        target: int,
-        segments: torch.Tensor,
-        generator: torch.Generator,
-        batch_size: int,
-    ) -> tuple[torch.Tensor, dict[str, Any]]:
-        """One value per superpixel, and the method's extras for this image."""
+    def fit(self, problem: Problem) -> tuple[torch.Tensor, dict[str, Any]]:
+        """One value per superpixel of ``problem``, and the method's extras for this image."""
         raise NotImplementedError
 
 
@@ -208,18 +217,11 @@ class LIME(SuperpixelSurrogate):
         self.alpha = ridge_alpha
         self.top_k = k
 
-    def fit(
-        self,
-        image: torch.Tensor,
-        target: int,
-        segments: torch.Tensor,
-        generator: torch.Generator,
-        batch_size: int,
-    ) -> tuple[torch.Tensor, dict[str, Any]]:
-        d = int(segments.max()) + 1
-        z = torch.randint(0, 2, (self.n_samples, d), generator=generator)
+    def fit(self, problem: Problem) -> tuple[torch.Tensor, dict[str, Any]]:
+        d, segments = problem.superpixels, problem.segments
+        z = torch.randint(0, 2, (self.n_samples, d), generator=problem.generator)
         z[0] = 1
-        y = self.evaluate(image, target, segments, z, batch_size).cpu().numpy()
+        y = problem.scores(z)
         zf = z.double().numpy()
         cosine = zf.sum(1) / np.maximum(np.sqrt(zf.sum(1)) * math.sqrt(d), 1e-12)
         weights = np.sqrt(np.exp(-((1.0 - cosine) ** 2) / self.kernel_width**2))
@@ -302,18 +304,11 @@ class KernelSHAP(SuperpixelSurrogate):
     reference = "Lundberg & Lee 2017"
     bf16_faithful = True  # measured: docs/decisions.md, "Precision"
 
-    def fit(
-        self,
-        image: torch.Tensor,
-        target: int,
-        segments: torch.Tensor,
-        generator: torch.Generator,
-        batch_size: int,
-    ) -> tuple[torch.Tensor, dict[str, Any]]:
-        d = int(segments.max()) + 1
-        rows, weights = coalitions(d, self.n_samples, generator)
+    def fit(self, problem: Problem) -> tuple[torch.Tensor, dict[str, Any]]:
+        d = problem.superpixels
+        rows, weights = coalitions(d, self.n_samples, problem.generator)
         ends = torch.stack([torch.ones(d, dtype=torch.long), torch.zeros(d, dtype=torch.long)])
-        y = self.evaluate(image, target, segments, torch.cat([ends, rows]), batch_size).cpu().numpy()
+        y = problem.scores(torch.cat([ends, rows]))
         fx, fb = float(y[0]), float(y[1])
         values = constrained_least_squares(rows.double().numpy(), y[2:] - fb, weights, fx - fb)
         info = {
