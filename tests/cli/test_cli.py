@@ -267,6 +267,8 @@ def test_quick_settings_and_overrides(chelsea: Path, tmp_path: Path) -> None:
     occ, sal, cam = build_methods(model, ["occlusion", "saliency", "cam"], {}, None, precision="fp32")
     assert occ.get_params()["precision"] == "fp32" and sal.get_params()["precision"] == "fp32"
     assert "precision" not in cam.get_params()  # CAM reads the head's weights: no precision to set
+    (rise,) = build_methods(model, ["rise"], {}, None, backend="eager", precision=None)
+    assert rise.get_params()["backend"] == "eager" and rise.get_params()["precision"] == "auto"
     (rise,) = build_methods(model, ["rise"], {}, None, memory_format="contiguous")
     assert rise.get_params()["memory_format"] == "contiguous"
     (occ,) = build_methods(model, ["occlusion"], {"precision": "auto"}, None, precision="fp32")

@@ -119,16 +119,16 @@ def build_methods(
     quick: bool = False,
     per_method: dict[str, dict[str, Any]] | None = None,
     skip_unsupported: bool = False,
-    precision: str | None = None,
-    memory_format: str | None = None,
+    **settings: str | None,
 ) -> list[Attribution]:
     """Create each named method with the parameters it accepts; unused parameters are an error.
 
     ``quick`` starts from each method's :attr:`~Attribution.quick_params`; ``per_method`` sets
     parameters of single methods; ``params`` (the user's ``-p``) overrides both.
     ``skip_unsupported`` leaves out the methods that cannot explain the model (``--method all``).
-    ``precision`` (``--precision``) and ``memory_format`` (``--memory-format``) apply to the methods
-    that take them (gradient, guided, CAM, perturbation and surrogate methods); ``-p`` wins.
+    ``settings`` are the pass runner's (``precision``, ``memory_format``, ``backend`` from
+    ``--precision``, ``--memory-format``, ``--backend``; ``None``: not given): they apply to the
+    methods that take them (gradient, guided, CAM, perturbation and surrogate methods); ``-p`` wins.
     """
     classes = [get_method(n) for n in names]
     if skip_unsupported:
@@ -139,10 +139,7 @@ def build_methods(
         accepted = cls.hyperparameters()
         preset = dict(cls.quick_params) if quick else {}
         preset |= (per_method or {}).get(cls.name, {})
-        if precision is not None and "precision" in accepted:
-            preset["precision"] = precision
-        if memory_format is not None and "memory_format" in accepted:
-            preset["memory_format"] = memory_format
+        preset |= {k: v for k, v in settings.items() if v is not None and k in accepted}
         given = {k: v for k, v in params.items() if k in accepted}
         used |= set(given)
         kwargs = preset | given

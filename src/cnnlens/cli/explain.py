@@ -10,6 +10,7 @@ from rich.table import Table
 from cnnlens.attribution import method_names
 from cnnlens.attribution.engine.layout import MEMORY_FORMATS
 from cnnlens.attribution.engine.precision import PRECISIONS
+from cnnlens.attribution.engine.runner import BACKENDS
 from cnnlens.cli.common import (
     add_command,
     build_methods,
@@ -68,6 +69,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "for inference passes, contiguous for back-propagated ones; the default)",
     )
     p.add_argument(
+        "--backend",
+        choices=BACKENDS,
+        help="how inference passes run: eager (the model exactly as it is), fused (convolution, batch "
+        "norm and activation in one oneDNN call) or auto (fused where it applies; the default)",
+    )
+    p.add_argument(
         "--quick",
         action="store_true",
         help="lighter settings for a first look (fewer samples/steps/windows; see `cnnlens methods`)",
@@ -120,6 +127,7 @@ def run(args: argparse.Namespace) -> int:
         skip_unsupported=every,
         precision=args.precision,
         memory_format=args.memory_format,
+        backend=args.backend,
     )
     targets = check_targets(model, split_list(args.target))
     images, errors = load_images(args.images, max_pixels=args.max_pixels)
