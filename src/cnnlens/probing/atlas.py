@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import re
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,9 +19,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from cnnlens.attribution.core.base import ModelLike, check_inputs, first_conv_channels
-from cnnlens.attribution.core.targets import Target, resolve_targets
-from cnnlens.attribution.engine.padding import same_padding_in_conv
+from cnnlens.attribution.core.base import ModelLike
+from cnnlens.attribution.core.targets import Target
 from cnnlens.attribution.methods.layer import (
     LayerGradCAM,
     LayerGradientShap,
@@ -33,7 +31,7 @@ from cnnlens.attribution.methods.layer import (
     select_layers,
 )
 from cnnlens.errors import unknown
-from cnnlens.models.hooks import preserved_state
+from cnnlens.probing.common import probing
 
 #: The atlas's method names (``cnnlens layers --method``) and their classes.
 ATLAS_METHODS: dict[str, type[LayerMethod]] = {
@@ -176,27 +174,23 @@ def layer_atlas(
         UnknownNameError: Unknown method or layer name.
     """
     impl = atlas_method(method, model, **params)
-    module = impl.module
-    x = check_inputs(inputs, first_conv_channels(module))
-    if len(x) != 1:
-        raise ValueError(f"the layer atlas explains one image at a time, got a batch of {len(x)}")
-    param = next(module.parameters(), None)
-    x = x.detach().to(param.device if param is not None else x.device)
-    chosen = select_layers(module, layers)
-    start = time.perf_counter()
-    with preserved_state(module, freeze_parameters=True), same_padding_in_conv(module):
+    with probing(impl.model, inputs) as probe:
+        x = probe.inputs
+        if len(x) != 1:
+            raise ValueError(f"the layer atlas explains one image at a time, got a batch of {len(x)}")
+        chosen = select_layers(probe.module, layers)
         attributions, targets, logits = impl.attribute_layers(
-            x, lambda out: resolve_targets(target, out, impl.class_names), chosen, batch_size
+            x, lambda out: probe.targets(target, out), chosen, batch_size
         )
     layers_out = [_atlas_layer(n, chosen[n], a[0], impl, x.shape[-2:]) for n, a in attributions.items()]
     t = int(targets[0])
     return LayerAtlas(
         method=str(method) if isinstance(method, str) else impl.name,
         target=t,
-        target_name=impl.class_names[t] if impl.class_names else str(t),
+        target_name=probe.target_name(t),
         score=float(logits.softmax(dim=1)[0, t]),
         layers=layers_out,
-        seconds=time.perf_counter() - start,
+        seconds=probe.seconds(),
         signed=impl.signed,
         params=impl.get_params(),
     )

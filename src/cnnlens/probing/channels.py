@@ -19,20 +19,17 @@ from __future__ import annotations
 
 import logging
 import math
-import time
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from torch import nn
 
-from cnnlens.attribution.core.base import ModelLike, check_inputs, first_conv_channels, target_scores
-from cnnlens.attribution.core.targets import Target, resolve_targets
-from cnnlens.attribution.engine.padding import same_padding_in_conv
+from cnnlens.attribution.core.base import ModelLike, target_scores
+from cnnlens.attribution.core.targets import Target
 from cnnlens.attribution.engine.split import SuffixRunner, suffix_runner
-from cnnlens.models.hooks import capture_outputs, preserved_state
-from cnnlens.models.layers import resolve_layer
-from cnnlens.models.loaded import LoadedModel
+from cnnlens.models.hooks import capture_outputs
+from cnnlens.probing.common import probing
 from cnnlens.validation import check_int_at_least, check_positive_int
 
 log = logging.getLogger(__name__)
@@ -278,22 +275,16 @@ def mean_activation(
     model: ModelLike, images: torch.Tensor, layer: str | nn.Module, batch_size: int = 32
 ) -> torch.Tensor:
     """The mean ``(C, h, w)`` output of ``layer`` over a batch of preprocessed images (a dataset mean)."""
-    module = model.module if isinstance(model, LoadedModel) else model
-    x = check_inputs(images, first_conv_channels(module))
-    name, target = resolve_layer(module, layer)
     sums = []
-    with (
-        preserved_state(module, freeze_parameters=False),
-        same_padding_in_conv(module),
-        torch.inference_mode(),
-    ):
-        for chunk in x.split(batch_size):
+    with probing(model, images) as probe, torch.inference_mode():
+        name, target = probe.layer(layer)
+        for chunk in probe.inputs.split(batch_size):
             with capture_outputs({name: target}) as store:
-                module(chunk)
+                probe.module(chunk)
             if name not in store:
                 raise ValueError(f"layer {name!r} did not run in the forward pass")
             sums.append(store[name].float().sum(dim=0))
-    return torch.stack(sums).sum(dim=0) / len(x)
+    return torch.stack(sums).sum(dim=0) / len(probe.inputs)
 
 
 def channel_shapley(
@@ -340,26 +331,17 @@ def channel_shapley(
         Sampling Permutations for Shapley Value Estimation. JMLR 2022 (antithetic permutations).
     """
     _check_settings(method, samples, stderr, max_permutations, batch_size)
-    module = model.module if isinstance(model, LoadedModel) else model
-    x = check_inputs(inputs, first_conv_channels(module))
-    if len(x) != 1:
-        raise ValueError(f"channel Shapley values explain one image at a time, got a batch of {len(x)}")
-    param = next(module.parameters(), None)
-    x = x.detach().to(param.device if param is not None else x.device)
-    if layer is None:
-        if not isinstance(model, LoadedModel):
-            raise ValueError("give layer= (a dotted name) for a plain nn.Module")
-        layer = model.layer(None)[0]
-    start = time.perf_counter()
-    with preserved_state(module, freeze_parameters=True), same_padding_in_conv(module):
-        runner = suffix_runner(module, layer, x, mode=suffix_mode)
+    with probing(model, inputs) as probe:
+        x = probe.inputs
+        if len(x) != 1:
+            raise ValueError(f"channel Shapley values explain one image at a time, got a batch of {len(x)}")
+        runner = suffix_runner(probe.module, probe.layer(layer)[0], x, mode=suffix_mode)
         if runner.activation.ndim != 4:
             raise ValueError(
                 f"layer {runner.layer!r} outputs shape {tuple(runner.activation.shape)}; channel Shapley "
                 "values need a (N, C, h, w) feature map"
             )
-        names = model.class_names if isinstance(model, LoadedModel) else None
-        t = int(resolve_targets(target, runner.logits, names)[0])
+        t = int(probe.targets(target, runner.logits)[0])
         base, base_kind = channel_baseline(baseline, runner.activation)
         game = CoalitionGame(runner, base, t, batch_size)
         result = _solve(game, method, samples, stderr, max_permutations, seed)
@@ -367,7 +349,7 @@ def channel_shapley(
     return ChannelShapley(
         layer=runner.layer,
         target=t,
-        target_name=names[t] if names else str(t),
+        target_name=probe.target_name(t),
         values=result[0],
         stderr=result[1],
         full=float(result[3]),
@@ -376,7 +358,7 @@ def channel_shapley(
         permutations=2 * result[2],
         evaluations=game.evaluations,
         activations=runner.activation[0].float().cpu(),
-        seconds=time.perf_counter() - start,
+        seconds=probe.seconds(),
         suffix_mode=runner.mode,
         baseline=base_kind,
         extras={"channels_total": c},

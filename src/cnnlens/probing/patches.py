@@ -11,11 +11,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from cnnlens.attribution.core.base import ModelLike, check_inputs, first_conv_channels
-from cnnlens.attribution.engine.padding import same_padding_in_conv
-from cnnlens.models.hooks import capture_outputs, preserved_state
-from cnnlens.models.layers import resolve_layer
-from cnnlens.models.loaded import LoadedModel
+from cnnlens.attribution.core.base import ModelLike
+from cnnlens.models.hooks import capture_outputs
+from cnnlens.probing.common import probing
 from cnnlens.validation import check_positive_int
 
 log = logging.getLogger(__name__)
@@ -105,12 +103,9 @@ def channel_patches(
     check_positive_int("batch_size", batch_size)
     if not 0 < mass <= 1:
         raise ValueError(f"mass is a share of the gradient in (0, 1], got {mass}")
-    module = model.module if isinstance(model, LoadedModel) else model
-    x = check_inputs(images, first_conv_channels(module))
-    param = next(module.parameters(), None)
-    x = x.detach().to(param.device if param is not None else x.device)
-    name, target = resolve_layer(module, layer)
-    with preserved_state(module, freeze_parameters=True), same_padding_in_conv(module):
+    with probing(model, images) as probe:
+        module, x = probe.module, probe.inputs
+        name, target = probe.layer(layer)
         peaks, where, width = _peaks(module, name, target, x, channels, batch_size)
         units = []
         for k, c in enumerate(channels):
