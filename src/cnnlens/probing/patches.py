@@ -6,12 +6,14 @@ from __future__ import annotations
 import logging
 import math
 from dataclasses import dataclass
-from typing import Any
+from functools import partial
+from typing import Any, cast
 
 import torch
 from torch import nn
 
 from cnnlens.attribution.core.base import ModelLike
+from cnnlens.attribution.engine.runner import PassRunner, feature_map
 from cnnlens.models.hooks import capture_outputs
 from cnnlens.probing.common import probing
 from cnnlens.validation import check_positive_int
@@ -121,15 +123,6 @@ def channel_patches(
     return out
 
 
-def _layer_output(store: dict[str, torch.Tensor], name: str) -> torch.Tensor:
-    if name not in store:
-        raise ValueError(f"layer {name!r} did not run in the forward pass")
-    out = store[name]
-    if out.ndim != 4:
-        raise ValueError(f"layer {name!r} outputs shape {tuple(out.shape)}; patches need a (N, C, h, w) map")
-    return out
-
-
 def _peaks(
     module: nn.Module, name: str, layer: nn.Module, x: torch.Tensor, channels: list[int], batch_size: int
 ) -> tuple[torch.Tensor, torch.Tensor, int]:
@@ -139,7 +132,7 @@ def _peaks(
         for chunk in x.split(batch_size):
             with capture_outputs({name: layer}) as store:
                 module(chunk)
-            out = _layer_output(store, name)
+            out = feature_map(store, name, "channel patches")
             bad = [c for c in channels if not 0 <= c < out.shape[1]]
             if bad:
                 raise ValueError(f"channels {bad} are not in layer {name!r}, which has {out.shape[1]}")
@@ -159,19 +152,32 @@ def _unit_gradients(
     batch_size: int,
 ) -> list[tuple[torch.Tensor, tuple[int, int]]]:
     """Each unit's ``(H, W)`` input-gradient magnitude (summed over colours) and the map's ``(h, w)``."""
+    runner = PassRunner(module, x.device)
     found: list[tuple[torch.Tensor, tuple[int, int]]] = []
     for start in range(0, len(units), batch_size):
         chunk = units[start : start + batch_size]
         n, c, i, j = (torch.tensor([u[k] for u in chunk]) for k in range(4))
-        inputs = x[n.to(x.device)].clone().requires_grad_(True)
-        with torch.enable_grad(), capture_outputs({name: layer}) as store:
-            module(inputs)
-            out = _layer_output(store, name)
-            picked = out[torch.arange(len(chunk)), c, i, j].sum()
-            (grad,) = torch.autograd.grad(picked, inputs)
-        fmap = (int(out.shape[-2]), int(out.shape[-1]))
-        found += [(g, fmap) for g in grad.abs().sum(dim=1).double().cpu()]
+        unit = partial(_unit_value, name, c, i, j)
+        passes = runner.gradient_passes(
+            x[n.to(x.device)], unit, len(chunk), layers={name: layer}, purpose="channel patches"
+        )
+        for p in passes:
+            fmap = (int(p.activations[name].shape[-2]), int(p.activations[name].shape[-1]))
+            found += [(g, fmap) for g in cast(torch.Tensor, p.input_grad).abs().sum(dim=1).double().cpu()]
     return found
+
+
+def _unit_value(
+    name: str,
+    c: torch.Tensor,
+    i: torch.Tensor,
+    j: torch.Tensor,
+    _logits: torch.Tensor,
+    store: dict[str, torch.Tensor],
+    _start: int,
+) -> torch.Tensor:
+    """The activation of unit ``(c, i, j)`` of layer ``name`` for each input of the pass."""
+    return store[name][torch.arange(len(c)), c, i, j]
 
 
 def _support_box(grad: torch.Tensor) -> Box | None:
