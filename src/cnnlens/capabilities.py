@@ -32,6 +32,8 @@ from dataclasses import dataclass
 import torch
 from torch.nn import functional as F
 
+from cnnlens.errors import InputError
+
 logger = logging.getLogger(__name__)
 
 #: The environment variable naming capabilities to treat as missing (comma-separated, or ``all``).
@@ -61,7 +63,7 @@ _FORCED_OFF: list[frozenset[str]] = []
 
 def _check_name(name: str) -> None:
     if name not in CAPABILITIES:
-        raise ValueError(f"unknown capability {name!r}; expected one of {', '.join(CAPABILITIES)}")
+        raise InputError(f"unknown capability {name!r}; expected one of {', '.join(CAPABILITIES)}")
 
 
 def _switched_off(name: str) -> bool:

@@ -12,6 +12,16 @@ class CnnlensError(Exception):
     """Base class of every error cnnlens raises on purpose."""
 
 
+class InputError(CnnlensError, ValueError):
+    """What the caller gave (an argument, a setting, a tensor, a file's content) is not valid; the
+    message says what was given, what was expected and how to fix it. The command line prints it as
+    one line; any other exception is a bug and shows its traceback."""
+
+
+class InputTypeError(CnnlensError, TypeError):
+    """An argument of the wrong type (see :class:`InputError`)."""
+
+
 class ImageLoadError(CnnlensError, ValueError):
     """An image file could not be read; the message names the file and the reason."""
 

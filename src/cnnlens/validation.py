@@ -5,13 +5,15 @@ from __future__ import annotations
 import numbers
 from typing import TypeGuard
 
+from cnnlens.errors import InputError, InputTypeError
+
 SCORES = ("logit", "probability")
 
 
 def check_score(score: str) -> str:
     """Validate a ``score=`` argument (``"logit"`` or ``"probability"``)."""
     if score not in SCORES:
-        raise ValueError(f"score must be one of {', '.join(SCORES)}, got {score!r}")
+        raise InputError(f"score must be one of {', '.join(SCORES)}, got {score!r}")
     return score
 
 
@@ -44,7 +46,7 @@ def check_int(name: str, value: object) -> int:
         TypeError: ``value`` is not an integer.
     """
     if not is_int(value):
-        raise TypeError(f"{name} must be an integer, got {describe(value)}")
+        raise InputTypeError(f"{name} must be an integer, got {describe(value)}")
     return int(value)
 
 
@@ -55,7 +57,7 @@ def check_real(name: str, value: object) -> float:
         TypeError: ``value`` is not a real number (a string, ``None``, a ``bool`` ...).
     """
     if not is_real(value):
-        raise TypeError(f"{name} must be a number, got {describe(value)}")
+        raise InputTypeError(f"{name} must be a number, got {describe(value)}")
     return float(value)
 
 
@@ -78,7 +80,7 @@ def check_int_at_least(name: str, value: object, minimum: int) -> int:
     """
     if not is_int(value) or value < minimum:
         expected = "a positive integer" if minimum == 1 else f"an integer of at least {minimum}"
-        raise ValueError(f"{name} must be {expected}, got {value if is_int(value) else describe(value)}")
+        raise InputError(f"{name} must be {expected}, got {value if is_int(value) else describe(value)}")
     return int(value)
 
 
@@ -89,7 +91,7 @@ def check_fraction(name: str, value: object) -> float:
         ValueError: ``value`` is not a real number or not in ``(0, 1)``.
     """
     if not is_real(value) or not 0 < float(value) < 1:
-        raise ValueError(
+        raise InputError(
             f"{name} must be a fraction in (0, 1), got {value if is_real(value) else describe(value)}"
         )
     return float(value)

@@ -303,3 +303,20 @@ def test_console_script_runs() -> None:
         [sys.executable, "-m", "cnnlens", "--version"], capture_output=True, text=True, check=False
     )
     assert result.stdout.startswith("cnnlens ")
+
+
+def test_a_bad_parameter_is_one_line_but_a_bug_shows_its_traceback(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from cnnlens.cli import methods as methods_cmd
+
+    assert main(["explain", "a.jpg", "--model", "tinycnn", "-p", "window=0", "--out", "o"]) == 2
+    err = capsys.readouterr().err
+    assert "error:" in err and "Traceback" not in err
+
+    def broken(_args: object) -> int:
+        raise ValueError("a plain ValueError from a bug, not a user's input")
+
+    monkeypatch.setattr(methods_cmd, "run", broken)
+    with pytest.raises(ValueError, match="from a bug"):
+        main(["methods"])

@@ -61,7 +61,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         error_console.print("[yellow]interrupted[/]")
         return 130
-    except (CnnlensError, ValueError, TypeError, FileNotFoundError) as err:
+    except (CnnlensError, OSError) as err:  # the user's input or files: one line; a bug: its traceback
         if args.debug:
             raise
         error_console.print(f"[bold red]error:[/] {err}", highlight=False)

@@ -21,6 +21,7 @@ from cnnlens.cli.common import (
     split_list,
 )
 from cnnlens.data.folders import SPLITS
+from cnnlens.errors import InputError
 from cnnlens.evaluation.benchmark import REFERENCES, BenchmarkRun, load_dataset, run_benchmark
 from cnnlens.evaluation.metrics import (
     Metric,
@@ -105,7 +106,7 @@ def build_metrics(names: list[str], params: dict[str, Any]) -> list[Metric]:
         metrics.append(create_metric(cls.name, **coerce_floats(kwargs, accepted)))
     unused = set(params) - used
     if unused:
-        raise ValueError(f"no selected metric takes the parameter(s) {', '.join(sorted(unused))}")
+        raise InputError(f"no selected metric takes the parameter(s) {', '.join(sorted(unused))}")
     return metrics
 
 

@@ -17,6 +17,7 @@ from rich.table import Table
 from cnnlens.cli.common import add_command, console, error_console, model_from_args
 from cnnlens.data.folders import read_data
 from cnnlens.data.images import load_image
+from cnnlens.errors import InputError
 from cnnlens.models.loaded import LoadedModel
 from cnnlens.pipeline import check_targets, load_images
 from cnnlens.probing.channels import ChannelShapley, channel_shapley, mean_activation
@@ -103,7 +104,7 @@ def image_paths(paths: list[str], limit: int) -> list[Path]:
         elif path.exists():
             files += [s.path for s in read_data(path, labelled=False).samples]
         else:
-            raise ValueError(f"{path}: no such file or folder")
+            raise InputError(f"{path}: no such file or folder")
     if len(files) > limit:
         files = [files[i * len(files) // limit] for i in range(limit)]
     return files
@@ -115,7 +116,7 @@ def read_images(paths: list[str], limit: int, what: str) -> tuple[list[str], lis
     for err in errors:
         error_console.print(f"[yellow]warning:[/] skipped {err['error']}", highlight=False)
     if not loaded:
-        raise ValueError(f"none of the {what} images could be read")
+        raise InputError(f"none of the {what} images could be read")
     return [path for _, path, _ in loaded], [image for _, _, image in loaded]
 
 
@@ -124,10 +125,10 @@ def baseline_of(
 ) -> str | torch.Tensor:
     if args.baseline == "zero":
         if args.mean_from:
-            raise ValueError("--mean-from is only used with --baseline mean (use --probes for probe images)")
+            raise InputError("--mean-from is only used with --baseline mean (use --probes for probe images)")
         return "zero"
     if not images:
-        raise ValueError("--baseline mean needs the images to average over: --mean-from PATH [PATH ...]")
+        raise InputError("--baseline mean needs the images to average over: --mean-from PATH [PATH ...]")
     return mean_activation(model, model.prepare(images), layer)
 
 
@@ -223,7 +224,7 @@ def run(args: argparse.Namespace) -> int:
     check_positive_int("--top", args.top)
     check_positive_int("--patches", args.patches)
     if not 0 < args.patch_mass <= 1:
-        raise ValueError(f"--patch-mass is a share in (0, 1], got {args.patch_mass}")
+        raise InputError(f"--patch-mass is a share in (0, 1], got {args.patch_mass}")
     image = load_image(args.image)
     model = model_from_args(args)
     layer = model.layer(args.layer)[0]

@@ -14,6 +14,7 @@ from rich.console import Console
 
 from cnnlens.attribution.core.base import Attribution
 from cnnlens.attribution.core.registry import create, get_method, method_names
+from cnnlens.errors import InputError
 from cnnlens.models import DEFAULT_MODEL, LoadedModel, load_model
 from cnnlens.runtime import tune_allocator
 
@@ -101,7 +102,7 @@ def parse_params(pairs: list[str] | None) -> dict[str, Any]:
     for pair in pairs or []:
         key, sep, raw = pair.partition("=")
         if not sep or not key.strip():
-            raise ValueError(f"--param expects KEY=VALUE, got {pair!r}")
+            raise InputError(f"--param expects KEY=VALUE, got {pair!r}")
         try:
             value: Any = ast.literal_eval(raw)
         except (ValueError, SyntaxError):
@@ -148,12 +149,12 @@ def build_methods(
         methods.append(create(cls.name, model, **coerce_floats(kwargs, accepted)))
     unused = set(params) - used
     if unused:
-        raise ValueError(
+        raise InputError(
             f"no selected method takes the parameter(s) {', '.join(sorted(unused))}; "
             "see `cnnlens methods` for each method's parameters"
         )
     if layer is not None and not any(c.uses_layer for c in classes):
-        raise ValueError(f"--layer {layer} given, but none of {', '.join(names)} uses a layer")
+        raise InputError(f"--layer {layer} given, but none of {', '.join(names)} uses a layer")
     if layer is not None:
         model.layer(layer)  # fail early on an unknown layer
     return methods

@@ -10,6 +10,7 @@ from rich import box
 from rich.table import Table
 
 from cnnlens.cli.common import add_command, console, split_list
+from cnnlens.errors import InputError
 from cnnlens.models.saliency_net import LOC_LOSSES
 from cnnlens.training.experiment import (
     Backbone,
@@ -74,7 +75,7 @@ def _floats(text: str, flag: str) -> tuple[float, ...]:
     try:
         return tuple(float(v) for v in split_list([text]))
     except ValueError:
-        raise ValueError(f"{flag} expects comma-separated numbers, got {text!r}") from None
+        raise InputError(f"{flag} expects comma-separated numbers, got {text!r}") from None
 
 
 def config_from_args(args: argparse.Namespace) -> ExperimentConfig:

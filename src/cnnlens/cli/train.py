@@ -15,7 +15,7 @@ from rich.table import Table
 
 from cnnlens.cli.common import add_command, console, error_console
 from cnnlens.data.dataset import AUGMENTATIONS
-from cnnlens.errors import DataWarning
+from cnnlens.errors import DataWarning, InputError
 from cnnlens.models.saliency_net import LOC_LOSSES
 from cnnlens.training import FREEZE_POLICIES, Listener, TrainConfig, Trainer, TrainingWarning
 
@@ -98,12 +98,12 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
     try:
         fractions = tuple(float(v) for v in args.split.split(","))
     except ValueError:
-        raise ValueError(f"--split expects three fractions like 0.8,0.1,0.1, got {args.split!r}") from None
+        raise InputError(f"--split expects three fractions like 0.8,0.1,0.1, got {args.split!r}") from None
     if len(fractions) != 3:
-        raise ValueError(f"--split expects three fractions like 0.8,0.1,0.1, got {args.split!r}")
+        raise InputError(f"--split expects three fractions like 0.8,0.1,0.1, got {args.split!r}")
     head = args.head or ("spn" if args.saliency_aware else "linear")
     if args.saliency_aware and head != "spn":
-        raise ValueError(f"--saliency-aware trains the spn head; it cannot be combined with --head {head}")
+        raise InputError(f"--saliency-aware trains the spn head; it cannot be combined with --head {head}")
     if head != "spn":
         given = [
             flag
@@ -115,7 +115,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
             if value != default
         ]
         if given:
-            raise ValueError(f"{', '.join(given)} only apply to saliency-aware training (--saliency-aware)")
+            raise InputError(f"{', '.join(given)} only apply to saliency-aware training (--saliency-aware)")
     return TrainConfig(
         data=str(args.data),
         model=args.model,
@@ -192,12 +192,12 @@ def _start(args: argparse.Namespace) -> Trainer:
     if args.resume is not None:
         folder = args.out if args.resume is True else Path(args.resume)
         if folder is None:
-            raise ValueError("--resume needs the run folder: --resume RUN (or --out RUN --resume)")
+            raise InputError("--resume needs the run folder: --resume RUN (or --out RUN --resume)")
         if args.data is not None:
             error_console.print(f"[yellow]note:[/] resuming uses the settings of {folder / 'config.json'}")
         return Trainer.resume(folder)
     if args.data is None or args.out is None:
-        raise ValueError("give DATA and --out RUN (or --resume RUN to continue a run)")
+        raise InputError("give DATA and --out RUN (or --resume RUN to continue a run)")
     trainer = Trainer.create(config_from_args(args), args.out, force=args.force)
     if trainer.head_status == "continued":
         error_console.print(

@@ -25,6 +25,7 @@ from torchvision.transforms import InterpolationMode, v2
 from cnnlens.data.folders import Sample
 from cnnlens.data.images import load_image
 from cnnlens.data.transforms import Preprocessing
+from cnnlens.errors import InputError
 
 AUGMENTATIONS = ("standard", "noflip", "none")
 
@@ -53,7 +54,7 @@ def train_transform(pre: Preprocessing, augment: str = "standard") -> JointTrans
         ValueError: Unknown ``augment``.
     """
     if augment not in AUGMENTATIONS:
-        raise ValueError(f"unknown augmentation {augment!r}; expected one of {', '.join(AUGMENTATIONS)}")
+        raise InputError(f"unknown augmentation {augment!r}; expected one of {', '.join(AUGMENTATIONS)}")
     colour = [] if augment == "none" else [v2.ColorJitter(0.2, 0.2, 0.2)]
     gray = [v2.Grayscale()] if pre.channels == 1 else []
     pipeline = v2.Compose(

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from cnnlens.errors import unknown
+from cnnlens.errors import InputError, unknown
 
 Loader = Callable[[], tuple[np.ndarray, list[str], list[str]]]
 
@@ -72,7 +72,7 @@ def export_dataset(name: str, out: str | os.PathLike[str]) -> dict[str, int]:
         raise unknown("dataset", name, list(EXPORTS))
     root = Path(out)
     if root.exists() and any(root.iterdir()):
-        raise ValueError(f"{root} exists and is not empty; choose a new folder")
+        raise InputError(f"{root} exists and is not empty; choose a new folder")
     images, labels, classes = EXPORTS[name]()
     counts = dict.fromkeys(classes, 0)
     for c in classes:

@@ -31,7 +31,7 @@ import torch
 from PIL import Image
 
 from cnnlens.data.images import load_image
-from cnnlens.errors import DataWarning, ImageLoadError
+from cnnlens.errors import DataWarning, ImageLoadError, InputError
 
 log = logging.getLogger(__name__)
 
@@ -101,7 +101,7 @@ def class_weights(counts: list[int]) -> torch.Tensor:
         ValueError: A class has no samples.
     """
     if not counts or min(counts) < 1:
-        raise ValueError(f"every class needs at least one training image for class weights, got {counts}")
+        raise InputError(f"every class needs at least one training image for class weights, got {counts}")
     n, k = sum(counts), len(counts)
     return torch.tensor([n / (k * c) for c in counts], dtype=torch.float32)
 
@@ -132,7 +132,7 @@ def scan_dataset(
     """
     root = Path(data)
     if not root.exists():
-        raise ValueError(f"{root}: no such dataset; expected a folder of class subfolders or a CSV manifest")
+        raise InputError(f"{root}: no such dataset; expected a folder of class subfolders or a CSV manifest")
     dataset = read_data(root, masks=masks)
     if verify:
         dataset = verify_images(dataset)
@@ -173,7 +173,7 @@ def read_data(
             ``masks``), or ``masks`` is given for a plain folder of images.
     """
     if split is not None and split not in SPLITS:
-        raise ValueError(f"split must be one of {', '.join(SPLITS)}, got {split!r}")
+        raise InputError(f"split must be one of {', '.join(SPLITS)}, got {split!r}")
     root = Path(data)
     if not root.exists():
         raise FileNotFoundError(f"{root}: no such file or folder")
@@ -182,14 +182,14 @@ def read_data(
     elif labelled:
         dataset = scan_folder(root)
     elif masks is not None:
-        raise ValueError(
+        raise InputError(
             f"{root}: a plain folder of images has its masks in {root / 'masks'}, not in {masks}"
         )
     else:
         return scan_images(root)
     if masks is not None:
         if any(s.mask is not None for s in dataset.samples):
-            raise ValueError("the manifest has a mask column; do not give a mask folder as well")
+            raise InputError("the manifest has a mask column; do not give a mask folder as well")
         dataset.samples = match_masks(dataset.samples, Path(masks))
     return dataset
 
@@ -200,7 +200,7 @@ def _manifest_rows(root: Path, split: str | None) -> ImageSet:
     if root.is_dir():
         path = root / "manifest.csv"
         if not path.is_file():
-            raise ValueError(
+            raise InputError(
                 f"{root}: --split {split} selects rows of a manifest, but there is no {path}; pass the "
                 "manifest (path,label[,mask],split) or leave out --split"
             )
@@ -209,12 +209,12 @@ def _manifest_rows(root: Path, split: str | None) -> ImageSet:
         kept = [s for s in dataset.samples if s.split == split]
         if not kept:
             present = sorted({s.split for s in dataset.samples if s.split is not None})
-            raise ValueError(
+            raise InputError(
                 f"{path}: no row has split {split!r} (splits present: {', '.join(present) or 'none'})"
             )
         dataset.samples = kept
     if not dataset.samples:
-        raise ValueError(f"{path}: the manifest lists no image")
+        raise InputError(f"{path}: the manifest lists no image")
     return dataset
 
 
@@ -245,7 +245,7 @@ def scan_images(root: Path) -> ImageSet:
     mask_dir = root / "masks"
     files = image_files(image_dir, exclude=mask_dir)
     if not files:
-        raise ValueError(
+        raise InputError(
             f"{image_dir}: no image files in this folder or below it ({', '.join(sorted(IMAGE_SUFFIXES))})"
         )
     found = masks_for(files, mask_dir) if mask_dir.is_dir() else [None] * len(files)
@@ -262,7 +262,7 @@ def scan_folder(root: Path) -> ImageSet:
     """Index ``root/<class>/**/<image>``; empty class folders are left out with a warning."""
     class_dirs = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
     if not class_dirs:
-        raise ValueError(
+        raise InputError(
             f"{root}: no class subfolders; expected DATA/<class name>/<images> or a CSV manifest"
         )
     names: list[str] = []
@@ -290,7 +290,7 @@ def read_manifest(path: Path) -> ImageSet:
         reader = csv.DictReader(f)
         columns = set(reader.fieldnames or [])
         if not {"path", "label"} <= columns:
-            raise ValueError(
+            raise InputError(
                 f"{path}: a manifest needs the header columns path,label[,mask][,split]; "
                 f"found {sorted(columns) or 'no header'}"
             )
@@ -299,7 +299,7 @@ def read_manifest(path: Path) -> ImageSet:
     labels = sorted({(r.get("label") or "").strip() for r in rows})
     if "" in labels:
         line = 2 + next(i for i, r in enumerate(rows) if not (r.get("label") or "").strip())
-        raise ValueError(f"{path}, line {line}: empty label; every row needs a class label")
+        raise InputError(f"{path}, line {line}: empty label; every row needs a class label")
     index = {name: i for i, name in enumerate(labels)}
     samples = [_manifest_sample(r, base, index, f"{path}, line {i + 2}") for i, r in enumerate(rows)]
     return ImageSet(base, labels, samples)
@@ -311,10 +311,10 @@ def _manifest_sample(row: dict[str, str], base: Path, index: dict[str, int], whe
         return p if p.is_absolute() else base / p
 
     if not (row.get("path") or "").strip():
-        raise ValueError(f"{where}: empty path")
+        raise InputError(f"{where}: empty path")
     split = (row.get("split") or "").strip() or None
     if split is not None and split not in SPLITS:
-        raise ValueError(f"{where}: split {split!r} is not one of {', '.join(SPLITS)}")
+        raise InputError(f"{where}: split {split!r} is not one of {', '.join(SPLITS)}")
     mask = (row.get("mask") or "").strip()
     return Sample(resolve(row["path"]), index[row["label"].strip()], resolve(mask) if mask else None, split)
 
@@ -328,7 +328,7 @@ def mask_files(folder: Path) -> dict[str, Path]:
     found: dict[str, Path] = {}
     for p in image_files(folder):
         if p.stem in found:
-            raise ValueError(f"masks {found[p.stem]} and {p} have the same name; masks are matched by name")
+            raise InputError(f"masks {found[p.stem]} and {p} have the same name; masks are matched by name")
         found[p.stem] = p
     return found
 
@@ -343,7 +343,7 @@ def masks_for(images: list[Path], folder: Path) -> list[Path | None]:
     stems = Counter(p.stem for p in images)
     clashes = [s for s, n in stems.items() if n > 1 and s in found]
     if clashes:
-        raise ValueError(
+        raise InputError(
             f"several images are called {clashes[0]!r}, so {folder} cannot say which one its mask "
             "belongs to; rename them or use a manifest with a mask column"
         )
@@ -357,7 +357,7 @@ def match_masks(samples: list[Sample], folder: Path) -> list[Sample]:
         ValueError: ``folder`` is missing, or two masks (or two images) share a stem.
     """
     if not folder.is_dir():
-        raise ValueError(f"{folder}: no such mask folder")
+        raise InputError(f"{folder}: no such mask folder")
     masks = masks_for([s.path for s in samples], folder)
     out = [replace(s, mask=m) for s, m in zip(samples, masks, strict=True)]
     if not any(s.mask for s in out):
@@ -393,9 +393,9 @@ def check_mask(mask: Path, image: Path, size: tuple[int, int]) -> None:
         with Image.open(mask) as m:
             msize = m.size
     except (OSError, ValueError) as err:
-        raise ValueError(f"mask {mask} (of image {image}) cannot be read: {err}") from None
+        raise InputError(f"mask {mask} (of image {image}) cannot be read: {err}") from None
     if msize != size:
-        raise ValueError(
+        raise InputError(
             f"mask {mask} is {msize[0]}x{msize[1]} but its image {image} is {size[0]}x{size[1]}; "
             "a mask must have its image's size"
         )
@@ -425,7 +425,7 @@ def _check_classes(dataset: ImageSet) -> None:
     present = [n for n, c in dataset.counts().items() if c > 0]
     if len(present) < 2:
         found = ", ".join(f"{n} ({c})" for n, c in dataset.counts().items()) or "none"
-        raise ValueError(
+        raise InputError(
             f"{dataset.root}: a classifier needs at least two classes with readable images; found {found}"
         )
 

@@ -18,7 +18,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from cnnlens.data.transforms import Preprocessing
-from cnnlens.errors import ImageLoadError, unknown
+from cnnlens.errors import ImageLoadError, InputError, unknown
 
 
 @lru_cache(maxsize=1)
@@ -44,7 +44,7 @@ def polygon_mask(polygon: list[tuple[float, float]] | list[list[float]], size: t
         A ``(height, width)`` boolean array, True inside the polygon (edges included).
     """
     if len(polygon) < 3:
-        raise ValueError(f"a polygon needs at least 3 vertices, got {len(polygon)}")
+        raise InputError(f"a polygon needs at least 3 vertices, got {len(polygon)}")
     canvas = Image.new("L", (int(size[0]), int(size[1])), 0)
     ImageDraw.Draw(canvas).polygon([(float(x), float(y)) for x, y in polygon], fill=1, outline=1)
     return np.asarray(canvas, dtype=bool)
@@ -103,7 +103,7 @@ def mask_to_input(mask: np.ndarray, preprocessing: Preprocessing) -> np.ndarray:
         A ``(crop, crop)`` boolean mask aligned with the model input.
     """
     if not isinstance(mask, np.ndarray) or mask.ndim != 2:
-        raise ValueError(f"mask must be a 2-D array, got {getattr(mask, 'shape', type(mask).__name__)}")
+        raise InputError(f"mask must be a 2-D array, got {getattr(mask, 'shape', type(mask).__name__)}")
     height, width = mask.shape
     box = preprocessing.crop_box((width, height))
     image = Image.fromarray(mask.astype(np.uint8) * 255).crop(box)

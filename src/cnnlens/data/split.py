@@ -15,15 +15,16 @@ from pathlib import Path
 import numpy as np
 
 from cnnlens.data.folders import SPLITS, ImageSet, Sample, scan_dataset
+from cnnlens.errors import InputError
 
 DEFAULT_FRACTIONS = (0.8, 0.1, 0.1)
 
 
 def check_fractions(fractions: tuple[float, float, float]) -> None:
     if len(fractions) != 3 or any(f < 0 for f in fractions) or abs(sum(fractions) - 1) > 1e-6:
-        raise ValueError(f"split fractions must be three non-negative numbers summing to 1, got {fractions}")
+        raise InputError(f"split fractions must be three non-negative numbers summing to 1, got {fractions}")
     if fractions[0] <= 0 or fractions[1] <= 0:
-        raise ValueError(f"the train and validation fractions must be positive, got {fractions}")
+        raise InputError(f"the train and validation fractions must be positive, got {fractions}")
 
 
 def stratified_split(
@@ -71,7 +72,7 @@ def split_dataset(
     if all(g is not None for g in given):
         parts = {k: [s for s in dataset.samples if s.split == k] for k in SPLITS}
     elif any(g is not None for g in given):
-        raise ValueError(
+        raise InputError(
             "only some manifest rows have a split; give every row one, or leave the column empty"
         )
     else:
@@ -79,7 +80,7 @@ def split_dataset(
         parts = {k: [dataset.samples[i] for i in v] for k, v in idx.items()}
     for k in ("train", "val"):
         if not parts[k]:
-            raise ValueError(
+            raise InputError(
                 f"the {k} split is empty; the dataset is too small ({len(dataset.samples)} images)"
             )
     return parts
@@ -103,7 +104,7 @@ def load_split(dataset: ImageSet, path: str | os.PathLike[str]) -> dict[str, lis
     by_path = {dataset.relative(s.path): s for s in dataset.samples}
     missing = [p for k in SPLITS for p in body.get(k, []) if p not in by_path]
     if missing:
-        raise ValueError(
+        raise InputError(
             f"{path}: {len(missing)} image(s) of the saved split are not in the dataset any more "
             f"(e.g. {missing[0]}); train a new run instead of resuming"
         )
@@ -119,10 +120,10 @@ def run_split(run: str | os.PathLike[str], split: str, *, strict: bool = False) 
     """
     folder = Path(run)
     if not (folder / "config.json").is_file() or not (folder / "split.json").is_file():
-        raise ValueError(f"{run} is not a training run folder; give the data to evaluate on as well")
+        raise InputError(f"{run} is not a training run folder; give the data to evaluate on as well")
     config = json.loads((folder / "config.json").read_text())
     dataset = scan_dataset(config["data"], masks=config.get("masks"), strict=strict)
     samples = load_split(dataset, folder / "split.json")[split]
     if not samples:
-        raise ValueError(f"the {split} split of {run} is empty; evaluate on --split val or give DATA")
+        raise InputError(f"the {split} split of {run} is empty; evaluate on --split val or give DATA")
     return samples, f"{config['data']} ({split} split)"

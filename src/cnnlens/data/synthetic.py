@@ -41,6 +41,7 @@ from PIL import Image
 from skimage.draw import disk, line_aa, polygon
 
 from cnnlens.data.split import DEFAULT_FRACTIONS, stratified_split
+from cnnlens.errors import InputError
 
 
 def _polygon_mask(size: int, radii: np.ndarray, centre: tuple[float, float], angle: float) -> np.ndarray:
@@ -143,18 +144,18 @@ class SynthConfig:
 
     def __post_init__(self) -> None:
         if not 2 <= self.classes <= len(SHAPES):
-            raise ValueError(
+            raise InputError(
                 f"--classes must be between 2 and {len(SHAPES)} (the shapes: {', '.join(SHAPES)}), "
                 f"got {self.classes}"
             )
         if self.per_class < 3:
-            raise ValueError(f"--per-class must be at least 3 (one image per split), got {self.per_class}")
+            raise InputError(f"--per-class must be at least 3 (one image per split), got {self.per_class}")
         if self.size < 16:
-            raise ValueError(f"--size must be at least 16 pixels, got {self.size}")
+            raise InputError(f"--size must be at least 16 pixels, got {self.size}")
         if self.clutter < 0:
-            raise ValueError(f"--clutter must be non-negative, got {self.clutter}")
+            raise InputError(f"--clutter must be non-negative, got {self.clutter}")
         if self.spurious is not None and not 0.0 <= self.spurious <= 1.0:
-            raise ValueError(f"--spurious is a fraction between 0 and 1, got {self.spurious}")
+            raise InputError(f"--spurious is a fraction between 0 and 1, got {self.spurious}")
 
 
 def background(size: int, tint: np.ndarray, rng: np.random.Generator, clutter: float = 1.0) -> np.ndarray:
@@ -208,7 +209,7 @@ def generate(out: str | os.PathLike[str], cfg: SynthConfig) -> Path:
     """
     root = Path(out)
     if root.exists() and any(root.iterdir()):
-        raise ValueError(f"{root} exists and is not empty; choose a new folder")
+        raise InputError(f"{root} exists and is not empty; choose a new folder")
     names = list(SHAPES)[: cfg.classes]
     labels = [k for k in range(cfg.classes) for _ in range(cfg.per_class)]
     split_of = {i: s for s, idx in stratified_split(labels, DEFAULT_FRACTIONS, cfg.seed).items() for i in idx}

@@ -15,6 +15,8 @@ from PIL import Image
 from torchvision.transforms import InterpolationMode
 from torchvision.transforms import functional as TF
 
+from cnnlens.errors import InputError
+
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
@@ -40,12 +42,12 @@ class Preprocessing:
 
     def __post_init__(self) -> None:
         if self.crop <= 0 or (self.resize is not None and self.resize < self.crop):
-            raise ValueError(
+            raise InputError(
                 f"invalid preprocessing: resize={self.resize}, crop={self.crop}; "
                 "expected crop > 0 and resize >= crop"
             )
         if len(self.mean) != len(self.std) or any(s <= 0 for s in self.std):
-            raise ValueError(f"invalid normalisation mean={self.mean} std={self.std}")
+            raise InputError(f"invalid normalisation mean={self.mean} std={self.std}")
 
     @property
     def input_size(self) -> tuple[int, int]:

@@ -42,7 +42,7 @@ from cnnlens.data.folders import ImageSet, read_data
 from cnnlens.data.images import load_image
 from cnnlens.data.masks import load_mask, mask_to_input, sample_mask
 from cnnlens.data.samples import SAMPLE_NAMES, load_sample
-from cnnlens.errors import CnnlensError, DataWarning, ImageLoadError
+from cnnlens.errors import CnnlensError, DataWarning, ImageLoadError, InputError
 from cnnlens.evaluation.metrics import ExplainFn, Metric, MetricResult, Sample, nan_result
 from cnnlens.models.loaded import LoadedModel
 
@@ -92,7 +92,7 @@ def load_dataset(data: str | os.PathLike[str], *, split: str | None = None) -> l
     """
     if str(data) == "samples":
         if split is not None:
-            raise ValueError("--split selects rows of a manifest; 'samples' has no splits")
+            raise InputError("--split selects rows of a manifest; 'samples' has no splits")
         return [BenchImage(n, load_sample(n), sample_mask(n)) for n in SAMPLE_NAMES]
     root = Path(data)
     if not root.exists():
@@ -100,7 +100,7 @@ def load_dataset(data: str | os.PathLike[str], *, split: str | None = None) -> l
     dataset = read_data(root, labelled=False, split=split)
     items = [item for item in (_read_entry(*e) for e in _named(dataset)) if item is not None]
     if not items:
-        raise ValueError(f"{root}: none of the {len(dataset.samples)} images could be read")
+        raise InputError(f"{root}: none of the {len(dataset.samples)} images could be read")
     return items
 
 
@@ -137,7 +137,7 @@ def _read_entry(name: str, path: Path, mask_path: Path | None) -> BenchImage | N
                 stacklevel=3,
             )
     if mask is not None and mask.shape != (image.height, image.width):
-        raise ValueError(
+        raise InputError(
             f"{mask_path}: mask is {mask.shape[1]}x{mask.shape[0]} but {path.name} is "
             f"{image.width}x{image.height}; masks must have their image's size"
         )
@@ -154,7 +154,7 @@ def reference_map(kind: str, shape: tuple[int, int], seed: int = 0) -> torch.Ten
         return torch.exp(-(ys[:, None] ** 2) / (2 * sy**2) - xs[None] ** 2 / (2 * sx**2))
     if kind == "random":
         return torch.rand((h, w), generator=torch.Generator().manual_seed(seed))
-    raise ValueError(f"reference map must be one of {', '.join(REFERENCES)}, got {kind!r}")
+    raise InputError(f"reference map must be one of {', '.join(REFERENCES)}, got {kind!r}")
 
 
 # -- keys, cache and the results file --------------------------------------------------------------

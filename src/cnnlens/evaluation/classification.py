@@ -33,7 +33,7 @@ from sklearn import metrics as skm
 from cnnlens.data.dataset import ImageDataset, eval_transform
 from cnnlens.data.folders import Sample, scan_dataset
 from cnnlens.data.split import run_split
-from cnnlens.errors import unknown
+from cnnlens.errors import InputError, unknown
 from cnnlens.models.loaded import LoadedModel
 from cnnlens.models.registry import load_model
 
@@ -72,9 +72,9 @@ def confusion_matrix(y_true: Sequence[int], y_pred: Sequence[int], num_classes: 
     """
     t, p = np.asarray(y_true, dtype=np.int64), np.asarray(y_pred, dtype=np.int64)
     if t.shape != p.shape or t.ndim != 1:
-        raise ValueError(f"y_true and y_pred must be 1-D of the same length, got {t.shape} and {p.shape}")
+        raise InputError(f"y_true and y_pred must be 1-D of the same length, got {t.shape} and {p.shape}")
     if len(t) and (min(t.min(), p.min()) < 0 or max(t.max(), p.max()) >= num_classes):
-        raise ValueError(
+        raise InputError(
             f"labels must lie in [0, {num_classes}); got {t.min()}..{t.max()} and {p.min()}..{p.max()}"
         )
     if not len(t):  # scikit-learn refuses empty inputs
@@ -258,7 +258,7 @@ def evaluate(
 
 def _run_split(model: object, split: str, strict: bool) -> tuple[list[Sample], str]:
     if not isinstance(model, (str, os.PathLike)):
-        raise ValueError(f"{model} is not a training run folder; give the data to evaluate on as well")
+        raise InputError(f"{model} is not a training run folder; give the data to evaluate on as well")
     return run_split(model, split, strict=strict)
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from cnnlens.errors import InputError
 from cnnlens.evaluation.metrics import Metric, MetricResult, Sample, as_map, nan_result, register_metric
 
 
@@ -21,7 +22,7 @@ def gini(values: torch.Tensor | np.ndarray) -> float:
     """
     v = np.sort(np.asarray(values, dtype=np.float64).ravel())
     if v.size == 0 or not np.isfinite(v).all() or v[0] < 0:
-        raise ValueError("gini needs a non-empty array of finite non-negative values")
+        raise InputError("gini needs a non-empty array of finite non-negative values")
     total = v.sum()
     if total == 0:
         return float("nan")

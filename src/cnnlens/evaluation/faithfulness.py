@@ -24,6 +24,7 @@ from torchvision.transforms import functional as TF
 
 from cnnlens.attribution.core.base import target_scores
 from cnnlens.data.transforms import Preprocessing
+from cnnlens.errors import InputError
 from cnnlens.evaluation.metrics import (
     Metric,
     MetricResult,
@@ -78,7 +79,7 @@ def baseline_image(
         return (-mean / std).view(1, -1, 1, 1).expand_as(inputs).clone()
     if kind == "mean":
         return inputs.mean(dim=(2, 3), keepdim=True).expand_as(inputs).clone()
-    raise ValueError(f"baseline must be one of {', '.join(BASELINES)}, got {kind!r}")
+    raise InputError(f"baseline must be one of {', '.join(BASELINES)}, got {kind!r}")
 
 
 def perturbation_curve(
@@ -110,7 +111,7 @@ def perturbation_curve(
         One score per fraction.
     """
     if mode not in MODES:
-        raise ValueError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
+        raise InputError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
     start, end = (inputs, baseline) if mode == "deletion" else (baseline, inputs)
     device = next((p.device for p in model.parameters()), inputs.device)
     start, end, ranks = start.to(device), end.to(device), ranks.to(device)
@@ -133,19 +134,19 @@ def curve_auc(x: list[float] | np.ndarray, y: list[float] | np.ndarray) -> float
     """
     xs, ys = np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64)
     if xs.ndim != 1 or xs.shape != ys.shape or len(xs) < 2:
-        raise ValueError(f"a curve needs two 1-D arrays of equal length >= 2, got {xs.shape} and {ys.shape}")
+        raise InputError(f"a curve needs two 1-D arrays of equal length >= 2, got {xs.shape} and {ys.shape}")
     if np.any(np.diff(xs) < 0):
-        raise ValueError("the x values of a curve must be non-decreasing")
+        raise InputError("the x values of a curve must be non-decreasing")
     return float(np.sum((xs[1:] - xs[:-1]) * (ys[1:] + ys[:-1]) / 2.0))
 
 
 def _check_common(baseline: str, score: str, batch_size: int, blur_sigma: float) -> None:
     if baseline not in BASELINES:
-        raise ValueError(f"baseline must be one of {', '.join(BASELINES)}, got {baseline!r}")
+        raise InputError(f"baseline must be one of {', '.join(BASELINES)}, got {baseline!r}")
     check_score(score)
     check_positive_int("batch_size", batch_size)
     if not blur_sigma > 0:
-        raise ValueError(f"blur_sigma must be positive, got {blur_sigma!r}")
+        raise InputError(f"blur_sigma must be positive, got {blur_sigma!r}")
 
 
 class _RemovalMetric(Metric):

@@ -7,6 +7,7 @@ from abc import abstractmethod
 import torch
 from scipy import ndimage
 
+from cnnlens.errors import InputError
 from cnnlens.evaluation.faithfulness import pixel_ranks
 from cnnlens.evaluation.metrics import (
     Metric,
@@ -114,7 +115,7 @@ class PointingGame(_MaskMetric):
 
     def __init__(self, *, tolerance: float = 15.0):
         if not isinstance(tolerance, (int, float)) or tolerance < 0:
-            raise ValueError(f"tolerance must be a non-negative number of pixels, got {tolerance!r}")
+            raise InputError(f"tolerance must be a non-negative number of pixels, got {tolerance!r}")
         self.tolerance = float(tolerance)
 
     def _score(self, attribution: torch.Tensor, mask: torch.Tensor) -> MetricResult:

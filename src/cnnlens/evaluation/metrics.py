@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from cnnlens.data.transforms import Preprocessing
-from cnnlens.errors import unknown
+from cnnlens.errors import InputError, InputTypeError, unknown
 
 #: Recomputes the map of one input for a (possibly changed) model: ``(module, x (1,C,H,W), target)``.
 ExplainFn = Callable[[nn.Module, torch.Tensor, int], torch.Tensor]
@@ -124,7 +124,7 @@ class Metric(ABC):
         """
         for need in self.needs:
             if getattr(sample, need) is None:
-                raise ValueError(f"metric {self.name!r} needs Sample.{need}, which is None")
+                raise InputError(f"metric {self.name!r} needs Sample.{need}, which is None")
         return self._evaluate(sample)
 
     @abstractmethod
@@ -150,7 +150,7 @@ class ReexplainingMetric(Metric):
         def again(model: nn.Module, inputs: torch.Tensor) -> torch.Tensor:
             b = as_map(explain(model, inputs, sample.target))
             if b.shape != a.shape:
-                raise ValueError(f"explain returned shape {tuple(b.shape)}, expected {tuple(a.shape)}")
+                raise InputError(f"explain returned shape {tuple(b.shape)}, expected {tuple(a.shape)}")
             return b
 
         return self._compare(a, x, required(sample.model, "model"), again)
@@ -172,41 +172,41 @@ def as_map(attribution: torch.Tensor | np.ndarray) -> torch.Tensor:
     if a.ndim == 3 and a.shape[0] == 1:
         a = a[0]
     if a.ndim != 2:
-        raise ValueError(f"attribution must be one (H, W) map, got shape {tuple(a.shape)}")
+        raise InputError(f"attribution must be one (H, W) map, got shape {tuple(a.shape)}")
     if a.numel() == 0:
-        raise ValueError("attribution is empty")
+        raise InputError("attribution is empty")
     if not torch.isfinite(a).all():
-        raise ValueError("attribution contains NaN or infinite values")
+        raise InputError("attribution contains NaN or infinite values")
     return a
 
 
 def as_mask(mask: torch.Tensor | np.ndarray | None, shape: tuple[int, ...]) -> torch.Tensor:
     """A non-empty boolean mask of ``shape``."""
     if mask is None:
-        raise ValueError("this metric needs an object mask, got None")
+        raise InputError("this metric needs an object mask, got None")
     m = torch.as_tensor(np.asarray(mask) if isinstance(mask, np.ndarray) else mask).detach().cpu()
     if m.ndim == 3 and m.shape[0] == 1:
         m = m[0]
     if tuple(m.shape) != tuple(shape):
-        raise ValueError(
+        raise InputError(
             f"mask shape {tuple(m.shape)} does not match the attribution shape {tuple(shape)}; "
             "map the mask into the model input view first (cnnlens.data.masks.mask_to_input)"
         )
     m = m.bool() if m.dtype == torch.bool else m != 0
     if not m.any():
-        raise ValueError("the mask is empty (no pixel is inside the object)")
+        raise InputError("the mask is empty (no pixel is inside the object)")
     return m
 
 
 def as_input(inputs: torch.Tensor | None, shape: tuple[int, ...]) -> torch.Tensor:
     """A ``(1, C, H, W)`` input whose spatial size matches the map."""
     if not isinstance(inputs, torch.Tensor):
-        raise TypeError(f"inputs must be a tensor, got {type(inputs).__name__}")
+        raise InputTypeError(f"inputs must be a tensor, got {type(inputs).__name__}")
     x = inputs[None] if inputs.ndim == 3 else inputs
     if x.ndim != 4 or x.shape[0] != 1:
-        raise ValueError(f"inputs must be one (1, C, H, W) image, got shape {tuple(inputs.shape)}")
+        raise InputError(f"inputs must be one (1, C, H, W) image, got shape {tuple(inputs.shape)}")
     if tuple(x.shape[-2:]) != tuple(shape):
-        raise ValueError(
+        raise InputError(
             f"inputs are {tuple(x.shape[-2:])} pixels but the attribution is {tuple(shape)}; "
             "they must have the same spatial size"
         )
@@ -219,7 +219,7 @@ T = TypeVar("T")
 def required(value: T | None, what: str) -> T:
     """``value``, or a ValueError naming the missing :class:`Sample` field."""
     if value is None:
-        raise ValueError(f"this metric needs Sample.{what}, which is None")
+        raise InputError(f"this metric needs Sample.{what}, which is None")
     return value
 
 
@@ -244,18 +244,18 @@ def register_metric(cls: M) -> M:
     """
     for attr in ("name", "category", "higher_is_better", "summary", "reference"):
         if getattr(cls, attr, None) is None:
-            raise TypeError(f"{cls.__name__} must set the class attribute {attr!r} to be registered")
+            raise InputTypeError(f"{cls.__name__} must set the class attribute {attr!r} to be registered")
     if cls.category not in CATEGORIES:
-        raise TypeError(f"{cls.__name__}.category must be one of {CATEGORIES}, got {cls.category!r}")
+        raise InputTypeError(f"{cls.__name__}.category must be one of {CATEGORIES}, got {cls.category!r}")
     if cls.name in _METRICS and _METRICS[cls.name] is not cls:
-        raise ValueError(f"metric name {cls.name!r} is already registered by {_METRICS[cls.name].__name__}")
+        raise InputError(f"metric name {cls.name!r} is already registered by {_METRICS[cls.name].__name__}")
     columns = {c.name for other in _METRICS.values() if other is not cls for c in other.columns}
     if cls.name in columns:
-        raise ValueError(f"metric name {cls.name!r} is already the name of another metric's column")
+        raise InputError(f"metric name {cls.name!r} is already the name of another metric's column")
     taken = {*_METRICS, cls.name, *columns}
     for column in cls.columns:
         if column.name in taken:
-            raise ValueError(
+            raise InputError(
                 f"column name {column.name!r} of {cls.__name__} is already a metric or column name"
             )
     _METRICS[cls.name] = cls
@@ -293,7 +293,7 @@ def create_metric(name: str, **params: Any) -> Metric:
     cls = get_metric(name)
     bad = [k for k in params if k not in cls.parameters()]
     if bad:
-        raise TypeError(
+        raise InputTypeError(
             f"metric {name!r} has no parameter {', '.join(map(repr, bad))}; "
             f"its parameters are: {', '.join(cls.parameters()) or 'none'}"
         )

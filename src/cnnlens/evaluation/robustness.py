@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from cnnlens.errors import InputError
 from cnnlens.evaluation.metrics import MetricResult, Reexplain, ReexplainingMetric, register_metric
 from cnnlens.validation import check_positive_int
 
@@ -31,7 +32,7 @@ class MaxSensitivity(ReexplainingMetric):
     def __init__(self, *, n_samples: int = 3, radius: float = 0.02, seed: int = 0):
         self.n_samples = check_positive_int("n_samples", n_samples)
         if not isinstance(radius, (int, float)) or radius <= 0:
-            raise ValueError(f"radius must be a positive share of the input range, got {radius!r}")
+            raise InputError(f"radius must be a positive share of the input range, got {radius!r}")
         self.radius = float(radius)
         self.seed = seed
 

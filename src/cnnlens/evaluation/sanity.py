@@ -16,6 +16,7 @@ from scipy import stats
 from skimage.metrics import structural_similarity
 from torch import nn
 
+from cnnlens.errors import InputError
 from cnnlens.evaluation.metrics import Column, MetricResult, Reexplain, ReexplainingMetric, register_metric
 from cnnlens.validation import check_fraction, check_positive_int
 
@@ -29,7 +30,7 @@ def cascade_stages(module: nn.Module, stages: int) -> list[list[str]]:
     """The layer names randomised at each stage: the layers top-down, split into ``stages`` groups."""
     names = [n for n, _ in reversed(parameter_layers(module))]
     if not names:
-        raise ValueError(f"{type(module).__name__} has no parameters to randomise")
+        raise InputError(f"{type(module).__name__} has no parameters to randomise")
     groups = np.array_split(np.asarray(names, dtype=object), min(stages, len(names)))
     return [[str(n) for n in g] for g in groups]
 

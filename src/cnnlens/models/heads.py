@@ -24,6 +24,8 @@ from dataclasses import dataclass
 
 from torch import nn
 
+from cnnlens.errors import InputError
+
 HEADS = ("original", "linear", "mlp64", "cnet", "spn")
 #: Heads that wrap the backbone in a :class:`~cnnlens.models.saliency_net.SaliencyAwareNet`.
 WRAPPING_HEADS = ("cnet", "spn")
@@ -69,16 +71,16 @@ def head_names(model: nn.Module, head: str) -> list[str]:
         ValueError: Unknown head kind, or the model has no such head.
     """
     if head not in HEADS:
-        raise ValueError(f"unknown head {head!r}; expected one of {', '.join(HEADS)}")
+        raise InputError(f"unknown head {head!r}; expected one of {', '.join(HEADS)}")
     if head in WRAPPING_HEADS:
         spn = getattr(model, "spn", None) is not None
         if not hasattr(model, "classifier") or (head == "spn") != spn:
-            raise ValueError(f"{type(model).__name__} has no {head} head")
+            raise InputError(f"{type(model).__name__} has no {head} head")
         return ["classifier", "spn"] if head == "spn" else ["classifier"]
     if head == "mlp64":
         name = _mlp64_name(model)
         if name is None:
-            raise ValueError(f"{type(model).__name__} has no mlp64 head")
+            raise InputError(f"{type(model).__name__} has no mlp64 head")
         return [name]
     if head == "linear":
         return [_last_linear(model)[0]]
@@ -91,7 +93,7 @@ def _last_linear(model: nn.Module) -> tuple[str, int]:
         if isinstance(module, nn.Linear):
             last = (name, module.in_features)
     if last is None:
-        raise ValueError(f"{type(model).__name__} has no linear layer to replace with a new head")
+        raise InputError(f"{type(model).__name__} has no linear layer to replace with a new head")
     return last
 
 
@@ -116,9 +118,9 @@ def apply_head(model: nn.Module, head: str, num_classes: int) -> str:
         ValueError: Unknown head kind or a bad class count.
     """
     if head not in HEADS:
-        raise ValueError(f"unknown head {head!r}; expected one of {', '.join(HEADS)}")
+        raise InputError(f"unknown head {head!r}; expected one of {', '.join(HEADS)}")
     if num_classes < 1:
-        raise ValueError(f"num_classes must be at least 1, got {num_classes}")
+        raise InputError(f"num_classes must be at least 1, got {num_classes}")
     if head == "original":
         return _head_slot(model)[0]
     if head == "linear":
@@ -171,7 +173,7 @@ def attach_head(
     from cnnlens.models.saliency_net import build_saliency_net
 
     if num_classes < 1:
-        raise ValueError(f"num_classes must be at least 1, got {num_classes}")
+        raise InputError(f"num_classes must be at least 1, got {num_classes}")
     layer = None if default_layer is None else model.get_submodule(default_layer)
     net = build_saliency_net(model, num_classes, input_size, with_spn=head == "spn")
     mapped = next((n for n, m in net.named_modules() if layer is not None and m is layer), None)

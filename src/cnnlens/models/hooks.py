@@ -14,6 +14,8 @@ import torch
 from torch import nn
 from torch.utils.hooks import RemovableHandle
 
+from cnnlens.errors import InputTypeError
+
 
 @contextmanager
 def preserved_state(model: nn.Module, *, freeze_parameters: bool = True) -> Iterator[nn.Module]:
@@ -75,7 +77,7 @@ def capture_outputs(modules: dict[str, nn.Module]) -> Iterator[dict[str, torch.T
     def make_hook(name: str) -> Any:
         def hook(_m: nn.Module, _inp: Any, out: Any) -> Any:
             if not isinstance(out, torch.Tensor):
-                raise TypeError(
+                raise InputTypeError(
                     f"layer {name!r} returns {type(out).__name__}, not a tensor; "
                     "choose a layer whose output is a single feature map"
                 )

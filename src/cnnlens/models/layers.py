@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from cnnlens.errors import unknown
+from cnnlens.errors import InputError, InputTypeError, unknown
 
 
 def layer_names(model: nn.Module) -> list[str]:
@@ -35,8 +35,8 @@ def resolve_layer(model: nn.Module, layer: str | nn.Module) -> tuple[str, nn.Mod
         for name, module in modules.items():
             if module is layer:
                 return name, module
-        raise ValueError(f"the module {type(layer).__name__} given as layer is not part of the model")
-    raise TypeError(f"layer must be a dotted name or an nn.Module, got {type(layer).__name__}")
+        raise InputError(f"the module {type(layer).__name__} given as layer is not part of the model")
+    raise InputTypeError(f"layer must be a dotted name or an nn.Module, got {type(layer).__name__}")
 
 
 @dataclass(frozen=True)

@@ -11,6 +11,7 @@ from PIL import Image
 from torch import nn
 
 from cnnlens.data.transforms import Preprocessing
+from cnnlens.errors import InputError
 from cnnlens.models.layers import LayerInfo, layer_names, resolve_layer, trace_layers
 
 
@@ -63,7 +64,7 @@ class LoadedModel:
         """Resolve a layer (``None``: the default CAM layer)."""
         if layer is None:
             if self.default_layer is None:
-                raise ValueError(f"model {self.name!r} has no default layer; pass a layer name")
+                raise InputError(f"model {self.name!r} has no default layer; pass a layer name")
             layer = self.default_layer
         return resolve_layer(self.module, layer)
 

@@ -27,7 +27,7 @@ import torch
 from torch import nn
 
 from cnnlens.data.transforms import Preprocessing
-from cnnlens.errors import ModelLoadError, unknown
+from cnnlens.errors import InputError, ModelLoadError, unknown
 from cnnlens.models.checkpoint import is_cnnlens_checkpoint
 from cnnlens.models.heads import apply_head, attach_head
 from cnnlens.models.imagenet import imagenet_classes
@@ -405,7 +405,7 @@ def load_model(
     path = _checkpoint_path(spec)
     if path is not None:
         if weights is not None:
-            raise ValueError("give either a checkpoint as the model or --weights, not both")
+            raise InputError("give either a checkpoint as the model or --weights, not both")
         return _load_checkpoint(path, device)
     name = str(spec)
     if weights is None:

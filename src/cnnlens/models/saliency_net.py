@@ -24,6 +24,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from cnnlens.errors import InputError
+
 LOC_LOSSES = ("ce", "l1", "l2")
 
 
@@ -46,7 +48,7 @@ def backbone_features(module: nn.Module) -> nn.Module:
     features = getattr(module, "features", None)
     if isinstance(features, nn.Module):
         return features
-    raise ValueError(
+    raise InputError(
         f"cannot find the feature extractor of {type(module).__name__}; use a timm model, a "
         "torchvision ResNet, or a model with a `features` attribute"
     )
@@ -68,7 +70,7 @@ class _TimmFeatures(nn.Module):
 def spn_blocks(input_size: int, feature_size: int) -> int:
     """How many x2 upsampling blocks the SPN needs before its final step to ``input_size``."""
     if feature_size < 1 or input_size < feature_size:
-        raise ValueError(f"feature map side {feature_size} must be between 1 and the input side {input_size}")
+        raise InputError(f"feature map side {feature_size} must be between 1 and the input side {input_size}")
     return max(round(math.log2(input_size / feature_size)) - 1, 0)
 
 
@@ -157,7 +159,7 @@ class SaliencyAwareNet(nn.Module):
             ValueError: The network was built without an SPN.
         """
         if self.spn is None:
-            raise ValueError("this network was built without a saliency prediction net (baseline)")
+            raise InputError("this network was built without a saliency prediction net (baseline)")
         return torch.sigmoid(self.spn(self.features(x), (x.shape[-2], x.shape[-1])))[:, 0]
 
 
@@ -175,7 +177,7 @@ def build_saliency_net(
         fmap = features(torch.zeros(1, 3, input_size, input_size))
     features.train(was)
     if fmap.ndim != 4:
-        raise ValueError(f"the backbone's features have shape {tuple(fmap.shape)}, expected (N, C, h, w)")
+        raise InputError(f"the backbone's features have shape {tuple(fmap.shape)}, expected (N, C, h, w)")
     return SaliencyAwareNet(
         features, int(fmap.shape[1]), num_classes, input_size, int(fmap.shape[-1]), with_spn=with_spn
     )
@@ -196,11 +198,11 @@ def localisation_loss(
         A scalar; exactly zero, with zero gradient, when no image in the batch has a mask.
     """
     if kind not in LOC_LOSSES:
-        raise ValueError(f"unknown localisation loss {kind!r}; expected one of {', '.join(LOC_LOSSES)}")
+        raise InputError(f"unknown localisation loss {kind!r}; expected one of {', '.join(LOC_LOSSES)}")
     if masks.ndim == 3:
         masks = masks[:, None]
     if masks.shape != saliency_logits.shape:
-        raise ValueError(
+        raise InputError(
             f"mask shape {tuple(masks.shape)} does not match the SPN output {tuple(saliency_logits.shape)}"
         )
     keep = has_mask.to(torch.bool)

@@ -30,7 +30,7 @@ from cnnlens.attribution.methods.layer import (
     LayerSelection,
     select_layers,
 )
-from cnnlens.errors import unknown
+from cnnlens.errors import InputError, unknown
 from cnnlens.probing.common import probing
 
 #: The atlas's method names (``cnnlens layers --method``) and their classes.
@@ -177,7 +177,7 @@ def layer_atlas(
     with probing(impl.model, inputs) as probe:
         x = probe.inputs
         if len(x) != 1:
-            raise ValueError(f"the layer atlas explains one image at a time, got a batch of {len(x)}")
+            raise InputError(f"the layer atlas explains one image at a time, got a batch of {len(x)}")
         chosen = select_layers(probe.module, layers)
         attributions, targets, logits = impl.attribute_layers(
             x, lambda out: probe.targets(target, out), chosen, batch_size

@@ -28,6 +28,7 @@ from torch import nn
 from cnnlens.attribution.core.base import ModelLike, target_scores
 from cnnlens.attribution.core.targets import Target
 from cnnlens.attribution.engine.split import SuffixRunner, suffix_runner
+from cnnlens.errors import InputError, InputTypeError
 from cnnlens.models.hooks import capture_outputs
 from cnnlens.probing.common import probing
 from cnnlens.validation import check_int_at_least, check_positive_int
@@ -156,7 +157,7 @@ def exact_shapley(game: CoalitionGame, channels: int) -> torch.Tensor:
     ``phi_i = sum_{S not containing i} |S|! (C - |S| - 1)! / C! (v(S + i) - v(S))``.
     """
     if channels > EXACT_LIMIT:
-        raise ValueError(
+        raise InputError(
             f"exact enumeration needs 2**{channels} coalitions; it is limited to {EXACT_LIMIT} channels, "
             "use permutation sampling (samples= or stderr=)"
         )
@@ -252,19 +253,19 @@ def channel_baseline(baseline: str | torch.Tensor, activation: torch.Tensor) -> 
     """What a removed channel becomes: ``"zero"``, or a ``(C,)`` / ``(C, h, w)`` tensor (a dataset mean)."""
     if isinstance(baseline, str):
         if baseline != "zero":
-            raise ValueError(
+            raise InputError(
                 f"baseline {baseline!r}: give 'zero' or a tensor of mean activations "
                 "(see mean_activation); for 'mean' compute one from a set of images"
             )
         return torch.zeros_like(activation), "zero"
     if not isinstance(baseline, torch.Tensor):
-        raise TypeError(f"baseline must be 'zero' or a tensor, got {type(baseline).__name__}")
+        raise InputTypeError(f"baseline must be 'zero' or a tensor, got {type(baseline).__name__}")
     c, h, w = activation.shape[1:]
     b = baseline.to(activation)
     if b.shape == (c,):
         b = b[:, None, None]
     if b.shape not in ((c, 1, 1), (c, h, w), (1, c, h, w)):
-        raise ValueError(
+        raise InputError(
             f"baseline of shape {tuple(baseline.shape)} does not fit the layer's output (C, h, w) = "
             f"({c}, {h}, {w}); give (C,) or (C, h, w)"
         )
@@ -282,7 +283,7 @@ def mean_activation(
             with capture_outputs({name: target}) as store:
                 probe.module(chunk)
             if name not in store:
-                raise ValueError(f"layer {name!r} did not run in the forward pass")
+                raise InputError(f"layer {name!r} did not run in the forward pass")
             sums.append(store[name].float().sum(dim=0))
     return torch.stack(sums).sum(dim=0) / len(probe.inputs)
 
@@ -334,10 +335,10 @@ def channel_shapley(
     with probing(model, inputs) as probe:
         x = probe.inputs
         if len(x) != 1:
-            raise ValueError(f"channel Shapley values explain one image at a time, got a batch of {len(x)}")
+            raise InputError(f"channel Shapley values explain one image at a time, got a batch of {len(x)}")
         runner = suffix_runner(probe.module, probe.layer(layer)[0], x, mode=suffix_mode)
         if runner.activation.ndim != 4:
-            raise ValueError(
+            raise InputError(
                 f"layer {runner.layer!r} outputs shape {tuple(runner.activation.shape)}; channel Shapley "
                 "values need a (N, C, h, w) feature map"
             )
@@ -369,15 +370,15 @@ def _check_settings(
     method: str, samples: int | None, stderr: float | None, max_permutations: int, batch_size: int
 ) -> None:
     if method not in ("auto", "exact", "permutation"):
-        raise ValueError(f"method must be 'auto', 'exact' or 'permutation', got {method!r}")
+        raise InputError(f"method must be 'auto', 'exact' or 'permutation', got {method!r}")
     if samples is not None and stderr is not None:
-        raise ValueError(
+        raise InputError(
             "give either samples (a number of permutations) or stderr (a target error), not both"
         )
     if samples is not None:
         check_positive_int("samples", samples)
     if stderr is not None and not (isinstance(stderr, (int, float)) and stderr > 0):
-        raise ValueError(f"stderr must be a positive number, got {stderr!r}")
+        raise InputError(f"stderr must be a positive number, got {stderr!r}")
     check_int_at_least("max_permutations", max_permutations, 2)
     check_positive_int("batch_size", batch_size)
 

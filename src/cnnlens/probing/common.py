@@ -22,6 +22,7 @@ from torch import nn
 from cnnlens.attribution.core.base import ModelLike, check_inputs, first_conv_channels
 from cnnlens.attribution.core.targets import Target, resolve_targets
 from cnnlens.attribution.engine.padding import same_padding_in_conv
+from cnnlens.errors import InputError
 from cnnlens.models.hooks import preserved_state
 from cnnlens.models.layers import resolve_layer
 from cnnlens.models.loaded import LoadedModel
@@ -56,7 +57,7 @@ class Probe:
         """
         if layer is None:
             if not isinstance(self.model, LoadedModel):
-                raise ValueError("give layer= (a dotted name) for a plain nn.Module")
+                raise InputError("give layer= (a dotted name) for a plain nn.Module")
             return self.model.layer(None)
         return resolve_layer(self.module, layer)
 

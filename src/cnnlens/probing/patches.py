@@ -14,6 +14,7 @@ from torch import nn
 
 from cnnlens.attribution.core.base import ModelLike
 from cnnlens.attribution.engine.runner import PassRunner, feature_map
+from cnnlens.errors import InputError
 from cnnlens.models.hooks import capture_outputs
 from cnnlens.probing.common import probing
 from cnnlens.validation import check_positive_int
@@ -104,7 +105,7 @@ def channel_patches(
     check_positive_int("per_channel", per_channel)
     check_positive_int("batch_size", batch_size)
     if not 0 < mass <= 1:
-        raise ValueError(f"mass is a share of the gradient in (0, 1], got {mass}")
+        raise InputError(f"mass is a share of the gradient in (0, 1], got {mass}")
     with probing(model, images) as probe:
         module, x = probe.module, probe.inputs
         name, target = probe.layer(layer)
@@ -135,7 +136,7 @@ def _peaks(
             out = feature_map(store, name, "channel patches")
             bad = [c for c in channels if not 0 <= c < out.shape[1]]
             if bad:
-                raise ValueError(f"channels {bad} are not in layer {name!r}, which has {out.shape[1]}")
+                raise InputError(f"channels {bad} are not in layer {name!r}, which has {out.shape[1]}")
             peak = out[:, channels].flatten(2).float().max(dim=2)
             values.append(peak.values.cpu())
             where.append(peak.indices.cpu())

@@ -10,6 +10,7 @@ from typing import Any
 
 from cnnlens.data.dataset import AUGMENTATIONS
 from cnnlens.data.split import DEFAULT_FRACTIONS, check_fractions
+from cnnlens.errors import InputError
 from cnnlens.models.heads import HEADS, WRAPPING_HEADS
 from cnnlens.models.saliency_net import LOC_LOSSES
 
@@ -99,26 +100,26 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         if self.head not in HEADS or self.head == "original":
-            raise ValueError(f"--head must be one of {', '.join(HEADS[1:])}, got {self.head!r}")
+            raise InputError(f"--head must be one of {', '.join(HEADS[1:])}, got {self.head!r}")
         if not 0.0 <= self.mask_ratio <= 1.0:
-            raise ValueError(f"--mask-ratio must be between 0 and 1, got {self.mask_ratio}")
+            raise InputError(f"--mask-ratio must be between 0 and 1, got {self.mask_ratio}")
         if self.loc_loss not in LOC_LOSSES:
-            raise ValueError(f"--loc-loss must be one of {', '.join(LOC_LOSSES)}, got {self.loc_loss!r}")
+            raise InputError(f"--loc-loss must be one of {', '.join(LOC_LOSSES)}, got {self.loc_loss!r}")
         if self.loc_weight < 0:
-            raise ValueError(f"--lambda must be non-negative, got {self.loc_weight}")
+            raise InputError(f"--lambda must be non-negative, got {self.loc_weight}")
         for name in ("epochs", "batch_size"):
             if getattr(self, name) < 1:
-                raise ValueError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
+                raise InputError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
         if self.lr <= 0 or self.weight_decay < 0:
-            raise ValueError(
+            raise InputError(
                 f"--lr must be positive and weight decay non-negative, got {self.lr}, {self.weight_decay}"
             )
         if self.patience is not None and self.patience < 1:
-            raise ValueError(f"--patience must be at least 1, got {self.patience}")
+            raise InputError(f"--patience must be at least 1, got {self.patience}")
         if self.augment not in AUGMENTATIONS:
-            raise ValueError(f"--augment must be one of {', '.join(AUGMENTATIONS)}, got {self.augment!r}")
+            raise InputError(f"--augment must be one of {', '.join(AUGMENTATIONS)}, got {self.augment!r}")
         if self.image_size is not None and self.image_size < 8:
-            raise ValueError(f"--image-size must be at least 8 pixels, got {self.image_size}")
+            raise InputError(f"--image-size must be at least 8 pixels, got {self.image_size}")
         check_fractions(self.split)
         if self.freeze == "auto":
             object.__setattr__(self, "freeze", auto_freeze(self.head, self.pretrained))

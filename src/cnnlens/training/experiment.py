@@ -48,6 +48,7 @@ from torch.utils.data import DataLoader
 
 from cnnlens.attribution import create
 from cnnlens.data.dataset import ImageDataset, eval_transform
+from cnnlens.errors import InputError
 from cnnlens.evaluation.classification import evaluate
 from cnnlens.evaluation.localisation import energy_in_mask, iou_at, pointing_game, soft_dice
 from cnnlens.models.saliency_net import LOC_LOSSES
@@ -91,7 +92,7 @@ class Backbone:
         """``NAME`` (pretrained weights) or ``NAME:random`` (random initialisation)."""
         name, _, init = text.strip().partition(":")
         if not name or init not in ("", "random", "pretrained"):
-            raise ValueError(f"backbone {text!r}: expected NAME or NAME:random, e.g. resnet18:random")
+            raise InputError(f"backbone {text!r}: expected NAME or NAME:random, e.g. resnet18:random")
         return cls(name, init != "random")
 
 
@@ -133,18 +134,18 @@ class ExperimentConfig:
 
     def __post_init__(self) -> None:
         if not self.backbones:
-            raise ValueError("--backbones needs at least one backbone")
+            raise InputError("--backbones needs at least one backbone")
         if not self.ratios or any(not 0.0 <= r <= 1.0 for r in self.ratios):
-            raise ValueError(f"--ratios are fractions between 0 and 1, got {list(self.ratios)}")
+            raise InputError(f"--ratios are fractions between 0 and 1, got {list(self.ratios)}")
         bad = [x for x in self.loc_losses if x not in LOC_LOSSES]
         if bad or not self.loc_losses:
-            raise ValueError(
+            raise InputError(
                 f"--loc-losses must be among {', '.join(LOC_LOSSES)}, got {list(self.loc_losses)}"
             )
         if self.seeds < 1:
-            raise ValueError(f"--seeds must be at least 1, got {self.seeds}")
+            raise InputError(f"--seeds must be at least 1, got {self.seeds}")
         if not 0.0 < self.threshold < 1.0:
-            raise ValueError(f"--threshold must lie in (0, 1), got {self.threshold}")
+            raise InputError(f"--threshold must lie in (0, 1), got {self.threshold}")
 
 
 @dataclass(frozen=True)

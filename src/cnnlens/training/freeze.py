@@ -19,6 +19,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
+from cnnlens.errors import InputError
 from cnnlens.models.layers import resolve_layer
 
 FREEZE_POLICIES = ("features", "none", "last-stage", "until:LAYER")
@@ -63,14 +64,14 @@ def frozen_units(
         layer = last_stage(module, heads, input_size)
         return [] if layer is None else frozen_units(module, f"until:{layer}", heads)
     if not policy.startswith("until:") or not policy[6:]:
-        raise ValueError(f"unknown freeze policy {policy!r}; expected one of {', '.join(FREEZE_POLICIES)}")
+        raise InputError(f"unknown freeze policy {policy!r}; expected one of {', '.join(FREEZE_POLICIES)}")
     layer, _ = resolve_layer(module, policy[6:])
     inside = [i for i, u in enumerate(units) if _under(u, layer) or _under(layer, u)]
     if not inside:
-        raise ValueError(f"layer {layer!r} has no parameters or sub-layers to freeze")
+        raise InputError(f"layer {layer!r} has no parameters or sub-layers to freeze")
     frozen = units[: inside[-1] + 1]
     if any(_under(u, h) for u in frozen for h in heads):
-        raise ValueError(
+        raise InputError(
             f"freeze until {layer!r} would freeze the head {', '.join(heads)}; pick an earlier layer"
         )
     return frozen

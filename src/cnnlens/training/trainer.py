@@ -42,6 +42,7 @@ from cnnlens.data.dataset import ImageDataset, eval_transform, train_transform
 from cnnlens.data.folders import ImageSet, Sample, class_weights, scan_dataset
 from cnnlens.data.split import load_split, save_split, split_dataset
 from cnnlens.data.transforms import Preprocessing
+from cnnlens.errors import InputError
 from cnnlens.models.checkpoint import atomic_save, checkpoint_dict
 from cnnlens.models.heads import attach_head, head_names
 from cnnlens.models.loaded import LoadedModel
@@ -198,7 +199,7 @@ class Trainer:
         )
         self.trainable = apply_freeze(self.model.module, self.frozen)
         if self.trainable == 0:
-            raise ValueError(f"--freeze {config.freeze} leaves nothing to train")
+            raise InputError(f"--freeze {config.freeze} leaves nothing to train")
         self._check_loc_reaches_features()
         if objective is None and config.saliency_aware:
             objective = SaliencyAware(config.loc_loss, config.loc_weight, self._class_weights())
@@ -224,11 +225,11 @@ class Trainer:
         folder = Path(run)
         if folder.exists() and any(folder.iterdir()):
             if not force:
-                raise ValueError(
+                raise InputError(
                     f"{folder} already exists; use --resume {folder} to continue it or --force to replace it"
                 )
             if not is_run_folder(folder):
-                raise ValueError(f"{folder} is not empty and not a training run; --force will not delete it")
+                raise InputError(f"{folder} is not empty and not a training run; --force will not delete it")
             shutil.rmtree(folder)
         folder.mkdir(parents=True, exist_ok=True)
         config = absolute_paths(config)
@@ -249,7 +250,7 @@ class Trainer:
         """
         folder = Path(run)
         if not (folder / "config.json").is_file():
-            raise ValueError(f"{folder} is not a training run (no config.json); start one without --resume")
+            raise InputError(f"{folder} is not a training run (no config.json); start one without --resume")
         trainer = cls(TrainConfig.load(folder / "config.json"), folder, **kw)
         if (folder / "last.pt").is_file():
             trainer._load_state(folder / "last.pt")
@@ -280,7 +281,7 @@ class Trainer:
         images with a mask keep it."""
         masked = [i for i, s in enumerate(train) if s.mask is not None]
         if not masked:
-            raise ValueError(
+            raise InputError(
                 "saliency-aware training needs masks, but no training image has one; pass --masks MASKDIR "
                 "(mask files named like the images) or a manifest with a mask column"
             )
@@ -293,7 +294,7 @@ class Trainer:
         cfg = self.config
         base = load_model(cfg.model, weights=cfg.weights, pretrained=cfg.pretrained, device=cfg.device)
         if base.head not in ("original", cfg.head):
-            raise ValueError(
+            raise InputError(
                 f"{cfg.model} has a {base.head} head, not {cfg.head}; train it on with --head {base.head}"
             )
         pre = resized(base.preprocessing, cfg.image_size)

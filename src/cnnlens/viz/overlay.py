@@ -5,6 +5,8 @@ from __future__ import annotations
 import numpy as np
 from PIL import Image
 
+from cnnlens.errors import InputError
+
 
 def normalize_map(attribution: np.ndarray, *, signed: bool = False, percentile: float = 99.5) -> np.ndarray:
     """Scale a map for display: ``[0, 1]`` for unsigned maps, ``[-1, 1]`` (0 stays 0) for signed ones.
@@ -48,10 +50,10 @@ def overlay(
         cmap: A matplotlib colour-map name.
     """
     if not 0 <= alpha <= 1:
-        raise ValueError(f"alpha must be in [0, 1], got {alpha}")
+        raise InputError(f"alpha must be in [0, 1], got {alpha}")
     a = np.asarray(attribution)
     if a.ndim != 2:
-        raise ValueError(f"attribution must be a 2-D map, got shape {a.shape}")
+        raise InputError(f"attribution must be a 2-D map, got shape {a.shape}")
     heat = Image.fromarray(colorize(a, signed=signed, cmap=cmap)).resize(
         image.size, Image.Resampling.BILINEAR
     )

@@ -32,6 +32,7 @@ from cnnlens.attribution.engine.runner import (
     objective_scores,
     target_scores,
 )
+from cnnlens.errors import InputError, InputTypeError
 from cnnlens.models.hooks import preserved_state
 from cnnlens.models.layers import default_cam_layer, resolve_layer
 from cnnlens.models.loaded import LoadedModel
@@ -115,22 +116,22 @@ def chunk_targets(targets: torch.Tensor | TargetPicker, logits: torch.Tensor, st
 def check_inputs(inputs: torch.Tensor, channels: int | None = None) -> torch.Tensor:
     """Validate a preprocessed image batch: a float ``(N, C, H, W)`` (or one ``(C, H, W)``) tensor."""
     if not isinstance(inputs, torch.Tensor):
-        raise TypeError(
+        raise InputTypeError(
             f"inputs must be a preprocessed image tensor, got {type(inputs).__name__}; "
             "use LoadedModel.prepare(image) to make one"
         )
     if inputs.ndim == 3:
         inputs = inputs.unsqueeze(0)
     if inputs.ndim != 4:
-        raise ValueError(f"inputs must have shape (N, C, H, W) or (C, H, W), got {tuple(inputs.shape)}")
+        raise InputError(f"inputs must have shape (N, C, H, W) or (C, H, W), got {tuple(inputs.shape)}")
     if not inputs.is_floating_point():
-        raise TypeError(f"inputs must be a float tensor, got {inputs.dtype}")
+        raise InputTypeError(f"inputs must be a float tensor, got {inputs.dtype}")
     if inputs.shape[0] == 0:
-        raise ValueError("inputs is an empty batch")
+        raise InputError("inputs is an empty batch")
     if channels is not None and inputs.shape[1] != channels:
-        raise ValueError(f"the model expects {channels} input channels, got {inputs.shape[1]}")
+        raise InputError(f"the model expects {channels} input channels, got {inputs.shape[1]}")
     if not torch.isfinite(inputs).all():
-        raise ValueError("inputs contain NaN or infinite values")
+        raise InputError("inputs contain NaN or infinite values")
     return inputs
 
 
@@ -139,7 +140,7 @@ def check_batch_size(batch_size: object) -> None:
     if batch_size is None or batch_size == "auto":
         return
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"batch_size must be a positive integer or 'auto', got {batch_size!r}")
+        raise InputError(f"batch_size must be a positive integer or 'auto', got {batch_size!r}")
 
 
 def first_conv_channels(module: nn.Module) -> int | None:
@@ -194,14 +195,14 @@ class Attribution(ABC):
         backend: str = "auto",
     ):
         if not isinstance(model, (nn.Module, LoadedModel)):
-            raise TypeError(f"model must be an nn.Module or a LoadedModel, got {type(model).__name__}")
+            raise InputTypeError(f"model must be an nn.Module or a LoadedModel, got {type(model).__name__}")
         if layer is not None and not self.uses_layer:
-            raise ValueError(f"method {self.name!r} does not use a layer, but layer={layer!r} was given")
+            raise InputError(f"method {self.name!r} does not use a layer, but layer={layer!r} was given")
         check_batch_size(batch_size)
         module = model.module if isinstance(model, LoadedModel) else model
         reason = self.unsupported(module)
         if reason is not None:
-            raise ValueError(f"method {self.name!r} cannot explain {type(module).__name__}: {reason}")
+            raise InputError(f"method {self.name!r} cannot explain {type(module).__name__}: {reason}")
         self.model = model
         self.layer = layer
         self.batch_size = batch_size
@@ -245,7 +246,7 @@ class Attribution(ABC):
             return self.model.layer(None)
         name = default_cam_layer(self.module, tuple(inputs.shape[-2:]), inputs.shape[1])  # type: ignore[arg-type]
         if name is None:
-            raise ValueError(f"{type(self.module).__name__} has no spatial layer; pass layer=")
+            raise InputError(f"{type(self.module).__name__} has no spatial layer; pass layer=")
         return resolve_layer(self.module, name)
 
     @classmethod
@@ -301,7 +302,7 @@ class Attribution(ABC):
         check_batch_size(batch_size)
         objective: Objective | None = target if callable(target) else None
         if objective is not None and not self.explains_functions:
-            raise ValueError(
+            raise InputError(
                 f"method {self.name!r} explains a class, not a function of the logits; give a class "
                 "index or name, or use a gradient or perturbation method"
             )

@@ -13,6 +13,7 @@ import torch
 from PIL import Image
 
 from cnnlens.data.transforms import Preprocessing
+from cnnlens.errors import InputError
 
 #: Prefix of the ``.npz`` keys that hold :attr:`Explanation.extras`.
 EXTRA_PREFIX = "extra_"
@@ -255,7 +256,7 @@ class Explanation:
         mask = _as_array(self.extra(name, index))
         if mask is None or mask.ndim != 2:
             shape = "not an array" if mask is None else f"shape {mask.shape}"
-            raise ValueError(f"extra {name!r} of {self.method} is {shape}, expected an (H, W) mask")
+            raise InputError(f"extra {name!r} of {self.method} is {shape}, expected an (H, W) mask")
         view = _view(image, self._preprocessing(preprocessing), max_side).convert("RGB")
         keep = Image.fromarray(mask.astype(bool).astype(np.uint8) * 255)
         keep = keep.resize(view.size, Image.Resampling.NEAREST)

@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import Any, TypeVar
 
 from cnnlens.attribution.core.base import Attribution, ModelLike
-from cnnlens.errors import unknown
+from cnnlens.errors import InputError, InputTypeError, unknown
 
 _METHODS: dict[str, type[Attribution]] = {}
 
@@ -21,9 +21,9 @@ def register(cls: A) -> A:
     """
     for attr in ("name", "family", "summary", "reference"):
         if not getattr(cls, attr, None):
-            raise TypeError(f"{cls.__name__} must set the class attribute {attr!r} to be registered")
+            raise InputTypeError(f"{cls.__name__} must set the class attribute {attr!r} to be registered")
     if cls.name in _METHODS and _METHODS[cls.name] is not cls:
-        raise ValueError(f"method name {cls.name!r} is already registered by {_METHODS[cls.name].__name__}")
+        raise InputError(f"method name {cls.name!r} is already registered by {_METHODS[cls.name].__name__}")
     _METHODS[cls.name] = cls
     return cls
 
@@ -47,10 +47,10 @@ def create(name: str, model: ModelLike, **params: Any) -> Attribution:
     allowed = cls.hyperparameters()
     bad = [k for k in params if k not in allowed]
     if "layer" in bad and params["layer"] is not None:
-        raise ValueError(f"method {name!r} does not use a layer, but layer={params['layer']!r} was given")
+        raise InputError(f"method {name!r} does not use a layer, but layer={params['layer']!r} was given")
     bad = [k for k in bad if k != "layer"]
     if bad:
-        raise TypeError(
+        raise InputTypeError(
             f"method {name!r} has no parameter {', '.join(map(repr, bad))}; "
             f"its parameters are: {', '.join(allowed) or 'none'}"
         )

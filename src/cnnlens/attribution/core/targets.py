@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
-from cnnlens.errors import unknown
+from cnnlens.errors import InputError, InputTypeError, unknown
 
 if TYPE_CHECKING:  # the methods import this module
     from cnnlens.attribution.core.base import Attribution
@@ -36,7 +36,7 @@ def class_index(value: int | str, class_names: Sequence[str] | None, num_classes
         UnknownNameError: The name is not a class of the model (the closest names are listed).
     """
     if isinstance(value, (bool, np.bool_)):
-        raise TypeError(f"target must be a class index or name, not a bool ({value!r})")
+        raise InputTypeError(f"target must be a class index or name, not a bool ({value!r})")
     if isinstance(value, (int, np.integer)):
         idx = int(value)
     elif isinstance(value, str):
@@ -46,7 +46,7 @@ def class_index(value: int | str, class_names: Sequence[str] | None, num_classes
         else:
             names = list(class_names or [])
             if not names:
-                raise ValueError(
+                raise InputError(
                     f"target {value!r} is a class name, but the model has no class names; "
                     "give a class index instead"
                 )
@@ -55,9 +55,9 @@ def class_index(value: int | str, class_names: Sequence[str] | None, num_classes
                 raise unknown("class", text, names, "Give an index or one of the model's classes")
             return lowered.index(text.lower())
     else:
-        raise TypeError(f"target must be a class index or name, got {type(value).__name__}")
+        raise InputTypeError(f"target must be a class index or name, got {type(value).__name__}")
     if not 0 <= idx < num_classes:
-        raise ValueError(
+        raise InputError(
             f"target class {idx} is out of range for a model with {num_classes} classes "
             f"(0..{num_classes - 1})"
         )
@@ -108,7 +108,7 @@ def resolve_targets(
         idx = class_index(target, class_names, num_classes)
         return torch.full((n,), idx, dtype=torch.long)
     if not isinstance(target, Sequence):
-        raise TypeError(
+        raise InputTypeError(
             f"target must be a class index or name, or one per input; got {type(target).__name__}"
         )
     items = list(target)
@@ -147,7 +147,7 @@ def explain_targets(
     """
     wanted = [targets] if isinstance(targets, (int, str, np.integer)) else list(targets)
     if not wanted:
-        raise ValueError("explain_targets needs at least one target class (an index or a name)")
+        raise InputError("explain_targets needs at least one target class (an index or a name)")
     names = method.class_names
     if names:  # a misspelt name fails before any work is done
         wanted = [class_index(t, names, len(names)) for t in wanted]

@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import torch
 
+from cnnlens.errors import InputError
+
 MEMORY_FORMATS = ("auto", "channels_last", "contiguous")
 
 
 def check_memory_format(memory_format: str) -> str:
     """Validate a ``memory_format=`` argument."""
     if memory_format not in MEMORY_FORMATS:
-        raise ValueError(f"memory_format must be one of {', '.join(MEMORY_FORMATS)}, got {memory_format!r}")
+        raise InputError(f"memory_format must be one of {', '.join(MEMORY_FORMATS)}, got {memory_format!r}")
     return memory_format
 
 

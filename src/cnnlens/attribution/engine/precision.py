@@ -13,7 +13,7 @@ from torch import nn
 
 from cnnlens import capabilities
 from cnnlens.attribution.engine.padding import same_padding_in_conv
-from cnnlens.errors import PrecisionError
+from cnnlens.errors import InputError, PrecisionError
 from cnnlens.models.hooks import Handles
 
 logger = logging.getLogger(__name__)
@@ -31,7 +31,7 @@ def bf16_is_native(device: torch.device) -> bool:
 def check_precision(precision: str) -> str:
     """Validate a ``precision=`` argument."""
     if precision not in PRECISIONS:
-        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+        raise InputError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
     return precision
 
 

@@ -34,7 +34,7 @@ from cnnlens.attribution.engine.precision import (
     evaluation_context,
     resolve_precision,
 )
-from cnnlens.errors import BackendError
+from cnnlens.errors import BackendError, InputError
 from cnnlens.models.hooks import capture_outputs
 
 BACKENDS = ("auto", "eager", "fused")
@@ -48,7 +48,7 @@ ScoreFn = Callable[[torch.Tensor, dict[str, torch.Tensor], int], torch.Tensor]
 def check_backend(backend: str) -> str:
     """Validate a ``backend=`` argument."""
     if backend not in BACKENDS:
-        raise ValueError(f"backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
+        raise InputError(f"backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
     return backend
 
 
@@ -70,7 +70,7 @@ def objective_scores(objective: Objective, logits: torch.Tensor) -> torch.Tensor
     out = objective(logits)
     if not isinstance(out, torch.Tensor) or out.shape != (len(logits),):
         shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
-        raise ValueError(
+        raise InputError(
             f"a target function must map (N, K) logits to (N,) scores, got {shape} for N={len(logits)}"
         )
     return out.float()
@@ -83,10 +83,10 @@ def feature_map(store: dict[str, torch.Tensor], name: str, purpose: str = "this 
         ValueError: The layer did not run, or its output is not a 4-d feature map.
     """
     if name not in store:
-        raise ValueError(f"layer {name!r} did not run in the forward pass; choose a layer the model calls")
+        raise InputError(f"layer {name!r} did not run in the forward pass; choose a layer the model calls")
     a = store[name]
     if a.ndim != 4:
-        raise ValueError(
+        raise InputError(
             f"layer {name!r} outputs shape {tuple(a.shape)}, not the (N, C, h, w) feature map that "
             f"{purpose} works on; choose a convolutional layer or block"
         )

@@ -10,6 +10,7 @@ import torch
 from torch import fx, nn
 
 from cnnlens.attribution.engine.tracing import LeafTracer, timm_notrace_modules
+from cnnlens.errors import InputError, InputTypeError
 from cnnlens.models.hooks import Handles
 
 logger = logging.getLogger(__name__)
@@ -78,7 +79,7 @@ def _logits(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
     with torch.inference_mode():
         out = module(x)
     if not isinstance(out, torch.Tensor):
-        raise TypeError(f"the network returns {type(out).__name__}, not a tensor of logits")
+        raise InputTypeError(f"the network returns {type(out).__name__}, not a tensor of logits")
     return out.float()
 
 
@@ -144,7 +145,7 @@ class LayerSplit:
         mode: str = "auto",
     ) -> None:
         if mode not in SPLIT_MODES:
-            raise ValueError(f"unknown split mode {mode!r}; expected one of {', '.join(SPLIT_MODES)}")
+            raise InputError(f"unknown split mode {mode!r}; expected one of {', '.join(SPLIT_MODES)}")
         self.module = module
         self.name = name
         self.layer = layer
@@ -201,7 +202,7 @@ class LayerSplit:
     def head(self, x: torch.Tensor) -> Head:
         """The layer's activation for one image ``x`` (``(1, C, H, W)``), and what the tail needs."""
         if x.shape[0] != 1:
-            raise ValueError(f"head() takes one image, got a batch of {x.shape[0]}")
+            raise InputError(f"head() takes one image, got a batch of {x.shape[0]}")
         if self.split:
             values = self._head(x)
             return Head(values[0], list(values[1:]))
@@ -219,7 +220,7 @@ class LayerSplit:
         finally:
             handles.remove()
         if not seen:
-            raise ValueError(
+            raise InputError(
                 f"layer {self.name!r} did not run in the forward pass; choose a layer the model calls"
             )
         return Head(seen[-1], [x, len(seen)])
@@ -278,7 +279,7 @@ class SuffixRunner:
 
         The caller's ``activations`` are not modified."""
         if activations.shape[1:] != self.activation.shape[1:]:
-            raise ValueError(
+            raise InputError(
                 f"activations of shape {tuple(activations.shape)} do not fit layer {self.layer!r}, "
                 f"whose output has shape (B, {', '.join(map(str, self.activation.shape[1:]))})"
             )
@@ -311,9 +312,9 @@ def suffix_runner(
     from cnnlens.models.layers import resolve_layer
 
     if mode not in SPLIT_MODES:
-        raise ValueError(f"unknown split mode {mode!r}; expected one of {', '.join(SPLIT_MODES)}")
+        raise InputError(f"unknown split mode {mode!r}; expected one of {', '.join(SPLIT_MODES)}")
     if image.ndim != 4 or len(image) != 1:
-        raise ValueError(f"suffix_runner binds one image of shape (1, C, H, W), got {tuple(image.shape)}")
+        raise InputError(f"suffix_runner binds one image of shape (1, C, H, W), got {tuple(image.shape)}")
     name, target = resolve_layer(module, layer)
     split = LayerSplit(module, name, target, check=image, mode=mode)
     with torch.inference_mode():

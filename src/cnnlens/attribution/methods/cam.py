@@ -22,6 +22,7 @@ from cnnlens.attribution.core.base import (
 )
 from cnnlens.attribution.core.registry import register
 from cnnlens.attribution.engine.runner import feature_map
+from cnnlens.errors import InputError
 from cnnlens.models.hooks import capture_outputs
 
 
@@ -227,7 +228,7 @@ class CAM(OnePass):
     def _head(self, name: str, acts: torch.Tensor, logits: torch.Tensor) -> nn.Linear:
         head = linear_head(self.module, acts.shape[1], logits.shape[1])
         if head is None:
-            raise ValueError(
+            raise InputError(
                 f"CAM needs layer {name!r} ({acts.shape[1]} channels) to reach the {logits.shape[1]} "
                 f"logits through global average pooling and one linear layer, but "
                 f"{type(self.module).__name__} has no nn.Linear({acts.shape[1]} -> {logits.shape[1]}); "
@@ -244,7 +245,7 @@ class CAM(OnePass):
         actual = logits.gather(1, targets.view(-1, 1)).squeeze(1)
         error = (predicted - actual).abs().max()
         if error > 1e-4 + 1e-3 * actual.abs().max():
-            raise ValueError(
+            raise InputError(
                 f"CAM needs logits = W @ global_average_pool(A) + b for the output A of layer {name!r}, "
                 f"but {type(self.module).__name__}'s logits differ from that by up to {float(error):.3g} "
                 "(a multi-layer head, or more layers between A and the classifier); use gradcam, or "

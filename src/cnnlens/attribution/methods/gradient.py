@@ -25,6 +25,7 @@ from cnnlens.attribution.core.base import (
 )
 from cnnlens.attribution.core.registry import register
 from cnnlens.attribution.engine.runner import PassRunner
+from cnnlens.errors import InputError
 from cnnlens.models.loaded import LoadedModel
 from cnnlens.validation import check_positive_int
 
@@ -229,10 +230,10 @@ class SmoothGrad(Attribution):
     ):
         super().__init__(model, batch_size=batch_size, **settings)
         if not 0 <= noise < float("inf"):
-            raise ValueError(f"noise must be a fraction of the input range >= 0 (e.g. 0.15), got {noise}")
+            raise InputError(f"noise must be a fraction of the input range >= 0 (e.g. 0.15), got {noise}")
         check_positive_int("n_samples", n_samples)
         if variant not in SMOOTHGRAD_VARIANTS:
-            raise ValueError(f"variant must be one of {', '.join(SMOOTHGRAD_VARIANTS)}, got {variant!r}")
+            raise InputError(f"variant must be one of {', '.join(SMOOTHGRAD_VARIANTS)}, got {variant!r}")
         self.noise = noise
         self.n_samples = n_samples
         self.seed = seed
@@ -269,7 +270,7 @@ def path_nodes(rule: str, steps: int) -> tuple[list[float], list[float]]:
         return [(float(a) + 1) / 2 for a in nodes], [float(w) / 2 for w in gl_weights]
     if rule == "trapezoid":
         if steps < 2:
-            raise ValueError(f"the trapezoid rule needs steps >= 2, got {steps}")
+            raise InputError(f"the trapezoid rule needs steps >= 2, got {steps}")
         alphas = [k / (steps - 1) for k in range(steps)]
         weights = [1 / (steps - 1)] * steps
         weights[0] = weights[-1] = 0.5 / (steps - 1)
@@ -283,7 +284,7 @@ def given_baseline(baseline: torch.Tensor, inputs: torch.Tensor) -> torch.Tensor
     b = baseline.detach().to(device=inputs.device, dtype=inputs.dtype)
     b = b.unsqueeze(0) if b.ndim == 3 else b
     if b.ndim != 4 or b.shape[1:] != inputs.shape[1:] or b.shape[0] not in (1, len(inputs)):
-        raise ValueError(
+        raise InputError(
             f"the baseline tensor has shape {tuple(baseline.shape)}, but the inputs are "
             f"{tuple(inputs.shape)}; give (C, H, W), (1, C, H, W) or (N, C, H, W) with the same C, H, W"
         )
@@ -341,14 +342,14 @@ class IntegratedGradients(Attribution):
         super().__init__(model, batch_size=batch_size, **settings)
         if isinstance(baseline, torch.Tensor):
             if not baseline.is_floating_point() or not torch.isfinite(baseline).all():
-                raise ValueError("a baseline tensor must be a finite float tensor in the model's input space")
+                raise InputError("a baseline tensor must be a finite float tensor in the model's input space")
         elif baseline not in BASELINES:
-            raise ValueError(f"baseline must be one of {', '.join(BASELINES)} or a tensor, got {baseline!r}")
+            raise InputError(f"baseline must be one of {', '.join(BASELINES)} or a tensor, got {baseline!r}")
         check_positive_int("steps", steps)
         if rule not in IG_RULES:
-            raise ValueError(f"rule must be one of {', '.join(IG_RULES)}, got {rule!r}")
+            raise InputError(f"rule must be one of {', '.join(IG_RULES)}, got {rule!r}")
         if not blur_sigma > 0:
-            raise ValueError(f"blur_sigma must be a positive number of pixels, got {blur_sigma}")
+            raise InputError(f"blur_sigma must be a positive number of pixels, got {blur_sigma}")
         path_nodes(rule, steps)  # validates steps for the rule
         self.baseline = baseline
         self.steps = steps

@@ -36,6 +36,7 @@ from cnnlens.attribution.core.base import Attribution, TargetPicker
 from cnnlens.attribution.core.registry import register
 from cnnlens.attribution.methods.cam import GradCAM
 from cnnlens.attribution.methods.gradient import InputGradientMethod, input_gradient, saliency_reduction
+from cnnlens.errors import InputError
 from cnnlens.models.hooks import Handles
 
 RULES = ("guided", "deconvnet")
@@ -89,11 +90,11 @@ def backprop_rule(model: nn.Module, rule: str) -> Iterator[list[int]]:
         ValueError: Unknown rule, or no ReLU/ReLU6 module in the model.
     """
     if rule not in RULES:
-        raise ValueError(f"rule must be one of {', '.join(RULES)}, got {rule!r}")
+        raise InputError(f"rule must be one of {', '.join(RULES)}, got {rule!r}")
     modules = rectifiers(model)
     if not modules:
         found = ", ".join(_activation_types(model)) or "none found"
-        raise ValueError(
+        raise InputError(
             f"the {rule} rule is defined for ReLU activations, but {type(model).__name__} has no "
             f"nn.ReLU or nn.ReLU6 module (activations: {found}); use saliency, smoothgrad, "
             "integrated_gradients or gradcam for this model"
@@ -139,7 +140,7 @@ def rule_gradient(
     with backprop_rule(attribution.module, rule) as calls:
         grads = input_gradient(attribution.passes, inputs, targets, batch_size)
     if calls[0] == 0:
-        raise ValueError(
+        raise InputError(
             f"no ReLU module of {type(attribution.module).__name__} ran in the forward pass (its "
             f"rectifiers are called as functions?), so the {rule} rule could not be applied"
         )

@@ -26,6 +26,7 @@ from torch import nn
 from cnnlens.attribution.core.base import Attribution, LayerSpec, ModelLike
 from cnnlens.attribution.core.registry import register
 from cnnlens.attribution.engine.runner import PassRunner
+from cnnlens.errors import InputError, InputTypeError
 from cnnlens.models.layers import resolve_layer
 from cnnlens.validation import check_positive_int
 
@@ -78,7 +79,7 @@ def select_layers(module: nn.Module, layers: LayerSelection = None) -> dict[str,
         kind = layers or "auto"
         stages = stage_layers(module) if kind != "conv" else []
         if kind == "stages" and not stages:
-            raise ValueError(
+            raise InputError(
                 f"{type(module).__name__} has no recognisable stages (layerN, blocks.N, stages.N); "
                 "use layers='conv' or name the layers"
             )
@@ -88,7 +89,7 @@ def select_layers(module: nn.Module, layers: LayerSelection = None) -> dict[str,
     else:
         names = list(layers)  # type: ignore[arg-type]
     if not names:
-        raise ValueError(f"no layers selected in {type(module).__name__}; name the layers to use")
+        raise InputError(f"no layers selected in {type(module).__name__}; name the layers to use")
     resolved = [resolve_layer(module, n) for n in names]
     return dict(resolved)
 
@@ -173,7 +174,7 @@ def _input_baseline(value: float | torch.Tensor, inputs: torch.Tensor) -> torch.
     if b.shape == inputs.shape[1:]:
         b = b.expand_as(inputs)
     if b.shape != inputs.shape:
-        raise ValueError(
+        raise InputError(
             f"baseline of shape {tuple(value.shape)} does not fit inputs of shape {tuple(inputs.shape)}; "
             "give one (C, H, W) baseline or one per input"
         )
@@ -339,7 +340,7 @@ class LayerIntegratedGradients(LayerMethod):
         super().__init__(model, layer=layer, batch_size=batch_size)
         check_positive_int("steps", steps)
         if not isinstance(baseline, (int, float, torch.Tensor)) or isinstance(baseline, bool):
-            raise TypeError(f"baseline must be a number or a tensor, got {type(baseline).__name__}")
+            raise InputTypeError(f"baseline must be a number or a tensor, got {type(baseline).__name__}")
         self.steps = steps
         self.baseline = baseline
 
@@ -414,9 +415,9 @@ class LayerGradientShap(LayerMethod):
         for key, value in (("n_samples", n_samples), ("n_baselines", n_baselines)):
             check_positive_int(key, value)
         if not isinstance(stdev, (int, float)) or stdev < 0:
-            raise ValueError(f"stdev must be a non-negative number, got {stdev!r}")
+            raise InputError(f"stdev must be a non-negative number, got {stdev!r}")
         if baselines is not None and (not isinstance(baselines, torch.Tensor) or baselines.ndim != 4):
-            raise ValueError("baselines must be a (B, C, H, W) tensor of preprocessed images, or None")
+            raise InputError("baselines must be a (B, C, H, W) tensor of preprocessed images, or None")
         self.n_samples = n_samples
         self.baselines = baselines
         self.n_baselines = n_baselines
@@ -427,7 +428,7 @@ class LayerGradientShap(LayerMethod):
         """The baselines: the given ones, or the all-zero input plus ``n_baselines - 1`` N(0, 1) images."""
         if self.baselines is not None:
             if self.baselines.shape[1:] != inputs.shape[1:]:
-                raise ValueError(
+                raise InputError(
                     f"baselines have shape {tuple(self.baselines.shape[1:])} per image, the inputs "
                     f"{tuple(inputs.shape[1:])}; give baselines preprocessed like the inputs"
                 )

@@ -10,6 +10,7 @@ import torch.nn.functional as F
 
 from cnnlens.attribution.core.base import Attributed, Attribution, ModelLike
 from cnnlens.attribution.core.registry import register
+from cnnlens.errors import InputError, InputTypeError
 from cnnlens.validation import check_int, check_real, check_score, describe, is_int
 
 #: A window as ``(top, left, height, width)`` in pixels.
@@ -22,10 +23,12 @@ def _sizes(name: str, value: object) -> int | tuple[int, ...]:
     """An integer, or a non-empty list / tuple of integers (returned as a tuple)."""
     if isinstance(value, (list, tuple)):
         if not value:
-            raise ValueError(f"{name} must list at least one size, got {value!r}")
+            raise InputError(f"{name} must list at least one size, got {value!r}")
         return tuple(check_int(f"{name}[{i}]", v) for i, v in enumerate(value))
     if not is_int(value):
-        raise TypeError(f"{name} must be an integer or a list of integers (pixels), got {describe(value)}")
+        raise InputTypeError(
+            f"{name} must be an integer or a list of integers (pixels), got {describe(value)}"
+        )
     return int(value)
 
 
@@ -41,10 +44,10 @@ def _check_fixed(fixed: object) -> tuple[int, int] | str | None:
     if fixed is None or (isinstance(fixed, str) and fixed in FIXED_MODES):
         return fixed
     if not isinstance(fixed, (list, tuple)) or len(fixed) != 2:
-        raise ValueError(f"{expected}, got {fixed!r}")
+        raise InputError(f"{expected}, got {fixed!r}")
     top, left = check_int("fixed[0] (top)", fixed[0]), check_int("fixed[1] (left)", fixed[1])
     if min(top, left) < 0:
-        raise ValueError(f"{expected}, got {fixed!r}")
+        raise InputError(f"{expected}, got {fixed!r}")
     return top, left
 
 
@@ -111,9 +114,9 @@ class Occlusion(Attribution):
         strides = None if stride is None else _sizes("stride", stride)
         flat = [*_as_tuple(windows), *_as_tuple(strides)]
         if min(flat) < 1:
-            raise ValueError(f"window and stride must be positive, got window={window}, stride={stride}")
+            raise InputError(f"window and stride must be positive, got window={window}, stride={stride}")
         if isinstance(strides, tuple) and (not isinstance(windows, tuple) or len(strides) != len(windows)):
-            raise ValueError(
+            raise InputError(
                 f"a list of strides needs a list of windows of the same length (one step per size), "
                 f"got window={window}, stride={stride}; or give one stride, or stride=None for half "
                 "of each window"
@@ -147,7 +150,7 @@ class Occlusion(Attribution):
         """
         if window is None:
             if not isinstance(self.window, int):
-                raise ValueError(f"window= is needed: this method slides several sizes {self.window}")
+                raise InputError(f"window= is needed: this method slides several sizes {self.window}")
             window = self.window
         if stride is None:
             stride = self.stride if isinstance(self.stride, int) else max(1, window // 2)
@@ -281,7 +284,7 @@ class DoubleOcclusion(Occlusion):
     ):
         for key, value in (("window", window), ("stride", stride)):
             if isinstance(value, (list, tuple)):
-                raise TypeError(
+                raise InputTypeError(
                     f"double_occlusion slides one window size, got {key}={value!r}; "
                     "use occlusion for several sizes"
                 )
@@ -295,7 +298,7 @@ class DoubleOcclusion(Occlusion):
             **settings,
         )
         if check_int("fixed_window", fixed_window) < 1:
-            raise ValueError(f"fixed_window must be positive, got {fixed_window}")
+            raise InputError(f"fixed_window must be positive, got {fixed_window}")
         self.fixed_window = int(fixed_window)
         self.fixed = _check_fixed(fixed)
 
@@ -404,9 +407,9 @@ class RISE(Attribution):
     ):
         super().__init__(model, batch_size=batch_size, **settings)
         if check_int("n_masks", n_masks) < 1 or check_int("cells (grid cells per side)", cells) < 1:
-            raise ValueError(f"n_masks and cells must be positive, got n_masks={n_masks}, cells={cells}")
+            raise InputError(f"n_masks and cells must be positive, got n_masks={n_masks}, cells={cells}")
         if not 0.0 < check_real("p1", p1) <= 1.0:
-            raise ValueError(f"p1 (the keep probability) must be in (0, 1], got {p1}")
+            raise InputError(f"p1 (the keep probability) must be in (0, 1], got {p1}")
         self.n_masks = int(n_masks)
         self.cells = int(cells)
         self.p1 = float(p1)

@@ -12,6 +12,7 @@ from cnnlens.attribution.core.base import Attributed, Attribution, LayerSpec, Mo
 from cnnlens.attribution.core.registry import register
 from cnnlens.attribution.engine.runner import feature_map
 from cnnlens.attribution.engine.split import LayerSplit
+from cnnlens.errors import InputError, InputTypeError
 from cnnlens.models.hooks import Handles
 from cnnlens.validation import check_real, check_score
 
@@ -27,7 +28,9 @@ def _layer_activations(method: Attribution, inputs: torch.Tensor, batch_size: in
 
     def keep(_m: nn.Module, _i: object, a: object) -> None:
         if not isinstance(a, torch.Tensor):
-            raise TypeError(f"layer {name!r} returns {type(a).__name__}, not a tensor; choose a conv layer")
+            raise InputTypeError(
+                f"layer {name!r} returns {type(a).__name__}, not a tensor; choose a conv layer"
+            )
         out.append(a.clone())
 
     try:
@@ -155,7 +158,7 @@ class AblationCAM(_ForwardCAM):
                 head = split.head(image[None])
             acts = head.activation
             if acts.ndim != 4:
-                raise ValueError(
+                raise InputError(
                     f"layer {name!r} outputs shape {tuple(acts.shape)}; choose a convolutional layer"
                 )
             tail = lambda b, head=head: split.tail(b, head)  # noqa: E731

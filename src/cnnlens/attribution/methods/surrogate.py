@@ -23,6 +23,7 @@ from sklearn.linear_model import Ridge
 
 from cnnlens.attribution.core.base import Attributed, Attribution, ModelLike
 from cnnlens.attribution.core.registry import register
+from cnnlens.errors import InputError
 from cnnlens.validation import check_int, check_real, check_score
 
 SEGMENTATIONS = ("slic", "quickshift", "grid")
@@ -62,7 +63,7 @@ def superpixels(image: torch.Tensor, segmentation: str = "slic", n_segments: int
             )
         else:
             if arr.shape[-1] != 3:
-                raise ValueError(f"quickshift needs RGB images, got {arr.shape[-1]} channels; use slic")
+                raise InputError(f"quickshift needs RGB images, got {arr.shape[-1]} channels; use slic")
             raw = quickshift(arr, kernel_size=4, max_dist=200, ratio=0.2)
         labels = torch.from_numpy(np.asarray(raw, dtype=np.int64))
     return torch.unique(labels, return_inverse=True)[1].to(image.device)
@@ -121,13 +122,13 @@ class SuperpixelSurrogate(Attribution):
     ):
         super().__init__(model, batch_size=batch_size, **settings)
         if check_int("n_samples", n_samples) < 2:
-            raise ValueError(f"n_samples must be at least 2, got {n_samples}")
+            raise InputError(f"n_samples must be at least 2, got {n_samples}")
         if segmentation not in SEGMENTATIONS:
-            raise ValueError(f"segmentation must be one of {', '.join(SEGMENTATIONS)}, got {segmentation!r}")
+            raise InputError(f"segmentation must be one of {', '.join(SEGMENTATIONS)}, got {segmentation!r}")
         if check_int("n_segments", n_segments) < 1:
-            raise ValueError(f"n_segments must be positive, got {n_segments}")
+            raise InputError(f"n_segments must be positive, got {n_segments}")
         if fill not in FILLS:
-            raise ValueError(f"fill must be one of {', '.join(FILLS)}, got {fill!r}")
+            raise InputError(f"fill must be one of {', '.join(FILLS)}, got {fill!r}")
         self.n_samples = int(n_samples)
         self.segmentation = segmentation
         self.n_segments = int(n_segments)
@@ -210,7 +211,7 @@ class LIME(SuperpixelSurrogate):
             check_int("top_k", top_k),
         )
         if width <= 0 or ridge_alpha < 0 or k < 1:
-            raise ValueError(
+            raise InputError(
                 f"need kernel_width > 0, alpha >= 0 and top_k >= 1, got {kernel_width}, {alpha}, {top_k}"
             )
         self.kernel_width = width
