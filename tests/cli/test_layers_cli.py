@@ -189,7 +189,7 @@ def test_errors_are_clear(files: dict[str, Path], tmp_path: Path, capsys: pytest
     assert main(["channels", str(files["chelsea"]), *model, "--layer", "layer4", "--baseline", "mean"]) == 2
     assert "--mean-from" in error()
     assert main(["channels", str(files["chelsea"]), *model, "--layer", "fc"]) == 2
-    assert "need a (N, C, h, w) feature map" in error()
+    assert "not a (N, C, h, w) feature map (needed by channel Shapley values)" in error()
     with pytest.raises(SystemExit):  # argparse: --samples and --stderr exclude each other
         main(["channels", str(files["chelsea"]), *model, "--samples", "4", "--stderr", "0.1"])
     assert not (tmp_path / "x").exists()

@@ -97,7 +97,7 @@ def test_patches_leave_the_model_as_found_and_check_their_arguments() -> None:
         channel_patches(model, spots(), "conv2", [0], batch_size=0)
     with pytest.raises(ValueError, match=r"share of the gradient in \(0, 1\]"):
         channel_patches(model, spots(), "conv2", [0], mass=0)
-    with pytest.raises(ValueError, match=r"not the \(N, C, h, w\) feature map that channel patches works on"):
+    with pytest.raises(ValueError, match=r"not a \(N, C, h, w\) feature map \(needed by channel patches\)"):
         channel_patches(model, spots(), "fc", [0])
 
 

@@ -27,6 +27,7 @@ from torch import nn
 
 from cnnlens.attribution.core.base import ModelLike, target_scores
 from cnnlens.attribution.core.targets import Target
+from cnnlens.attribution.engine.runner import feature_map
 from cnnlens.attribution.engine.split import SuffixRunner, suffix_runner
 from cnnlens.errors import InputError, InputTypeError
 from cnnlens.models.hooks import capture_outputs
@@ -337,11 +338,7 @@ def channel_shapley(
         if len(x) != 1:
             raise InputError(f"channel Shapley values explain one image at a time, got a batch of {len(x)}")
         runner = suffix_runner(probe.module, probe.layer(layer)[0], x, mode=suffix_mode)
-        if runner.activation.ndim != 4:
-            raise InputError(
-                f"layer {runner.layer!r} outputs shape {tuple(runner.activation.shape)}; channel Shapley "
-                "values need a (N, C, h, w) feature map"
-            )
+        feature_map({runner.layer: runner.activation}, runner.layer, "channel Shapley values")
         t = int(probe.targets(target, runner.logits)[0])
         base, base_kind = channel_baseline(baseline, runner.activation)
         game = CoalitionGame(runner, base, t, batch_size)

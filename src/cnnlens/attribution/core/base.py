@@ -285,7 +285,9 @@ class Attribution(ABC):
 
         Args:
             inputs: ``(N, C, H, W)`` or ``(C, H, W)`` preprocessed images.
-            target: ``None`` (each input's top-1 class), a class index or name, or one per input.
+            target: ``None`` (each input's top-1 class), a class index or name, one per input, or a
+                function of the logits (``(N, K)`` in, ``(N,)`` scores out) whose value is explained
+                instead of a class's score (``extras["objective"]``; ``targets`` is the top class).
             batch_size: How many perturbed inputs one forward pass evaluates (perturbation methods);
                 ``"auto"`` chooses it from free memory
                 (:func:`~cnnlens.attribution.engine.batching.auto_batch_size`).
@@ -294,7 +296,7 @@ class Attribution(ABC):
             An :class:`Explanation` whose maps have shape ``(N, H, W)``.
 
         Raises:
-            TypeError, ValueError: Bad inputs, target, layer or hyper-parameters.
+            InputError, InputTypeError: Bad inputs, target, layer or hyper-parameters.
         """
         module = self.module
         x = check_inputs(inputs, first_conv_channels(module))

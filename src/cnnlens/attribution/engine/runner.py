@@ -87,8 +87,8 @@ def feature_map(store: dict[str, torch.Tensor], name: str, purpose: str = "this 
     a = store[name]
     if a.ndim != 4:
         raise InputError(
-            f"layer {name!r} outputs shape {tuple(a.shape)}, not the (N, C, h, w) feature map that "
-            f"{purpose} works on; choose a convolutional layer or block"
+            f"layer {name!r} outputs shape {tuple(a.shape)}, not a (N, C, h, w) feature map (needed by "
+            f"{purpose}); choose a convolutional layer or block"
         )
     return a
 

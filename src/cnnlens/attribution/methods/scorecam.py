@@ -12,7 +12,7 @@ from cnnlens.attribution.core.base import Attributed, Attribution, LayerSpec, Mo
 from cnnlens.attribution.core.registry import register
 from cnnlens.attribution.engine.runner import feature_map
 from cnnlens.attribution.engine.split import LayerSplit
-from cnnlens.errors import InputError, InputTypeError
+from cnnlens.errors import InputTypeError
 from cnnlens.models.hooks import Handles
 from cnnlens.validation import check_real, check_score
 
@@ -156,11 +156,7 @@ class AblationCAM(_ForwardCAM):
         for image, t in zip(inputs, targets.tolist()):
             with torch.inference_mode():
                 head = split.head(image[None])
-            acts = head.activation
-            if acts.ndim != 4:
-                raise InputError(
-                    f"layer {name!r} outputs shape {tuple(acts.shape)}; choose a convolutional layer"
-                )
+            acts = feature_map({name: head.activation}, name, "Ablation-CAM")
             tail = lambda b, head=head: split.tail(b, head)  # noqa: E731
             base = self.passes.scores(iter([acts.clone()]), t, "logit", forward=tail)
             ablated = self.passes.scores(self._ablated(acts, batch_size), t, "logit", forward=tail)
