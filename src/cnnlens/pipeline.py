@@ -8,7 +8,6 @@ methods' scalar results, errors) that is also written as ``<out>/summary.json``.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import re
@@ -25,6 +24,7 @@ from cnnlens.attribution.core.targets import class_index
 from cnnlens.data.images import MAX_PIXELS, load_image
 from cnnlens.errors import CnnlensError
 from cnnlens.models.loaded import LoadedModel
+from cnnlens.outputs import write_json, write_with
 
 log = logging.getLogger(__name__)
 
@@ -134,12 +134,17 @@ def explain_images(
                     continue
                 png = folder / f"{method.name}{suffix}.png"
                 npz = exp.save(folder / f"{method.name}{suffix}.npz")
-                exp.render(image, preprocessing=model.preprocessing).save(png)
+                write_png(exp.render(image, preprocessing=model.preprocessing), png)
                 result.explanations.append((exp, png, npz))
                 if progress is not None:
                     progress(f"{stem}: {method.name}")
         results.append(result)
     return results
+
+
+def write_png(image: Image.Image, path: Path) -> Path:
+    """Save ``image`` as a PNG atomically, never through a symbolic link (see :mod:`cnnlens.outputs`)."""
+    return write_with(path, lambda f: image.save(f, format="PNG"))
 
 
 def summarize(
@@ -191,6 +196,6 @@ def extras_summary(exp: Explanation) -> dict[str, Any]:
 
 
 def write_summary(summary: dict[str, Any], out: str | os.PathLike[str]) -> Path:
-    path = Path(out) / "summary.json"
-    path.write_text(json.dumps(summary, indent=2, default=str) + "\n")
-    return path
+    """Write ``summary`` into ``out/summary.json`` atomically, never through a symbolic link (see
+    :mod:`cnnlens.outputs`)."""
+    return write_json(Path(out) / "summary.json", summary, indent=2, default=str)

@@ -18,7 +18,6 @@ References:
 
 from __future__ import annotations
 
-import json
 import os
 import warnings
 from collections.abc import Sequence
@@ -36,6 +35,7 @@ from cnnlens.data.split import run_split
 from cnnlens.errors import InputError, unknown
 from cnnlens.models.loaded import LoadedModel
 from cnnlens.models.registry import load_model
+from cnnlens.outputs import write_json, write_with
 
 #: Each metric and whether higher is better (all of them here), so reports can sort and colour.
 METRICS: dict[str, str] = {
@@ -262,6 +262,10 @@ def _run_split(model: object, split: str, strict: bool) -> tuple[list[Sample], s
     return run_split(model, split, strict=strict)
 
 
+#: The files :func:`write_evaluation` writes (into ``RUN/eval-<name>/`` by ``cnnlens evaluate``).
+EVALUATION_FILES = frozenset({"metrics.json", "confusion.json", "confusion.png", "misclassified.png"})
+
+
 def write_evaluation(result: Evaluation, out: str | os.PathLike[str], n_errors: int = 16) -> dict[str, Path]:
     """Write ``metrics.json``, ``confusion.json``, ``confusion.png`` and ``misclassified.png`` to ``out``."""
     from cnnlens.evaluation.figures import confusion_figure, error_gallery
@@ -275,12 +279,12 @@ def write_evaluation(result: Evaluation, out: str | os.PathLike[str], n_errors: 
         "confusion_png": folder / "confusion.png",
         "misclassified": folder / "misclassified.png",
     }
-    paths["metrics"].write_text(json.dumps(body, indent=1))
-    paths["confusion_json"].write_text(json.dumps(body["confusion"], indent=1))
-    confusion_figure(result.metrics.confusion, result.model.class_names).savefig(
-        paths["confusion_png"], dpi=100
-    )
-    error_gallery(result, result.worst_errors(n_errors)).savefig(
-        paths["misclassified"], dpi=100, bbox_inches="tight"
+    write_json(paths["metrics"], body)
+    write_json(paths["confusion_json"], body["confusion"])
+    confusion = confusion_figure(result.metrics.confusion, result.model.class_names)
+    write_with(paths["confusion_png"], lambda f: confusion.savefig(f, format="png", dpi=100))
+    gallery = error_gallery(result, result.worst_errors(n_errors))
+    write_with(
+        paths["misclassified"], lambda f: gallery.savefig(f, format="png", dpi=100, bbox_inches="tight")
     )
     return paths

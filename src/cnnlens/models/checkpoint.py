@@ -8,13 +8,13 @@ interrupted write never leaves a broken checkpoint behind.
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from cnnlens.models.loaded import LoadedModel
+from cnnlens.outputs import write_with
 
 FORMAT = "cnnlens.checkpoint"
 VERSION = 1
@@ -38,20 +38,9 @@ def checkpoint_dict(model: LoadedModel, extra: dict[str, Any] | None = None) -> 
 
 
 def atomic_save(obj: Any, path: str | os.PathLike[str]) -> Path:
-    """``torch.save`` to a temporary file in the same folder, then rename it over ``path``."""
-    target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return target
+    """``torch.save`` to a temporary file in the same folder, then rename it over ``path`` (see
+    :func:`cnnlens.outputs.atomic_writer`)."""
+    return write_with(path, lambda f: torch.save(obj, f))
 
 
 def save_checkpoint(

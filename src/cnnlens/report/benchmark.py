@@ -10,6 +10,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+from cnnlens.outputs import write_text
 from cnnlens.report.html import _env
 
 CURVE_AXES = {
@@ -85,5 +86,4 @@ def benchmark_report(
         .render(title=title, summary=summary, metrics=summary["metrics"], rows=rows, curves=curves)
     )
     path = Path(out) / "benchmark.html"
-    path.write_text(html, encoding="utf-8")
-    return path
+    return write_text(path, html)

@@ -14,6 +14,7 @@ from PIL import Image
 
 from cnnlens.attribution.core.explanation import Explanation
 from cnnlens.data.transforms import Preprocessing
+from cnnlens.outputs import write_text
 from cnnlens.pipeline import ImageResult
 
 
@@ -118,5 +119,4 @@ def demo_report(
         )
     )
     path = Path(out) / "index.html"
-    path.write_text(html, encoding="utf-8")
-    return path
+    return write_text(path, html)

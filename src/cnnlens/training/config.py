@@ -8,6 +8,7 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
+from cnnlens import outputs
 from cnnlens.data.dataset import AUGMENTATIONS
 from cnnlens.data.split import DEFAULT_FRACTIONS, check_fractions
 from cnnlens.errors import InputError
@@ -34,11 +35,8 @@ def auto_freeze(head: str, pretrained: bool) -> str:
 
 
 def write_json(path: str | os.PathLike[str], obj: Any) -> None:
-    """Write ``obj`` as JSON to a temporary file beside ``path``, then rename it into place."""
-    target = Path(path)
-    tmp = target.with_name(f".{target.name}.tmp")
-    tmp.write_text(json.dumps(obj, indent=1))
-    os.replace(tmp, target)
+    """Write ``obj`` as JSON atomically, never through a symbolic link (see :mod:`cnnlens.outputs`)."""
+    outputs.write_json(path, obj)
 
 
 @dataclass(frozen=True)

@@ -6,6 +6,8 @@ import os
 from pathlib import Path
 from typing import Any
 
+from cnnlens.outputs import write_with
+
 
 def plot_curves(
     history: list[dict[str, Any]], path: str | os.PathLike[str], best_epoch: int | None = None
@@ -31,5 +33,5 @@ def plot_curves(
         ax.grid(alpha=0.3)
         ax.legend()
     target = Path(path)
-    fig.savefig(target, dpi=100)
+    write_with(target, lambda f: fig.savefig(f, format="png", dpi=100))
     return target

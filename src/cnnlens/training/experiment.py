@@ -52,6 +52,7 @@ from cnnlens.errors import InputError
 from cnnlens.evaluation.classification import evaluate
 from cnnlens.evaluation.localisation import energy_in_mask, iou_at, pointing_game, soft_dice
 from cnnlens.models.saliency_net import LOC_LOSSES
+from cnnlens.outputs import write_text, write_with
 from cnnlens.training.config import TrainConfig, write_json
 from cnnlens.training.trainer import Trainer, absolute_paths
 
@@ -426,7 +427,7 @@ def figure(result: ExperimentResult, out: Path, n_images: int) -> Path | None:
                     ax.set_title(f"{titles[j]}\n{label}" if j == 0 else titles[j], fontsize=8)
     fig.tight_layout()
     path = out / "figure.png"
-    fig.savefig(path, dpi=80)
+    write_with(path, lambda f: fig.savefig(f, format="png", dpi=80))
     return path
 
 
@@ -458,7 +459,7 @@ def run_experiment(
             on_run(i, len(specs), spec, record["scores"])
     write_json(folder / "results.json", result.to_dict())
     figure(result, folder, cfg.figure_images)
-    (folder / "results.md").write_text(markdown(result), encoding="utf-8")
+    write_text(folder / "results.md", markdown(result))
     return result
 
 

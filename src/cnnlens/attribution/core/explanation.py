@@ -14,6 +14,7 @@ from PIL import Image
 
 from cnnlens.data.transforms import Preprocessing
 from cnnlens.errors import InputError
+from cnnlens.outputs import write_with
 
 #: Prefix of the ``.npz`` keys that hold :attr:`Explanation.extras`.
 EXTRA_PREFIX = "extra_"
@@ -92,7 +93,6 @@ class Explanation:
         not arrays or numbers are kept there as JSON.
         """
         p = Path(path)
-        p.parent.mkdir(parents=True, exist_ok=True)
         single = len(self) == 1
         att = self.attributions.detach().cpu().numpy().astype(np.float32)
         names = [self.target_name(i) for i in range(len(self))]
@@ -113,8 +113,7 @@ class Explanation:
             content["class_names"] = np.asarray(list(self.class_names), dtype=str)
         if self.preprocessing is not None:
             content["preprocessing"] = np.asarray(json.dumps(self.preprocessing.to_dict()))
-        np.savez_compressed(p, **content)
-        return p
+        return write_with(p, lambda f: np.savez_compressed(f, **content))
 
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> Explanation:

@@ -1,0 +1,133 @@
+"""Safe writers for every file cnnlens writes into an output folder.
+
+Each writer writes to a temporary file ``.<name>.<random>.tmp`` in the destination's folder, then
+renames it over the destination with :func:`os.replace`. So:
+
+* a process killed midway never leaves half a file under the real name (at most a stale
+  ``.tmp`` file, which :func:`clean_stale_tmp` removes);
+* a destination that is a symbolic link is never followed: ``os.replace`` replaces the link
+  itself with a regular file, so a link planted in an output folder (``out/summary.json ->
+  ../victim.txt``) cannot make cnnlens overwrite a file outside that folder. The link is
+  replaced rather than refused: the file cnnlens was asked to write is written, in the folder it
+  was asked to write to, and whatever the link pointed to is left untouched.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import IO, Any
+
+from cnnlens.errors import InputError
+
+TMP_SUFFIX = ".tmp"
+
+
+def tmp_prefix(name: str) -> str:
+    """The prefix of the temporary files written for a destination called ``name``."""
+    return f".{name}."
+
+
+@contextmanager
+def atomic_writer(path: str | os.PathLike[str]) -> Iterator[IO[bytes]]:
+    """Open a temporary binary file beside ``path``; on success it is renamed over ``path``.
+
+    On any error the temporary file is removed and ``path`` is left as it was. The rename
+    replaces a symbolic link at ``path`` rather than following it.
+
+    Args:
+        path: The destination (its folder is created).
+
+    Yields:
+        The open temporary file.
+    """
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=tmp_prefix(target.name), suffix=TMP_SUFFIX, dir=target.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, target)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_with(path: str | os.PathLike[str], write: Callable[[IO[bytes]], object]) -> Path:
+    """Write ``path`` atomically by calling ``write`` on an open binary file (``np.savez``,
+    ``Image.save`` with a format, ``torch.save``, ``Figure.savefig`` with a format)."""
+    with atomic_writer(path) as f:
+        write(f)
+    return Path(path)
+
+
+def write_bytes(path: str | os.PathLike[str], data: bytes) -> Path:
+    """Write ``data`` to ``path`` atomically, never through a symbolic link."""
+    return write_with(path, lambda f: f.write(data))
+
+
+def write_text(path: str | os.PathLike[str], text: str, encoding: str = "utf-8") -> Path:
+    """Write ``text`` to ``path`` atomically, never through a symbolic link."""
+    return write_bytes(path, text.encode(encoding))
+
+
+def write_json(path: str | os.PathLike[str], obj: Any, *, indent: int = 1, default: Any = None) -> Path:
+    """Write ``obj`` as JSON to ``path`` atomically, never through a symbolic link."""
+    return write_text(path, json.dumps(obj, indent=indent, default=default) + "\n")
+
+
+def clean_stale_tmp(folder: str | os.PathLike[str], names: Iterable[str]) -> list[Path]:
+    """Remove the temporary files the writers of this module left for ``names`` in ``folder``.
+
+    Only files named ``.<name>.<anything>.tmp`` (or ``.<name>.tmp``, the older writer's) for a
+    ``name`` in ``names`` are removed: what a killed write of one of those files leaves behind.
+
+    Returns:
+        The removed files.
+    """
+    root = Path(folder)
+    removed: list[Path] = []
+    if not root.is_dir():
+        return removed
+    for name in names:
+        prefix = tmp_prefix(name)
+        for entry in root.iterdir():
+            n = entry.name
+            if n.startswith(prefix) and n.endswith(TMP_SUFFIX) and entry.is_file() and not entry.is_symlink():
+                entry.unlink(missing_ok=True)
+                removed.append(entry)
+    return removed
+
+
+def check_output_folder(path: str | os.PathLike[str], flag: str = "--out") -> Path:
+    """``path`` as a :class:`~pathlib.Path`, checked before any work is done.
+
+    Raises:
+        InputError: ``path`` is an existing file, not a folder.
+    """
+    folder = Path(path)
+    if folder.exists() and not folder.is_dir():
+        raise InputError(f"{flag} {folder} is a file, not a folder; give a folder path (it is created)")
+    return folder
+
+
+def output_folder(path: str | os.PathLike[str], flag: str = "--out") -> Path:
+    """Create the output folder ``path`` (and its parents) if needed and return it.
+
+    Raises:
+        InputError: ``path`` (or one of its parents) is an existing file, not a folder.
+    """
+    folder = check_output_folder(path, flag)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError) as err:
+        raise InputError(
+            f"{flag} {folder} cannot be created ({err.strerror}: a parent is a file); give a folder path"
+        ) from err
+    return folder
