@@ -112,3 +112,28 @@ def test_summary_does_not_follow_a_planted_symlink(tmp_path: Path) -> None:
     assert victim.read_text() == "precious"
     assert not (out / "summary.json").is_symlink()
     assert json.loads((out / "summary.json").read_text())["images"][0]["stem"] == "cat"
+
+
+def test_summary_is_merged_with_an_earlier_run(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    model = tiny_loaded()
+    write_summary(summarize(model, explain_one(out, "cat"), [{"path": "dog.png", "error": "x"}], out), out)
+    write_summary(summarize(model, explain_one(out, "bird"), [], out), out)
+    summary = json.loads((out / "summary.json").read_text())
+    assert [e["stem"] for e in summary["images"]] == ["cat", "bird"]
+    assert summary["errors"] == [{"path": "dog.png", "error": "x"}]
+    assert all(e["model"]["name"] == "tiny" for e in summary["images"])
+    # the same image again: its entry is replaced, not duplicated; a new read of dog.png clears its error
+    again = summarize(model, explain_one(out, "cat", seed=1), [{"path": "dog.png", "error": "y"}], out)
+    write_summary(again, out)
+    summary = json.loads((out / "summary.json").read_text())
+    assert [e["stem"] for e in summary["images"]] == ["bird", "cat"]
+    assert summary["errors"] == [{"path": "dog.png", "error": "y"}]
+
+
+def test_an_unreadable_summary_is_replaced(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "summary.json").write_text("{not json")
+    write_summary(summarize(tiny_loaded(), explain_one(out), [], out), out)
+    assert [e["stem"] for e in json.loads((out / "summary.json").read_text())["images"]] == ["cat"]

@@ -8,6 +8,7 @@ methods' scalar results, errors) that is also written as ``<out>/summary.json``.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import re
@@ -196,6 +197,50 @@ def extras_summary(exp: Explanation) -> dict[str, Any]:
 
 
 def write_summary(summary: dict[str, Any], out: str | os.PathLike[str]) -> Path:
-    """Write ``summary`` into ``out/summary.json`` atomically, never through a symbolic link (see
-    :mod:`cnnlens.outputs`)."""
-    return write_json(Path(out) / "summary.json", summary, indent=2, default=str)
+    """Write ``summary`` into ``out/summary.json``, merged with the summary already there.
+
+    The entries of an earlier run into the same folder are kept, since their files stay on disk:
+    an image entry is keyed by its ``stem`` (its folder under ``out``) and replaced by the new
+    run's entry of the same stem; an error record is keyed by its ``path`` and dropped when the new
+    run read or failed that path again. Each image entry records the ``model`` that explained it.
+    The file is written atomically and never through a symbolic link (see :mod:`cnnlens.outputs`).
+
+    Returns:
+        The path of ``summary.json``.
+    """
+    path = Path(out) / "summary.json"
+    merged = merge_summaries(read_summary(path), summary)
+    return write_json(path, merged, indent=2, default=str)
+
+
+def read_summary(path: Path) -> dict[str, Any] | None:
+    """The summary in ``path``, or ``None`` when there is none or it is not a cnnlens summary."""
+    if path.is_symlink() or not path.is_file():
+        return None
+    try:
+        old = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        log.warning("%s is not readable JSON (%s); it is replaced", path, err)
+        return None
+    if not isinstance(old, dict) or not isinstance(old.get("images"), list):
+        log.warning("%s is not a cnnlens summary; it is replaced", path)
+        return None
+    return old
+
+
+def merge_summaries(old: dict[str, Any] | None, new: dict[str, Any]) -> dict[str, Any]:
+    """``new`` with the image entries and errors of ``old`` it does not replace (see
+    :func:`write_summary`)."""
+    images = [{**entry, "model": entry.get("model", new["model"])} for entry in new["images"]]
+    if old is None:
+        return {**new, "images": images}
+    old_model = old.get("model")
+    stems = {e["stem"] for e in images}
+    kept = [
+        {**e, "model": e.get("model", old_model)}
+        for e in old["images"]
+        if isinstance(e, dict) and e.get("stem") not in stems
+    ]
+    paths = {e["source"] for e in images} | {e["path"] for e in new["errors"]}
+    old_errors = [e for e in old.get("errors", []) if isinstance(e, dict) and e.get("path") not in paths]
+    return {**new, "images": kept + images, "errors": old_errors + list(new["errors"])}

@@ -133,6 +133,9 @@ def run(args: argparse.Namespace) -> int:
     images, errors = load_images(args.images, max_pixels=args.max_pixels)
     for e in errors:
         error_console.print(f"[red]error:[/] {e['error']}", highlight=False)
+    if not images:  # nothing explained: an earlier run's summary.json stays as it is
+        error_console.print("[red]error:[/] no image could be read")
+        return 2
     args.out.mkdir(parents=True, exist_ok=True)
     with console.status("explaining") as status:
         results = explain_images(
@@ -151,7 +154,4 @@ def run(args: argparse.Namespace) -> int:
     summary = summarize(model, results, errors, args.out)
     console.print(f"wrote {write_summary(summary, args.out)}")
     failed = bool(errors) or any(r.errors for r in results)
-    if not images:
-        error_console.print("[red]error:[/] no image could be read")
-        return 2
     return 1 if failed else 0
