@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -10,10 +11,11 @@ import pytest
 import torch
 
 from cnnlens.data.synthetic import SynthConfig, generate
+from cnnlens.errors import InputError
 from cnnlens.models import apply_head, load_model
 from cnnlens.models.tiny import TinyCNN
 from cnnlens.training import Listener, TrainConfig, Trainer, apply_freeze, frozen_units, set_train_mode
-from cnnlens.training.trainer import CrossEntropy
+from cnnlens.training.trainer import CrossEntropy, TrainingWarning
 
 
 @pytest.fixture(scope="module")
@@ -217,7 +219,8 @@ def test_best_is_written_before_last(small: Path, tmp_path: Path, monkeypatch: p
     assert torch.load(tmp_path / "run" / "best.pt", weights_only=True)["extra"]["best"]["epoch"] == 1
     assert not (tmp_path / "run" / "last.pt").exists()
     monkeypatch.setattr(trainer_module, "atomic_save", real)
-    assert Trainer.resume(tmp_path / "run").epoch == 0
+    with pytest.warns(TrainingWarning, match="starts again from epoch 1"):
+        assert Trainer.resume(tmp_path / "run").epoch == 0
 
 
 def test_config_json_is_written_first(small: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -307,3 +310,84 @@ def test_last_stage_search_leaves_every_module_mode_as_found() -> None:
     before = {n: m.training for n, m in module.named_modules()}
     last_stage(module, head, 32)
     assert {n: m.training for n, m in module.named_modules()} == before
+
+
+def test_force_deletes_only_a_runs_own_files(small: Path, tmp_path: Path) -> None:
+    config = tiny_config(small, epochs=1)
+    run = tmp_path / "run"
+    Trainer.create(config, run).fit()
+    (run / "eval-test").mkdir()  # what `cnnlens evaluate` adds
+    (run / "eval-test" / "metrics.json").write_text("{}")
+    (run / "notes.txt").write_text("my notes")
+    (run / "src").mkdir()
+    (run / "src" / "important.py").write_text("code")
+    with pytest.raises(InputError, match=r"holds notes.txt \(and 1 more\), which a training run does not"):
+        Trainer.create(config, run, force=True)
+    assert (run / "notes.txt").read_text() == "my notes"
+    assert (run / "src" / "important.py").read_text() == "code"
+    assert (run / "best.pt").is_file()  # refused: nothing deleted
+    (run / "notes.txt").unlink()
+    (run / "src" / "important.py").unlink()
+    (run / "src").rmdir()
+    (run / "eval-test" / "mine.txt").write_text("mine")
+    with pytest.raises(InputError, match="holds eval-test/mine.txt"):
+        Trainer.create(config, run, force=True)
+    (run / "eval-test" / "mine.txt").unlink()
+    Trainer.create(config, run, force=True)
+    assert sorted(p.name for p in run.iterdir()) == ["config.json", "data.json", "split.json"]
+
+
+def test_force_removes_a_planted_symlink_not_its_target(small: Path, tmp_path: Path) -> None:
+    config = tiny_config(small, epochs=1)
+    run = tmp_path / "run"
+    Trainer.create(config, run)
+    victim = tmp_path / "victim.pt"
+    victim.write_text("precious")
+    os.symlink(victim, run / "last.pt")
+    Trainer.create(config, run, force=True).fit()
+    assert victim.read_text() == "precious"
+    assert not (run / "last.pt").is_symlink()
+
+
+def test_resume_cleans_stale_tmp_files_of_killed_writes(small: Path, tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    Trainer.create(tiny_config(small, epochs=2), run).fit()
+    stale = [".last.pt.k1ll3d.tmp", ".best.pt.abc_12.tmp", ".history.json.tmp"]
+    kept = [".mine.tmp", "last.pt.tmp"]
+    for name in stale + kept:
+        (run / name).write_text("x")
+    Trainer.resume(run)
+    for name in stale:
+        assert not (run / name).exists()
+    for name in kept:
+        assert (run / name).exists()
+
+
+def test_resume_of_a_truncated_last_pt_is_one_line(small: Path, tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    Trainer.create(tiny_config(small, epochs=1), run).fit()
+    data = (run / "last.pt").read_bytes()
+    (run / "last.pt").write_bytes(data[: len(data) // 2])
+    with pytest.raises(InputError, match=r"last.pt is truncated or not a cnnlens checkpoint") as info:
+        Trainer.resume(run)
+    assert "\n" not in str(info.value) and "--resume" in str(info.value)
+    (run / "last.pt").write_bytes(b"")
+    with pytest.raises(InputError, match="truncated"):
+        Trainer.resume(run)
+
+
+def test_resume_without_last_pt_warns_that_it_restarts(small: Path, tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    Trainer.create(tiny_config(small, epochs=1), run)  # stopped before its first epoch ended
+    with pytest.warns(TrainingWarning, match="no last.pt .* starts again from epoch 1"):
+        trainer = Trainer.resume(run)
+    assert trainer.epoch == 0
+
+
+def test_a_file_as_run_folder_is_one_line(small: Path, tmp_path: Path) -> None:
+    (tmp_path / "afile").write_text("x")
+    with pytest.raises(InputError, match="--out .*afile is a file, not a folder"):
+        Trainer.create(tiny_config(small, epochs=1), tmp_path / "afile")
+    with pytest.raises(InputError, match="--resume .*afile is a file, not a folder"):
+        Trainer.resume(tmp_path / "afile")
+    assert (tmp_path / "afile").read_text() == "x"

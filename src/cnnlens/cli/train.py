@@ -91,7 +91,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--resume", nargs="?", const=True, metavar="RUN", help="continue the run in RUN (or --out)"
     )
-    p.add_argument("--force", action="store_true", help="replace an existing run folder")
+    p.add_argument(
+        "--force",
+        action="store_true",
+        help="replace the run in an existing run folder: deletes only the files a run writes, and refuses "
+        "if the folder holds anything else",
+    )
 
 
 def config_from_args(args: argparse.Namespace) -> TrainConfig:

@@ -18,14 +18,20 @@ epoch, so an interruption loses at most the current epoch.
 Write order, so that a process killed at any point leaves a folder that ``--resume`` or
 ``--force`` accepts: ``config.json`` first (a folder with it is a run), then ``split.json`` and
 ``data.json``; at the end of an epoch ``best.pt`` before ``last.pt`` (``last.pt`` never records
-a best epoch that ``best.pt`` does not hold).
+a best epoch that ``best.pt`` does not hold). A write killed midway leaves at most a
+``.<name>.<random>.tmp`` file, removed when the run resumes.
+
+``--force`` deletes only what a run writes (:data:`RUN_FILES` and ``cnnlens evaluate``'s
+``eval-<name>/`` folders of its own files); a folder that holds anything else is refused with the
+name of what it holds, and nothing is deleted.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import pickle
 import random
-import shutil
 import time
 import warnings
 from collections.abc import Iterator
@@ -43,11 +49,13 @@ from cnnlens.data.folders import ImageSet, Sample, class_weights, scan_dataset
 from cnnlens.data.split import load_split, save_split, split_dataset
 from cnnlens.data.transforms import Preprocessing
 from cnnlens.errors import InputError
+from cnnlens.evaluation.classification import EVALUATION_FILES
 from cnnlens.models.checkpoint import atomic_save, checkpoint_dict
 from cnnlens.models.heads import attach_head, head_names
 from cnnlens.models.loaded import LoadedModel
 from cnnlens.models.registry import load_model
 from cnnlens.models.saliency_net import localisation_loss
+from cnnlens.outputs import TMP_SUFFIX, check_output_folder, clean_stale_tmp, tmp_prefix
 from cnnlens.training.config import TrainConfig, write_json
 from cnnlens.training.freeze import apply_freeze, frozen_units, set_train_mode
 
@@ -61,6 +69,8 @@ RUN_FILES = frozenset(
     {"config.json", "split.json", "data.json", "last.pt", "best.pt", "history.json", "curves.png"}
     | {"result.json"}  # written by the saliency-aware experiment
 )
+#: The sub-folders of a run that ``--force`` may delete: ``cnnlens evaluate``'s ``eval-<name>/``.
+EVAL_PREFIX = "eval-"
 
 
 class TrainingWarning(UserWarning):
@@ -68,14 +78,79 @@ class TrainingWarning(UserWarning):
     F-Net the localisation loss cannot reach)."""
 
 
+def _written(entry: Path, names: frozenset[str]) -> bool:
+    """Whether ``entry`` is a file (or link) named in ``names``, or the temporary file
+    ``.<name>.<random>.tmp`` a killed write of one of them left behind."""
+    if entry.is_dir() and not entry.is_symlink():
+        return False
+    n = entry.name
+    return n in names or any(n.startswith(tmp_prefix(f)) and n.endswith(TMP_SUFFIX) for f in names)
+
+
+def foreign_entries(folder: Path) -> list[str]:
+    """What in ``folder`` a run did not write (paths relative to ``folder``, sorted): anything but
+    :data:`RUN_FILES` and the ``eval-<name>/`` folders of ``cnnlens evaluate``, which may hold only
+    :data:`~cnnlens.evaluation.classification.EVALUATION_FILES`."""
+    foreign: list[str] = []
+    for entry in sorted(folder.iterdir()):
+        if _written(entry, RUN_FILES):
+            continue
+        if entry.name.startswith(EVAL_PREFIX) and entry.is_dir() and not entry.is_symlink():
+            inside = sorted(entry.iterdir())
+            foreign += [f"{entry.name}/{e.name}" for e in inside if not _written(e, EVALUATION_FILES)]
+            continue
+        foreign.append(entry.name)
+    return foreign
+
+
+def is_run_file(entry: Path) -> bool:
+    """Whether ``entry`` is a file a run writes (see :func:`foreign_entries`; never a folder)."""
+    return _written(entry, RUN_FILES)
+
+
 def is_run_folder(folder: Path) -> bool:
     """Whether ``folder`` holds a training run (its config.json, or only files a run writes)."""
     if (folder / "config.json").is_file():
         return True
     entries = list(folder.iterdir())
-    return bool(entries) and all(
-        e.name in RUN_FILES or (e.name.startswith(".") and e.name.endswith(".tmp")) for e in entries
-    )
+    return bool(entries) and all(is_run_file(e) for e in entries)
+
+
+def remove_run_files(folder: Path) -> None:
+    """Delete what a run wrote in ``folder`` (see :func:`foreign_entries`), nothing else: a
+    symbolic link is removed, never what it points to; an ``eval-<name>/`` folder goes only once
+    it is empty."""
+    for entry in folder.iterdir():
+        if _written(entry, RUN_FILES):
+            entry.unlink(missing_ok=True)
+        elif entry.name.startswith(EVAL_PREFIX) and entry.is_dir() and not entry.is_symlink():
+            for e in entry.iterdir():
+                if _written(e, EVALUATION_FILES):
+                    e.unlink(missing_ok=True)
+            with contextlib.suppress(OSError):
+                entry.rmdir()
+
+
+def replace_run(folder: Path) -> None:
+    """What ``--force`` does to an existing, non-empty ``folder``: delete the run's own files.
+
+    It refuses, deleting nothing, when the folder holds anything a run does not write (a user's
+    notes, a source tree, a sub-folder): ``--force`` replaces a run, it never deletes other files.
+
+    Raises:
+        InputError: ``folder`` holds a file or folder a run does not write (the message names one).
+    """
+    foreign = foreign_entries(folder)
+    if foreign and not is_run_folder(folder):
+        raise InputError(f"{folder} is not empty and not a training run; --force will not delete it")
+    if foreign:
+        more = f" (and {len(foreign) - 1} more)" if len(foreign) > 1 else ""
+        raise InputError(
+            f"{folder} holds {foreign[0]}{more}, which a training run does not write; --force only "
+            f"deletes a run's own files and will not touch it: move it out of {folder} or train into "
+            "another --out"
+        )
+    remove_run_files(folder)
 
 
 def absolute_paths(config: TrainConfig) -> TrainConfig:
@@ -219,25 +294,27 @@ class Trainer:
         """Start a new run in ``run``.
 
         Raises:
-            ValueError: ``run`` exists (pass ``force=True`` to replace it, or resume it); ``force`` only
-                replaces a previous run folder, never another non-empty folder.
+            InputError: ``run`` is a file, or exists and is not empty (pass ``force=True`` to
+                replace a run, or resume it); see :func:`replace_run` for what ``force`` removes.
         """
-        folder = Path(run)
-        if folder.exists() and any(folder.iterdir()):
+        folder = check_output_folder(run)
+        existed = folder.exists()
+        if existed and any(folder.iterdir()):
             if not force:
                 raise InputError(
                     f"{folder} already exists; use --resume {folder} to continue it or --force to replace it"
                 )
-            if not is_run_folder(folder):
-                raise InputError(f"{folder} is not empty and not a training run; --force will not delete it")
-            shutil.rmtree(folder)
+            replace_run(folder)
         folder.mkdir(parents=True, exist_ok=True)
         config = absolute_paths(config)
         try:
             config.save(folder / "config.json")  # first: from here on the folder is a run
             trainer = cls(config, folder, **kw)
-        except BaseException:
-            shutil.rmtree(folder, ignore_errors=True)
+        except BaseException:  # a failed start leaves nothing behind: only what it wrote goes
+            remove_run_files(folder)
+            if not existed:
+                with contextlib.suppress(OSError):
+                    folder.rmdir()
             raise
         return trainer
 
@@ -246,14 +323,28 @@ class Trainer:
         """Continue the run in ``run`` from its ``last.pt``.
 
         Raises:
-            ValueError: ``run`` is not a run folder with a config and a last checkpoint.
+            InputError: ``run`` is not a run folder (no config.json), or its last.pt is truncated or
+                not a checkpoint of this run.
+
+        A run folder without ``last.pt`` (stopped before its first epoch ended) starts again from
+        epoch 1, with a :class:`TrainingWarning` that says so. Stale temporary files of killed
+        writes (``.<name>.*.tmp``) are removed first.
         """
-        folder = Path(run)
+        folder = check_output_folder(run, "--resume")
         if not (folder / "config.json").is_file():
             raise InputError(f"{folder} is not a training run (no config.json); start one without --resume")
+        clean_stale_tmp(folder, RUN_FILES)
         trainer = cls(TrainConfig.load(folder / "config.json"), folder, **kw)
-        if (folder / "last.pt").is_file():
-            trainer._load_state(folder / "last.pt")
+        last = folder / "last.pt"
+        if last.is_file():
+            trainer._load_state(last)
+        else:
+            warnings.warn(
+                f"{folder} has no last.pt (the run stopped before its first epoch ended): training "
+                "starts again from epoch 1",
+                TrainingWarning,
+                stacklevel=2,
+            )
         return trainer
 
     def _check_loc_reaches_features(self) -> None:
@@ -389,9 +480,16 @@ class Trainer:
         }
 
     def _load_state(self, path: Path) -> None:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-        self.model.module.load_state_dict(obj["state_dict"])
-        state = obj["extra"]["training"]
+        try:
+            obj = torch.load(path, map_location="cpu", weights_only=True)
+            self.model.module.load_state_dict(obj["state_dict"])
+            state = obj["extra"]["training"]
+        except (RuntimeError, EOFError, pickle.UnpicklingError, KeyError, TypeError, ValueError) as err:
+            reason = str(err).splitlines()[0].split(". ")[0] if str(err) else type(err).__name__
+            raise InputError(
+                f"{path} is truncated or not a cnnlens checkpoint of this run ({reason}); restore it "
+                f"from a copy, or delete it and run --resume {path.parent} again to train from epoch 1"
+            ) from err
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.history = list(state["history"])
