@@ -49,3 +49,20 @@ def test_reruns_merge_summary_and_a_run_that_reads_nothing_keeps_it(
     assert (out / "summary.json").read_text() == before
     assert explain(model, cat, out) == 0
     assert sorted(stems(out)) == ["cat", "dog"]
+
+
+@pytest.mark.parametrize("command", ["explain", "train", "demo"])
+def test_a_file_given_as_out_is_one_line(
+    command: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    afile = tmp_path / "afile"
+    afile.write_text("mine")
+    argv = {
+        "explain": ["explain", str(afile), "--out", str(afile)],
+        "train": ["train", str(tmp_path), "--model", "tinycnn", "--out", str(afile)],
+        "demo": ["demo", "--out", str(afile)],
+    }[command]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "is a file, not a folder" in err and "Traceback" not in err
+    assert afile.read_text() == "mine"

@@ -12,6 +12,7 @@ from cnnlens.cli.common import add_command, build_methods, console, error_consol
 from cnnlens.cli.explain import print_results
 from cnnlens.data.samples import SAMPLE_NAMES, load_sample
 from cnnlens.models import DEFAULT_MODEL, load_model
+from cnnlens.outputs import check_output_folder, output_folder
 from cnnlens.pipeline import explain_images, summarize, write_summary
 from cnnlens.report import demo_report
 
@@ -39,6 +40,7 @@ DEMO_SETTINGS: dict[str, dict[str, object]] = {"scorecam": {"layer": "blocks.5"}
 
 
 def run(args: argparse.Namespace) -> int:
+    check_output_folder(args.out)
     names = [s.strip() for s in args.samples.split(",") if s.strip()]
     images = [(n, f"sample:{n}", load_sample(n)) for n in names]
     with console.status(f"loading {DEFAULT_MODEL}"):
@@ -52,7 +54,7 @@ def run(args: argparse.Namespace) -> int:
         per_method=None if args.full else DEMO_SETTINGS,
         skip_unsupported=True,
     )
-    args.out.mkdir(parents=True, exist_ok=True)
+    output_folder(args.out)
     columns = (
         TextColumn("{task.description}"),
         BarColumn(),

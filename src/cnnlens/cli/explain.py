@@ -22,6 +22,7 @@ from cnnlens.cli.common import (
     split_list,
 )
 from cnnlens.data.images import MAX_PIXELS
+from cnnlens.outputs import check_output_folder, output_folder
 from cnnlens.pipeline import (
     ImageResult,
     check_targets,
@@ -115,6 +116,7 @@ def print_results(results: list[ImageResult], top: int) -> None:
 def run(args: argparse.Namespace) -> int:
     check_positive_int("--top", args.top)
     check_positive_int("--max-pixels", args.max_pixels)
+    check_output_folder(args.out)
     names = selected_methods(args.method)
     model = model_from_args(args)
     every = not split_list(args.method) or split_list(args.method) == ["all"]
@@ -136,7 +138,7 @@ def run(args: argparse.Namespace) -> int:
     if not images:  # nothing explained: an earlier run's summary.json stays as it is
         error_console.print("[red]error:[/] no image could be read")
         return 2
-    args.out.mkdir(parents=True, exist_ok=True)
+    output_folder(args.out)
     with console.status("explaining") as status:
         results = explain_images(
             model,
