@@ -278,3 +278,23 @@ def test_read_data_errors(tmp_path: Path) -> None:
     _png(tmp_path / "images" / "a.png")
     with pytest.raises(ValueError, match=r"a plain folder of images has its masks in .*masks"):
         read_data(tmp_path, labelled=False, masks=tmp_path / "images")
+
+
+def test_unreadable_class_folder_is_an_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A class folder that cannot be listed is an error, not a class silently left out."""
+    import os
+
+    from cnnlens.errors import InputError
+
+    root = _folder(tmp_path, {"a": 3, "b": 3, "c": 3})
+    locked = root / "b"
+    real_scandir = os.scandir
+
+    def scandir(path: object = ".") -> object:
+        if Path(str(path)) == locked:  # chmod 000 does not stop root, who runs the tests
+            raise PermissionError(13, "Permission denied", str(path))
+        return real_scandir(path)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(os, "scandir", scandir)
+    with pytest.raises(InputError, match=r"/b: cannot be read \(permission denied\)"):
+        scan_dataset(root)
