@@ -309,15 +309,23 @@ def scan_folder(root: Path) -> ImageSet:
 
 def read_manifest(path: Path) -> ImageSet:
     """Index a CSV manifest with the columns ``path,label[,mask][,split]``."""
-    with path.open(newline="", encoding="utf-8") as f:
-        reader = csv.DictReader(f)
-        columns = set(reader.fieldnames or [])
-        if not {"path", "label"} <= columns:
-            raise InputError(
-                f"{path}: a manifest needs the header columns path,label[,mask][,split]; "
-                f"found {sorted(columns) or 'no header'}"
-            )
-        rows = list(reader)
+    try:
+        with path.open(newline="", encoding="utf-8") as f:
+            reader = csv.DictReader(f)
+            columns = set(reader.fieldnames or [])
+            if not {"path", "label"} <= columns:
+                raise InputError(
+                    f"{path}: a manifest needs the header columns path,label[,mask][,split]; "
+                    f"found {sorted(columns) or 'no header'}"
+                )
+            rows = list(reader)
+    except UnicodeDecodeError as err:
+        raise InputError(
+            f"{path}: not UTF-8 text (byte 0x{err.object[err.start]:02x} at offset {err.start}); "
+            "save the manifest as UTF-8 CSV"
+        ) from None
+    except csv.Error as err:
+        raise InputError(f"{path}: not a readable CSV manifest ({err})") from None
     base = path.parent
     labels = sorted({(r.get("label") or "").strip() for r in rows})
     if "" in labels:
