@@ -135,3 +135,51 @@ def test_corrupt_checkpoint_is_one_line(
         ["explain", str(image), "--model", str(bad), "-m", "saliency", "-o", str(tmp_path)], capsys
     )
     assert "junk.pt" in line and "can load safely" in line
+
+
+def test_non_conv_layer_is_refused_up_front(
+    image: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    args = explain(image, tmp_path / "o", "--layer", "classifier")
+    args[args.index("saliency")] = "gradcam"
+    line = one_line_error(args, capsys)
+    assert "--layer classifier" in line and "not a (N, C, h, w) feature map" in line
+    assert not (tmp_path / "o").exists()  # refused before any image was explained
+
+
+@pytest.mark.parametrize("param", ["window=100000", "fixed_window=100000"])
+def test_window_larger_than_the_image(
+    param: str, image: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    args = explain(image, tmp_path, "-p", param)
+    args[args.index("saliency")] = "double_occlusion" if param.startswith("fixed") else "occlusion"
+    line = one_line_error(args, capsys)
+    key = param.split("=")[0]
+    assert (
+        f"{key}=100000 is larger than the image (48x48 pixels" in line and f"{key} must be at most 48" in line
+    )
+
+
+def test_window_larger_than_the_image_given_to_explain() -> None:
+    from cnnlens.attribution import create
+    from cnnlens.errors import InputError
+
+    method = create("occlusion", load_model("tinycnn", pretrained=False).module, window=40)
+    with pytest.raises(InputError, match=r"window=40 is larger than the image \(32x64 pixels"):
+        method.explain(torch.zeros(1, 3, 32, 64), 0)
+
+
+@pytest.mark.parametrize("target", ["", "1,,2", " "])
+def test_empty_target_is_an_error(
+    target: str, image: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    line = one_line_error(explain(image, tmp_path, "--target", target), capsys)
+    assert "has an empty class" in line
+
+
+def test_symlink_loop_is_named(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    loop = tmp_path / "loop.png"
+    loop.symlink_to(loop)
+    assert main(explain(loop, tmp_path / "o")) == 2
+    err = capsys.readouterr().err
+    assert "loop.png: a symlink loop" in err and "no such file" not in err and "Traceback" not in err

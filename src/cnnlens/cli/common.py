@@ -16,6 +16,7 @@ from cnnlens.attribution.core.base import Attribution
 from cnnlens.attribution.core.registry import create, get_method, method_names
 from cnnlens.errors import InputError
 from cnnlens.models import DEFAULT_MODEL, LoadedModel, load_model
+from cnnlens.models.layers import trace_layers
 from cnnlens.runtime import tune_allocator
 
 #: Wide tables stay readable when the output goes to a file or a pipe (rich assumes 80 columns there);
@@ -156,8 +157,24 @@ def build_methods(
     if layer is not None and not any(c.uses_layer for c in classes):
         raise InputError(f"--layer {layer} given, but none of {', '.join(names)} uses a layer")
     if layer is not None:
-        model.layer(layer)  # fail early on an unknown layer
+        check_feature_map_layer(model, layer)  # fail early, not once per image
     return methods
+
+
+def check_feature_map_layer(model: LoadedModel, layer: str) -> None:
+    """Raise :class:`InputError` unless ``layer`` exists and outputs an ``(N, C, h, w)`` feature map
+    (what every method with a layer needs), found with one dummy forward pass."""
+    name, _ = model.layer(layer)  # an unknown name: the closest names suggested
+    pre = model.preprocessing
+    shapes = {i.name: i.output_shape for i in trace_layers(model.module, pre.input_size, pre.channels)}
+    shape = shapes.get(name)
+    if shape is None:
+        raise InputError(f"--layer {name}: the layer does not run in the forward pass; choose one that does")
+    if len(shape) != 3:
+        raise InputError(
+            f"--layer {name}: outputs shape {(1, *shape)}, not a (N, C, h, w) feature map; choose a "
+            "convolutional layer or block (`cnnlens layers` lists them with their shapes)"
+        )
 
 
 def coerce_floats(kwargs: dict[str, Any], accepted: dict[str, inspect.Parameter]) -> dict[str, Any]:
