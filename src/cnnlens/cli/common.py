@@ -144,6 +144,7 @@ def build_methods(
         preset |= {k: v for k, v in settings.items() if v is not None and k in accepted}
         given = {k: v for k, v in params.items() if k in accepted}
         used |= set(given)
+        check_pixel_params(cls, given, model)
         kwargs = preset | given
         if layer is not None and cls.uses_layer:
             kwargs["layer"] = layer
@@ -159,6 +160,20 @@ def build_methods(
     if layer is not None:
         check_feature_map_layer(model, layer)  # fail early, not once per image
     return methods
+
+
+def check_pixel_params(cls: type[Attribution], given: dict[str, Any], model: LoadedModel) -> None:
+    """Refuse a window side given with ``-p`` that is larger than the model's input: the window
+    would be cut to the image and hide all of it, giving a constant map."""
+    height, width = model.preprocessing.input_size
+    for key in set(cls.pixel_params) & set(given):
+        value = given[key]
+        for side in value if isinstance(value, (list, tuple)) else [value]:
+            if isinstance(side, int) and side > min(height, width):
+                raise InputError(
+                    f"-p {key}={given[key]}: larger than the image ({height}x{width} pixels after "
+                    f"preprocessing for {model.name}); {key} must be at most {min(height, width)}"
+                )
 
 
 def check_feature_map_layer(model: LoadedModel, layer: str) -> None:

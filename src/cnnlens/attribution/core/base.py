@@ -181,6 +181,9 @@ class Attribution(ABC):
     #: samples, steps or windows, chosen so that every method on the five sample photos fits the demo's
     #: five-minute budget on a 2-core CPU. The paper defaults stay the defaults.
     quick_params: ClassVar[dict[str, Any]] = {}
+    #: Parameters in pixels of the input (window sides) that must fit in the image: the command
+    #: line refuses a value given for one of them larger than the model's input.
+    pixel_params: ClassVar[tuple[str, ...]] = ()
     #: Whether a target may be a function of the logits (CAM reads the target class's head weights).
     explains_functions: ClassVar[bool] = True
 

@@ -11,7 +11,6 @@ import torch.nn.functional as F
 from cnnlens.attribution.core.base import Attributed, Attribution, ModelLike
 from cnnlens.attribution.core.registry import register
 from cnnlens.errors import InputError, InputTypeError
-from cnnlens.models.loaded import LoadedModel
 from cnnlens.validation import check_int, check_real, check_score, describe, is_int
 
 #: A window as ``(top, left, height, width)`` in pixels.
@@ -50,16 +49,6 @@ def _check_fixed(fixed: object) -> tuple[int, int] | str | None:
     if min(top, left) < 0:
         raise InputError(f"{expected}, got {fixed!r}")
     return top, left
-
-
-def check_window_fits(key: str, window: int, height: int, width: int) -> None:
-    """Raise :class:`InputError` when a square window of side ``window`` is larger than the image:
-    it would be cut to the image and hide all of it, giving a constant map."""
-    if window > min(height, width):
-        raise InputError(
-            f"{key}={window} is larger than the image ({height}x{width} pixels after preprocessing); "
-            f"{key} must be at most {min(height, width)}"
-        )
 
 
 def window_starts(size: int, window: int, stride: int) -> list[int]:
@@ -103,6 +92,7 @@ class Occlusion(Attribution):
 
     name = "occlusion"
     quick_params: ClassVar[dict[str, Any]] = {"window": 48, "stride": 24}
+    pixel_params: ClassVar[tuple[str, ...]] = ("window",)
     family = "perturbation"
     summary = "score drop when a sliding window is hidden"
     reference = "Zeiler & Fergus 2014"
@@ -136,9 +126,6 @@ class Occlusion(Attribution):
         self.stride = strides
         self.fill = check_real("fill", fill)
         self.score = check_score(score)
-        if isinstance(self.model, LoadedModel):  # the input size is known: check up front
-            for w in _as_tuple(windows):
-                check_window_fits("window", w, *self.model.preprocessing.input_size)
 
     def scales(self) -> list[tuple[int, int]]:
         """The ``(window, stride)`` pairs this method slides, one per window size."""
@@ -214,8 +201,6 @@ class Occlusion(Attribution):
     ) -> torch.Tensor | Attributed:
         size = (inputs.shape[2], inputs.shape[3])
         scales = self.scales()
-        for w, _ in scales:
-            check_window_fits("window", w, *size)
         per_scale = [self.windows(*size, w, s) for w, s in scales]
         every = [box for boxes in per_scale for box in boxes]
         maps = []
@@ -281,6 +266,7 @@ class DoubleOcclusion(Occlusion):
 
     name = "double_occlusion"
     quick_params: ClassVar[dict[str, Any]] = {"window": 32, "stride": 32}
+    pixel_params: ClassVar[tuple[str, ...]] = ("window", "fixed_window")
     summary = "score drop with a fixed window and a second sliding window hidden"
     reference = "Zeiler & Fergus 2014; Fang"
     bf16_faithful = False
@@ -317,13 +303,10 @@ class DoubleOcclusion(Occlusion):
             raise InputError(f"fixed_window must be positive, got {fixed_window}")
         self.fixed_window = int(fixed_window)
         self.fixed = _check_fixed(fixed)
-        if isinstance(self.model, LoadedModel):
-            check_window_fits("fixed_window", self.fixed_window, *self.model.preprocessing.input_size)
 
     def fixed_boxes(self, image: torch.Tensor, target: int, batch_size: int) -> list[Box]:
         """Where the fixed window goes for ``image`` (one box, or every position with ``"sweep"``)."""
         height, width = image.shape[-2:]
-        check_window_fits("fixed_window", self.fixed_window, height, width)
         fh, fw = min(self.fixed_window, height), min(self.fixed_window, width)
         if self.fixed == "sweep":
             return self.windows(height, width, self.fixed_window)
