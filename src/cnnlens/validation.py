@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import numbers
-from typing import TypeGuard
+import os
+from pathlib import Path
+from typing import Any, TypeGuard
 
 from cnnlens.errors import InputError, InputTypeError
 
@@ -95,3 +98,25 @@ def check_fraction(name: str, value: object) -> float:
             f"{name} must be a fraction in (0, 1), got {value if is_real(value) else describe(value)}"
         )
     return float(value)
+
+
+def read_json(path: str | os.PathLike[str], what: str = "JSON file") -> Any:
+    """The parsed contents of the JSON file ``path``.
+
+    Raises:
+        InputError: The file is not UTF-8 or not valid JSON; the one-line message names the file,
+            the line and column, and what it should hold (``what``).
+    """
+    p = Path(path)
+    try:
+        return json.loads(p.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as err:
+        raise InputError(
+            f"{p}: not UTF-8 text (byte 0x{err.object[err.start]:02x} at offset {err.start}); "
+            f"expected a {what}"
+        ) from None
+    except json.JSONDecodeError as err:
+        raise InputError(
+            f"{p}: not valid JSON ({err.msg} at line {err.lineno}, column {err.colno}); expected a "
+            f"{what}; fix or remove the file"
+        ) from None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections import Counter
 from pathlib import Path
 
@@ -278,3 +279,49 @@ def test_read_data_errors(tmp_path: Path) -> None:
     _png(tmp_path / "images" / "a.png")
     with pytest.raises(ValueError, match=r"a plain folder of images has its masks in .*masks"):
         read_data(tmp_path, labelled=False, masks=tmp_path / "images")
+
+
+def test_unreadable_class_folder_is_an_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A class folder that cannot be listed is an error, not a class silently left out."""
+    import os
+
+    from cnnlens.errors import InputError
+
+    root = _folder(tmp_path, {"a": 3, "b": 3, "c": 3})
+    locked = root / "b"
+    real_scandir = os.scandir
+
+    def scandir(path: object = ".") -> object:
+        if Path(str(path)) == locked:  # chmod 000 does not stop root, who runs the tests
+            raise PermissionError(13, "Permission denied", str(path))
+        return real_scandir(path)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(os, "scandir", scandir)
+    with pytest.raises(InputError, match=r"/b: cannot be read \(permission denied\)"):
+        scan_dataset(root)
+
+
+def test_manifest_that_is_not_utf8_is_named(tmp_path: Path) -> None:
+    from cnnlens.errors import InputError
+
+    manifest = tmp_path / "m.csv"
+    manifest.write_bytes("path,label\nchat.png,caf\xe9\n".encode("latin-1"))
+    with pytest.raises(InputError, match=r"m\.csv: not UTF-8 text \(byte 0xe9 at offset 23\); save"):
+        scan_dataset(manifest)
+
+
+def test_malformed_run_config_is_named(tmp_path: Path) -> None:
+    from cnnlens.data.split import run_split
+    from cnnlens.errors import InputError
+
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.json").write_text('{"data": "x",')
+    (run / "split.json").write_text("{}")
+    with pytest.raises(InputError, match=r"run/config\.json: not valid JSON \(.* at line 1, column 14\)"):
+        run_split(run, "val")
+    data = _folder(tmp_path / "data", {"a": 2, "b": 2})
+    (run / "config.json").write_text(json.dumps({"data": str(data)}))
+    (run / "split.json").write_bytes(b"\xff\xfe")
+    with pytest.raises(InputError, match=r"run/split\.json: not UTF-8 text"):
+        run_split(run, "val")

@@ -153,9 +153,6 @@ def test_dataset_errors(tmp_path: Path, data: Path) -> None:
     (tmp_path / "empty").mkdir()
     with pytest.raises(ValueError, match="no image files"):
         load_dataset(tmp_path / "empty")
-    Image.fromarray(np.full((10, 10), 255, np.uint8)).save(data / "masks" / "a.png")
-    with pytest.raises(ValueError, match="must have their image's size"):
-        load_dataset(data)
     items = load_dataset("samples")
     assert [i.stem for i in items][:2] == ["chelsea", "coffee"]
     assert all(i.mask is not None for i in items)
@@ -345,8 +342,13 @@ def test_an_empty_mask_or_unreadable_image_is_skipped_with_a_warning(data: Path)
 
 @pytest.mark.slow
 @pytest.mark.usefixtures("tiny_cli")
-def test_an_empty_mask_leaves_only_that_images_localisation_out(data: Path, tmp_path: Path) -> None:
-    Image.fromarray(np.zeros((32, 32), np.uint8)).save(data / "masks" / "a.png")
+@pytest.mark.parametrize(
+    "mask", [np.zeros((32, 32), np.uint8), np.full((10, 10), 255, np.uint8)], ids=["empty", "wrong-size"]
+)
+def test_an_empty_mask_leaves_only_that_images_localisation_out(
+    mask: np.ndarray, data: Path, tmp_path: Path
+) -> None:
+    Image.fromarray(mask).save(data / "masks" / "a.png")
     out = tmp_path / "out"
     with pytest.warns(DataWarning, match="a.png"):
         assert bench(data, out, "sparseness,pointing_game") == 0
@@ -354,3 +356,15 @@ def test_an_empty_mask_leaves_only_that_images_localisation_out(data: Path, tmp_
     pointing = per_image(summary, "pointing_game")
     assert pointing["a"] is None and pointing["b"] is not None
     assert next(r for r in summary["table"] if r["row"] == "saliency")["metrics"]["sparseness"]["n"] == 2
+
+
+def test_mask_of_another_size_drops_only_that_images_localisation(tmp_path: Path, data: Path) -> None:
+    """As the README says: a wrong-size mask is dropped with a warning, the benchmark goes on."""
+    Image.fromarray(np.full((10, 10), 255, np.uint8)).save(data / "masks" / "a.png")
+    with pytest.warns(
+        DataWarning, match=r"a\.png: mask is 10x10 but a\.png is .*must have their image's size"
+    ):
+        items = load_dataset(data)
+    by_stem = {i.stem: i for i in items}
+    assert by_stem["a"].mask is None
+    assert any(i.mask is not None for i in items if i.stem != "a")

@@ -98,7 +98,7 @@ def test_missing_and_corrupt_checkpoints(tmp_path: Path) -> None:
         load_model(tmp_path / "missing.pt")
     bad = tmp_path / "bad.pt"
     bad.write_bytes(b"not a checkpoint")
-    with pytest.raises(ModelLoadError, match="cannot be read"):
+    with pytest.raises(ModelLoadError, match="not a checkpoint cnnlens can load safely"):
         load_model(bad)
     with pytest.raises(ModelLoadError, match="not a run folder"):
         load_model(tmp_path)

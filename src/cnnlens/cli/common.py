@@ -16,6 +16,7 @@ from cnnlens.attribution.core.base import Attribution
 from cnnlens.attribution.core.registry import create, get_method, method_names
 from cnnlens.errors import InputError
 from cnnlens.models import DEFAULT_MODEL, LoadedModel, load_model
+from cnnlens.models.layers import trace_layers
 from cnnlens.runtime import tune_allocator
 
 #: Wide tables stay readable when the output goes to a file or a pipe (rich assumes 80 columns there);
@@ -143,6 +144,7 @@ def build_methods(
         preset |= {k: v for k, v in settings.items() if v is not None and k in accepted}
         given = {k: v for k, v in params.items() if k in accepted}
         used |= set(given)
+        check_pixel_params(cls, given, model)
         kwargs = preset | given
         if layer is not None and cls.uses_layer:
             kwargs["layer"] = layer
@@ -156,8 +158,38 @@ def build_methods(
     if layer is not None and not any(c.uses_layer for c in classes):
         raise InputError(f"--layer {layer} given, but none of {', '.join(names)} uses a layer")
     if layer is not None:
-        model.layer(layer)  # fail early on an unknown layer
+        check_feature_map_layer(model, layer)  # fail early, not once per image
     return methods
+
+
+def check_pixel_params(cls: type[Attribution], given: dict[str, Any], model: LoadedModel) -> None:
+    """Refuse a window side given with ``-p`` that is larger than the model's input: the window
+    would be cut to the image and hide all of it, giving a constant map."""
+    height, width = model.preprocessing.input_size
+    for key in set(cls.pixel_params) & set(given):
+        value = given[key]
+        for side in value if isinstance(value, (list, tuple)) else [value]:
+            if isinstance(side, int) and side > min(height, width):
+                raise InputError(
+                    f"-p {key}={given[key]}: larger than the image ({height}x{width} pixels after "
+                    f"preprocessing for {model.name}); {key} must be at most {min(height, width)}"
+                )
+
+
+def check_feature_map_layer(model: LoadedModel, layer: str) -> None:
+    """Raise :class:`InputError` unless ``layer`` exists and outputs an ``(N, C, h, w)`` feature map
+    (what every method with a layer needs), found with one dummy forward pass."""
+    name, _ = model.layer(layer)  # an unknown name: the closest names suggested
+    pre = model.preprocessing
+    shapes = {i.name: i.output_shape for i in trace_layers(model.module, pre.input_size, pre.channels)}
+    shape = shapes.get(name)
+    if shape is None:
+        raise InputError(f"--layer {name}: the layer does not run in the forward pass; choose one that does")
+    if len(shape) != 3:
+        raise InputError(
+            f"--layer {name}: outputs shape {(1, *shape)}, not a (N, C, h, w) feature map; choose a "
+            "convolutional layer or block (`cnnlens layers` lists them with their shapes)"
+        )
 
 
 def coerce_floats(kwargs: dict[str, Any], accepted: dict[str, inspect.Parameter]) -> dict[str, Any]:

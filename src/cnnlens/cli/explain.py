@@ -22,6 +22,7 @@ from cnnlens.cli.common import (
     split_list,
 )
 from cnnlens.data.images import MAX_PIXELS
+from cnnlens.errors import InputError
 from cnnlens.outputs import check_output_folder, output_folder
 from cnnlens.pipeline import (
     ImageResult,
@@ -117,6 +118,11 @@ def run(args: argparse.Namespace) -> int:
     check_positive_int("--top", args.top)
     check_positive_int("--max-pixels", args.max_pixels)
     check_output_folder(args.out)
+    if any(not part.strip() for value in args.target or [] for part in value.split(",")):
+        raise InputError(
+            f"--target {','.join(args.target)!r} has an empty class; give class indices or names "
+            "(-t 281 -t tabby), or leave out --target for each image's top class"
+        )
     names = selected_methods(args.method)
     model = model_from_args(args)
     every = not split_list(args.method) or split_list(args.method) == ["all"]

@@ -258,6 +258,29 @@ def _skip_or_raise(item: dict[str, str], strict: bool) -> None:
     warnings.warn(f"skipped {item['path']}: {item['reason']}", DataWarning, stacklevel=3)
 
 
+def readable_files(folder: Path) -> list[Path]:
+    """The files below ``folder`` (hidden ones left out), sorted.
+
+    Raises:
+        InputError: ``folder`` or a folder below it cannot be read (``Path.rglob`` would skip it
+            silently, and a class would lose images or vanish from the dataset).
+    """
+
+    def unreadable(err: OSError) -> None:
+        reason = "permission denied" if isinstance(err, PermissionError) else err.strerror or str(err)
+        raise InputError(
+            f"{err.filename}: cannot be read ({reason}); fix its permissions or move it out of the dataset"
+        )
+
+    found = [
+        Path(top) / name
+        for top, _, names in os.walk(folder, onerror=unreadable)
+        for name in names
+        if not name.startswith(".")
+    ]
+    return sorted(p for p in found if p.is_file())
+
+
 def scan_folder(root: Path) -> ImageSet:
     """Index ``root/<class>/**/<image>``; empty class folders are left out with a warning."""
     class_dirs = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
@@ -269,7 +292,7 @@ def scan_folder(root: Path) -> ImageSet:
     samples: list[Sample] = []
     skipped: list[dict[str, str]] = []
     for folder in class_dirs:
-        files = sorted(p for p in folder.rglob("*") if p.is_file() and not p.name.startswith("."))
+        files = readable_files(folder)
         images = [p for p in files if p.suffix.lower() in IMAGE_SUFFIXES]
         skipped += [
             {"path": str(p), "reason": "not an image file (by its suffix)"} for p in files if p not in images
@@ -286,15 +309,23 @@ def scan_folder(root: Path) -> ImageSet:
 
 def read_manifest(path: Path) -> ImageSet:
     """Index a CSV manifest with the columns ``path,label[,mask][,split]``."""
-    with path.open(newline="", encoding="utf-8") as f:
-        reader = csv.DictReader(f)
-        columns = set(reader.fieldnames or [])
-        if not {"path", "label"} <= columns:
-            raise InputError(
-                f"{path}: a manifest needs the header columns path,label[,mask][,split]; "
-                f"found {sorted(columns) or 'no header'}"
-            )
-        rows = list(reader)
+    try:
+        with path.open(newline="", encoding="utf-8") as f:
+            reader = csv.DictReader(f)
+            columns = set(reader.fieldnames or [])
+            if not {"path", "label"} <= columns:
+                raise InputError(
+                    f"{path}: a manifest needs the header columns path,label[,mask][,split]; "
+                    f"found {sorted(columns) or 'no header'}"
+                )
+            rows = list(reader)
+    except UnicodeDecodeError as err:
+        raise InputError(
+            f"{path}: not UTF-8 text (byte 0x{err.object[err.start]:02x} at offset {err.start}); "
+            "save the manifest as UTF-8 CSV"
+        ) from None
+    except csv.Error as err:
+        raise InputError(f"{path}: not a readable CSV manifest ({err})") from None
     base = path.parent
     labels = sorted({(r.get("label") or "").strip() for r in rows})
     if "" in labels:

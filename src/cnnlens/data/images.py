@@ -7,7 +7,9 @@ file can be wrong (missing, a directory, not an image, truncated, a decompressio
 
 from __future__ import annotations
 
+import errno
 import os
+import re
 import threading
 import warnings
 from collections.abc import Iterator
@@ -45,20 +47,23 @@ def load_image(path: str | os.PathLike[str], *, max_pixels: int = MAX_PIXELS) ->
     check_positive_int("max_pixels", max_pixels)
     p = Path(path)
     if not p.exists():
-        raise ImageLoadError(f"{p}: no such file")
+        raise ImageLoadError(f"{p}: {_why_missing(p)}")
     if p.is_dir():
         raise ImageLoadError(f"{p}: is a directory, expected an image file")
-    too_large = (
-        f"{p}: over the limit of {max_pixels:,} pixels (a possible decompression bomb); "
-        "raise max_pixels (--max-pixels) if the file is trusted"
-    )
+
+    def too_large(pixels: str) -> str:
+        return (
+            f"{p}: {pixels} pixels, over the limit of {max_pixels:,} (a possible decompression "
+            "bomb); raise max_pixels (--max-pixels) if the file is trusted"
+        )
+
     try:
         with _pillow_pixel_limit(max_pixels), warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             with Image.open(p) as im:
                 width, height = im.size
                 if width * height > max_pixels:
-                    raise ImageLoadError(f"{too_large}: {width}x{height} pixels")
+                    raise ImageLoadError(too_large(f"{width}x{height} = {width * height:,}"))
                 im.load()
                 upright = ImageOps.exif_transpose(im)
                 return to_rgb(upright if upright is not None else im)
@@ -66,10 +71,28 @@ def load_image(path: str | os.PathLike[str], *, max_pixels: int = MAX_PIXELS) ->
         raise
     except Image.UnidentifiedImageError:
         raise ImageLoadError(f"{p}: not an image file Pillow can read") from None
+    except PermissionError:
+        raise ImageLoadError(f"{p}: cannot be read (permission denied)") from None
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
-        raise ImageLoadError(f"{too_large} ({err})") from None
+        # Pillow's text quotes its own limit (twice ours for an error): quote only ours
+        size = re.search(r"\((\d+) pixels\)", str(err))
+        raise ImageLoadError(too_large(f"{int(size.group(1)):,}" if size else "more")) from None
     except (OSError, SyntaxError, ValueError) as err:
         raise ImageLoadError(f"{p}: corrupt or truncated image ({err})") from None
+
+
+def _why_missing(p: Path) -> str:
+    """Why ``p`` does not exist: no such file, a dangling symbolic link or a symlink loop."""
+    if not p.is_symlink():
+        return "no such file"
+    try:
+        p.resolve(strict=True)
+    except RuntimeError:  # Python 3.11-3.12 raise this for a loop
+        return "a symlink loop (the link points back to itself); point it at an image file"
+    except OSError as err:
+        if err.errno == errno.ELOOP:
+            return "a symlink loop (the link points back to itself); point it at an image file"
+    return f"a symbolic link to a missing file ({os.readlink(p)})"
 
 
 @contextmanager

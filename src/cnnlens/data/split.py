@@ -16,6 +16,7 @@ import numpy as np
 
 from cnnlens.data.folders import SPLITS, ImageSet, Sample, scan_dataset
 from cnnlens.errors import InputError
+from cnnlens.validation import read_json
 
 DEFAULT_FRACTIONS = (0.8, 0.1, 0.1)
 
@@ -100,7 +101,7 @@ def load_split(dataset: ImageSet, path: str | os.PathLike[str]) -> dict[str, lis
     Raises:
         ValueError: The split names an image the dataset no longer has.
     """
-    body = json.loads(Path(path).read_text())
+    body = read_json(path, "split file written by cnnlens train (split.json)")
     by_path = {dataset.relative(s.path): s for s in dataset.samples}
     missing = [p for k in SPLITS for p in body.get(k, []) if p not in by_path]
     if missing:
@@ -121,7 +122,12 @@ def run_split(run: str | os.PathLike[str], split: str, *, strict: bool = False) 
     folder = Path(run)
     if not (folder / "config.json").is_file() or not (folder / "split.json").is_file():
         raise InputError(f"{run} is not a training run folder; give the data to evaluate on as well")
-    config = json.loads((folder / "config.json").read_text())
+    config = read_json(folder / "config.json", "training configuration written by cnnlens train")
+    if not isinstance(config, dict) or "data" not in config:
+        raise InputError(
+            f"{folder / 'config.json'}: not a training configuration (it names no data); "
+            "give the data to evaluate on as well"
+        )
     dataset = scan_dataset(config["data"], masks=config.get("masks"), strict=strict)
     samples = load_split(dataset, folder / "split.json")[split]
     if not samples:

@@ -74,9 +74,10 @@ class BenchImage:
 def load_dataset(data: str | os.PathLike[str], *, split: str | None = None) -> list[BenchImage]:
     """Read the benchmark images (see the module docstring) as a list of :class:`BenchImage`.
 
-    An image that cannot be read is left out, and a mask that cannot be read or is empty (every
-    pixel zero) is dropped, each with a :class:`~cnnlens.errors.DataWarning` naming the file: the
-    image then gets NaN for the localisation metrics instead of stopping the benchmark.
+    An image that cannot be read is left out, and a mask that cannot be read, is empty (every
+    pixel zero) or does not have its image's size is dropped, each with a
+    :class:`~cnnlens.errors.DataWarning` naming the file: the image then gets NaN for the
+    localisation metrics instead of stopping the benchmark.
 
     Args:
         data: ``"samples"``, or what :func:`~cnnlens.data.folders.read_data` reads as a plain folder
@@ -87,8 +88,7 @@ def load_dataset(data: str | os.PathLike[str], *, split: str | None = None) -> l
     Raises:
         FileNotFoundError: ``data`` does not exist.
         ValueError: No image can be read, ``split`` is given without a manifest or matches no row, two
-            masks (or two images that a mask would belong to) share a stem, or a mask does not match
-            its image's size.
+            masks (or two images that a mask would belong to) share a stem.
     """
     if str(data) == "samples":
         if split is not None:
@@ -137,10 +137,14 @@ def _read_entry(name: str, path: Path, mask_path: Path | None) -> BenchImage | N
                 stacklevel=3,
             )
     if mask is not None and mask.shape != (image.height, image.width):
-        raise InputError(
+        warnings.warn(
             f"{mask_path}: mask is {mask.shape[1]}x{mask.shape[0]} but {path.name} is "
-            f"{image.width}x{image.height}; masks must have their image's size"
+            f"{image.width}x{image.height} (masks must have their image's size); {name} is "
+            "benchmarked without a mask (its localisation metrics are n/a)",
+            DataWarning,
+            stacklevel=3,
         )
+        mask = None
     return BenchImage(name, image, mask)
 
 

@@ -174,17 +174,36 @@ def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
 
 
 def _torch_load(path: Path) -> Any:
+    """``torch.load`` with ``weights_only=True``, always: a file that needs more (arbitrary pickled
+    objects, which could run code while loading) is refused, never loaded unsafely."""
     if not path.is_file():
         raise ModelLoadError(f"{path}: no such checkpoint file")
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
+    except PermissionError:
+        raise ModelLoadError(f"{path}: cannot be read (permission denied)") from None
     except Exception as err:  # torch raises many types for a bad file
+        # torch's own text is many lines and recommends weights_only=False, which would run
+        # whatever the file contains: give one line of our own instead.
         raise ModelLoadError(
-            f"{path}: cannot be read as a PyTorch checkpoint with weights_only=True ({err})"
+            f"{path}: not a checkpoint cnnlens can load safely (it is corrupt, or holds pickled "
+            f"objects other than tensors and plain values: {type(err).__name__}); it is not "
+            f"loaded. Use a cnnlens checkpoint or a plain state dict of tensors"
         ) from None
 
 
 def _load_weights(module: nn.Module, state: dict[str, torch.Tensor], path: Path) -> None:
+    own = module.state_dict()
+    wrong = [
+        f"{k} {tuple(v.shape)} (model: {tuple(own[k].shape)})"
+        for k, v in state.items()
+        if k in own and isinstance(v, torch.Tensor) and v.shape != own[k].shape
+    ]
+    if wrong:
+        raise ModelLoadError(
+            f"{path}: weights do not fit the architecture; {len(wrong)} tensors have other shapes, "
+            f"e.g. {'; '.join(wrong[:3])}. Name the architecture the weights were trained for"
+        )
     result = module.load_state_dict(state, strict=False)
     if result.missing_keys or result.unexpected_keys:
         raise ModelLoadError(
@@ -333,6 +352,36 @@ def _finish(
     )
 
 
+#: What a cnnlens checkpoint must hold to rebuild its model.
+_CHECKPOINT_KEYS = ("arch", "num_classes", "preprocessing", "state_dict")
+
+
+def check_device(device: str | torch.device | None) -> None:
+    """Raise :class:`InputError` when ``device`` is not a torch device this machine has."""
+    if device is None:
+        return
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, ValueError):
+        raise InputError(
+            f"unknown device {str(device)!r}; use cpu, cuda, cuda:N or mps (whichever this machine has)"
+        ) from None
+    available = {
+        "cpu": True,
+        "cuda": torch.cuda.is_available(),
+        "mps": torch.backends.mps.is_available(),
+    }.get(dev.type)
+    if available is None:
+        raise InputError(f"device {str(device)!r} is not supported by cnnlens; use cpu, cuda or mps")
+    if not available:
+        raise InputError(f"device {str(device)!r} is not available on this machine; use --device cpu")
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise InputError(
+            f"device {str(device)!r}: this machine has {torch.cuda.device_count()} CUDA device(s) "
+            f"(cuda:0 to cuda:{torch.cuda.device_count() - 1})"
+        )
+
+
 def _load_checkpoint(path: Path, device: str | torch.device | None) -> LoadedModel:
     obj = _torch_load(path)
     if not is_cnnlens_checkpoint(obj):
@@ -340,6 +389,12 @@ def _load_checkpoint(path: Path, device: str | torch.device | None) -> LoadedMod
             f"{path} is a plain state dict, which does not say its architecture; load it with "
             f"the architecture named: --model ARCH --weights {path} (API: load_model('resnet18', "
             f"weights='{path}'))"
+        )
+    missing = [k for k in _CHECKPOINT_KEYS if k not in obj]
+    if missing:
+        raise ModelLoadError(
+            f"{path}: a cnnlens checkpoint without {', '.join(missing)}; it is incomplete or was "
+            f"edited. Load its weights with the architecture named: --model ARCH --weights {path}"
         )
     arch, head, k = str(obj["arch"]), str(obj.get("head", "original")), int(obj["num_classes"])
     module, _, _, _, arch_source = build_architecture(
@@ -400,8 +455,10 @@ def load_model(
     Raises:
         ModelLoadError: Weights cannot be downloaded (offline), a file is missing or unreadable,
             or weights do not fit the architecture.
+        InputError: ``device`` is not a device this machine has.
         UnknownNameError: No model has that name.
     """
+    check_device(device)
     path = _checkpoint_path(spec)
     if path is not None:
         if weights is not None:

@@ -181,6 +181,9 @@ class Attribution(ABC):
     #: samples, steps or windows, chosen so that every method on the five sample photos fits the demo's
     #: five-minute budget on a 2-core CPU. The paper defaults stay the defaults.
     quick_params: ClassVar[dict[str, Any]] = {}
+    #: Parameters in pixels of the input (window sides) that must fit in the image: the command
+    #: line refuses a value given for one of them larger than the model's input.
+    pixel_params: ClassVar[tuple[str, ...]] = ()
     #: Whether a target may be a function of the logits (CAM reads the target class's head weights).
     explains_functions: ClassVar[bool] = True
 
@@ -311,7 +314,11 @@ class Attribution(ABC):
         spec: Target = None if objective is not None else target
         start = time.perf_counter()
         runner = self._runner(x.device, objective)
-        with preserved_state(module, freeze_parameters=True), self._running(runner):
+        with (
+            preserved_state(module, freeze_parameters=True),
+            self._running(runner),
+            self._out_of_memory_as_input_error(),
+        ):
             chunk = self._chunk_size(batch_size, x)
             layer_name = self.target_layer(x)[0] if self.uses_layer else None
             # a bf16 pass could flip a near tie: targets and scores then come from an fp32 forward
@@ -346,6 +353,22 @@ class Attribution(ABC):
         )
 
     __call__ = explain
+
+    @contextmanager
+    def _out_of_memory_as_input_error(self) -> Iterator[None]:
+        """Turn a :class:`MemoryError` (host memory) into one line naming the counts to lower."""
+        try:
+            yield
+        except MemoryError:
+            counts = {
+                k: v
+                for k, v in self.get_params().items()
+                if isinstance(v, int) and not isinstance(v, bool) and v > 1
+            }
+            shown = ", ".join(f"{k}={v}" for k, v in counts.items()) or "its parameters"
+            raise InputError(
+                f"method {self.name!r} ran out of memory; lower {shown} (-p KEY=VALUE) or the batch size"
+            ) from None
 
     @abstractmethod
     def _attribute(

@@ -263,8 +263,17 @@ BASELINES = ("black", "blur", "noise", "zero")
 IG_RULES = ("gauss_legendre", "trapezoid", "left", "right", "middle")
 
 
+#: Bounds on ``steps``: beyond them a path integral needs more memory (Gauss-Legendre's nodes come
+#: from a steps x steps matrix) or time than any image is worth, and its error is already negligible.
+MAX_GAUSS_LEGENDRE_STEPS = 1_000
+MAX_PATH_STEPS = 100_000
+
+
 def path_nodes(rule: str, steps: int) -> tuple[list[float], list[float]]:
     """Points ``alpha`` in [0, 1] and weights of a quadrature of ``int_0^1 g(alpha) d alpha``."""
+    limit = MAX_GAUSS_LEGENDRE_STEPS if rule == "gauss_legendre" else MAX_PATH_STEPS
+    if steps > limit:  # each step is a backward pass; Gauss-Legendre also builds a steps² matrix
+        raise InputError(f"steps={steps} is more than the {rule} rule takes (at most {limit:,}); lower steps")
     if rule == "gauss_legendre":
         nodes, gl_weights = np.polynomial.legendre.leggauss(steps)
         return [(float(a) + 1) / 2 for a in nodes], [float(w) / 2 for w in gl_weights]

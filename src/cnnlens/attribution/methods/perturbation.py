@@ -92,6 +92,7 @@ class Occlusion(Attribution):
 
     name = "occlusion"
     quick_params: ClassVar[dict[str, Any]] = {"window": 48, "stride": 24}
+    pixel_params: ClassVar[tuple[str, ...]] = ("window",)
     family = "perturbation"
     summary = "score drop when a sliding window is hidden"
     reference = "Zeiler & Fergus 2014"
@@ -265,6 +266,7 @@ class DoubleOcclusion(Occlusion):
 
     name = "double_occlusion"
     quick_params: ClassVar[dict[str, Any]] = {"window": 32, "stride": 32}
+    pixel_params: ClassVar[tuple[str, ...]] = ("window", "fixed_window")
     summary = "score drop with a fixed window and a second sliding window hidden"
     reference = "Zeiler & Fergus 2014; Fang"
     bf16_faithful = False
