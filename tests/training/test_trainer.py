@@ -391,3 +391,22 @@ def test_a_file_as_run_folder_is_one_line(small: Path, tmp_path: Path) -> None:
     with pytest.raises(InputError, match="--resume .*afile is a file, not a folder"):
         Trainer.resume(tmp_path / "afile")
     assert (tmp_path / "afile").read_text() == "x"
+
+
+def test_resume_of_a_run_with_a_broken_config_is_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from cnnlens.cli import main
+    from cnnlens.training import TrainConfig
+
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.json").write_text('{"data": "x",')
+    with pytest.raises(ValueError, match=r"config.json: not valid JSON .*training configuration"):
+        TrainConfig.load(run / "config.json")
+    assert main(["train", "--resume", str(run)]) == 2
+    err = capsys.readouterr().err
+    assert "config.json" in err and "Traceback" not in err
+    (run / "config.json").write_text("[1, 2]")
+    with pytest.raises(ValueError, match="holds a JSON list, not a training configuration"):
+        TrainConfig.load(run / "config.json")

@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import asdict, dataclass, fields
-from pathlib import Path
 from typing import Any
 
 from cnnlens import outputs
@@ -14,6 +12,7 @@ from cnnlens.data.split import DEFAULT_FRACTIONS, check_fractions
 from cnnlens.errors import InputError
 from cnnlens.models.heads import HEADS, WRAPPING_HEADS
 from cnnlens.models.saliency_net import LOC_LOSSES
+from cnnlens.validation import read_json
 
 
 def auto_freeze(head: str, pretrained: bool) -> str:
@@ -146,4 +145,12 @@ class TrainConfig:
 
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> TrainConfig:
-        return cls.from_dict(json.loads(Path(path).read_text()))
+        """Read a run's ``config.json``.
+
+        Raises:
+            InputError: The file is not valid JSON, or not a JSON object (one line naming the file).
+        """
+        body = read_json(path, "training configuration written by cnnlens train")
+        if not isinstance(body, dict):
+            raise InputError(f"{path}: holds a JSON {type(body).__name__}, not a training configuration")
+        return cls.from_dict(body)
