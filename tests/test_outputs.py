@@ -137,3 +137,12 @@ def test_an_unreadable_summary_is_replaced(tmp_path: Path) -> None:
     (out / "summary.json").write_text("{not json")
     write_summary(summarize(tiny_loaded(), explain_one(out), [], out), out)
     assert [e["stem"] for e in json.loads((out / "summary.json").read_text())["images"]] == ["cat"]
+
+
+def test_written_files_get_the_mode_open_would_give(tmp_path: Path) -> None:
+    from cnnlens import outputs
+
+    plain = tmp_path / "plain.txt"
+    plain.write_text("x")
+    written = outputs.write_text(tmp_path / "atomic.txt", "x")
+    assert (written.stat().st_mode & 0o777) == (plain.stat().st_mode & 0o777) == outputs.FILE_MODE

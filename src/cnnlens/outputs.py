@@ -27,6 +27,16 @@ from cnnlens.errors import InputError
 TMP_SUFFIX = ".tmp"
 
 
+def _file_mode() -> int:
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
+#: The permissions of a written file: those a plain ``open(path, "w")`` gives under the process's umask.
+FILE_MODE = _file_mode()
+
+
 def tmp_prefix(name: str) -> str:
     """The prefix of the temporary files written for a destination called ``name``."""
     return f".{name}."
@@ -49,6 +59,7 @@ def atomic_writer(path: str | os.PathLike[str]) -> Iterator[IO[bytes]]:
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=tmp_prefix(target.name), suffix=TMP_SUFFIX, dir=target.parent)
     try:
+        os.chmod(tmp, FILE_MODE)  # mkstemp makes 0600 files: give the mode open() would
         with os.fdopen(fd, "wb") as f:
             yield f
             f.flush()
