@@ -146,3 +146,18 @@ def test_written_files_get_the_mode_open_would_give(tmp_path: Path) -> None:
     plain.write_text("x")
     written = outputs.write_text(tmp_path / "atomic.txt", "x")
     assert (written.stat().st_mode & 0o777) == (plain.stat().st_mode & 0o777) == outputs.FILE_MODE
+
+
+def test_a_link_to_a_folder_planted_in_out_is_replaced_not_written_through(tmp_path: Path) -> None:
+    from cnnlens import outputs
+
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    out = tmp_path / "out"
+    out.mkdir()
+    os.symlink(elsewhere, out / "chelsea")
+    folder = outputs.subfolder(out, "chelsea")
+    outputs.write_text(folder / "gradcam.json", "{}")
+    assert folder.is_dir() and not folder.is_symlink() and (out / "chelsea" / "gradcam.json").is_file()
+    assert list(elsewhere.iterdir()) == []
+    assert outputs.subfolder(out, "..").parent == out and outputs.subfolder(out, "a/b").parent == out

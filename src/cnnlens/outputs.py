@@ -142,3 +142,21 @@ def output_folder(path: str | os.PathLike[str], flag: str = "--out") -> Path:
             f"{flag} {folder} cannot be created ({err.strerror}: a parent is a file); give a folder path"
         ) from err
     return folder
+
+
+def subfolder(root: str | os.PathLike[str], name: str) -> Path:
+    """The folder ``root/name`` for one item's files (an image's maps), created if needed, that is
+    certainly inside ``root``.
+
+    A ``name`` that would leave ``root`` or hide (``..``, ``.``, a leading dot, a path separator) is
+    made safe by replacing those characters with ``_``; a symbolic link already at ``root/name`` is
+    replaced by a real folder (whatever it pointed to is left untouched), as the writers do for files.
+    """
+    safe = name.replace(os.sep, "_").replace("/", "_")
+    if not safe or safe.startswith("."):
+        safe = "_" + safe.lstrip(".")
+    folder = Path(root) / safe
+    if folder.is_symlink():
+        folder.unlink()
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder

@@ -25,7 +25,7 @@ from cnnlens.attribution.core.targets import class_index
 from cnnlens.data.images import MAX_PIXELS, load_image
 from cnnlens.errors import CnnlensError
 from cnnlens.models.loaded import LoadedModel
-from cnnlens.outputs import write_json, write_with
+from cnnlens.outputs import subfolder, write_json, write_with
 
 log = logging.getLogger(__name__)
 
@@ -118,8 +118,7 @@ def explain_images(
     for stem, source, image in images:
         x = model.prepare(image)
         result = ImageResult(stem, source, image, model.top_k(x, top)[0])
-        folder = root / stem
-        folder.mkdir(parents=True, exist_ok=True)
+        folder = subfolder(root, stem)
         wanted: list[int | None] = list(targets) or [None]
         for target in wanted:
             for method in methods:
