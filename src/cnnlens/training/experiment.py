@@ -33,7 +33,6 @@ References:
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import os
@@ -55,6 +54,7 @@ from cnnlens.models.saliency_net import LOC_LOSSES
 from cnnlens.outputs import write_text, write_with
 from cnnlens.training.config import TrainConfig, write_json
 from cnnlens.training.trainer import Trainer, absolute_paths
+from cnnlens.validation import read_json
 
 log = logging.getLogger(__name__)
 
@@ -473,7 +473,7 @@ def run_one(cfg: ExperimentConfig, spec: RunSpec, run: Path) -> dict[str, Any]:
     wanted = absolute_paths(train_config(cfg, spec))
     done = run / "result.json"
     if done.is_file():
-        record: dict[str, Any] = json.loads(done.read_text())
+        record: dict[str, Any] = read_json(done, "experiment result written by cnnlens experiment")
         if not _changed(record.get("train_config"), wanted) and record.get("threshold") == cfg.threshold:
             return record
     trainer = None

@@ -316,6 +316,12 @@ class FusedNetwork:
         return out
 
 
+def _tracer() -> LeafTracer:
+    """The tracer of the fused graph: timm's untraceable modules and its ``Conv2dSame`` kept whole."""
+    same = timm_conv2d_same()
+    return LeafTracer(timm_notrace_modules() + ((same,) if same is not None else ()), None)
+
+
 def build_fused(module: nn.Module, sample: torch.Tensor, precision: str) -> dict[str, FusedNetwork | None]:
     """Trace ``module``, fuse its convolution chains, and check it against the model on ``sample``.
 
@@ -324,10 +330,8 @@ def build_fused(module: nn.Module, sample: torch.Tensor, precision: str) -> dict
     can be fused, or the fused network does not reproduce the model's logits in float32.
     """
     none: dict[str, FusedNetwork | None] = dict.fromkeys(("fp32", precision))
-    same = timm_conv2d_same()
-    leaves = timm_notrace_modules() + ((same,) if same is not None else ())
     try:
-        graph = LeafTracer(leaves, None).trace(module)
+        graph = _tracer().trace(module)
     except Exception as error:  # any tracing failure means: run the model eagerly
         logger.info("fused inference off: torch.fx cannot trace %s (%s)", type(module).__name__, error)
         return none
@@ -424,8 +428,7 @@ def _fingerprint(module: nn.Module) -> tuple[Any, ...] | None:
 def _traced_through(module: nn.Module) -> list[nn.Module]:
     """The submodules a trace inlines (containers and custom blocks; not the leaves the fused graph
     still calls): a hook on one of them would be traced into the graph, or skipped by it."""
-    same = timm_conv2d_same()
-    tracer = LeafTracer(timm_notrace_modules() + ((same,) if same is not None else ()), None)
+    tracer = _tracer()
     out: list[nn.Module] = []
     stack = [(name, child) for name, child in module.named_children()]
     while stack:

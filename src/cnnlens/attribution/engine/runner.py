@@ -30,7 +30,6 @@ from cnnlens.attribution.engine.fused import FusedNetwork, fused_network, infere
 from cnnlens.attribution.engine.layout import check_memory_format, to_memory_format
 from cnnlens.attribution.engine.precision import (
     bf16_is_native,
-    check_precision,
     evaluation_context,
     resolve_precision,
 )
@@ -147,7 +146,6 @@ class PassRunner:
         objective: Objective | None = None,
     ) -> None:
         self.module, self.device = module, device
-        self.requested = check_precision(precision)
         self.precision = resolve_precision(precision, device, bf16_faithful)
         self.memory_format = check_memory_format(memory_format)
         self.backend = check_backend(backend)
@@ -170,14 +168,16 @@ class PassRunner:
             return self.memory_format
         return "contiguous" if gradients else "channels_last"
 
-    def context(self, precision: str | None = None) -> contextlib.AbstractContextManager[None]:
+    @property
+    def padding_free(self) -> bool:
+        """Whether TensorFlow-"same" convolutions run without a padded copy of their input: on every
+        backend but ``eager``, which runs the model exactly as it is."""
+        return self.backend != "eager"
+
+    def context(self) -> contextlib.AbstractContextManager[None]:
         """What a pass of the model itself runs under: autocast for bf16 with the network's ends in
-        float32, and (except on the eager backend, which runs the model exactly as it is)
-        TensorFlow-"same" convolutions without a padded copy of their input."""
-        padding_free = self.backend != "eager"
-        return evaluation_context(
-            precision or self.precision, self.device, self.module, padding_free=padding_free
-        )
+        float32, and the padding-free "same" convolutions (:attr:`padding_free`)."""
+        return evaluation_context(self.precision, self.device, self.module, padding_free=self.padding_free)
 
     def record(self) -> dict[str, Any]:
         """What ran, for the explanation's parameters: ``computed_in`` (the resolved precision), with
@@ -209,7 +209,7 @@ class PassRunner:
     def _infer(self, batch: torch.Tensor, precision: str, backend: str | None = None) -> torch.Tensor:
         net = self._network(batch, precision, backend)
         self.used.add("eager" if net is None else "fused")
-        return inference_pass(self.module, batch, precision, net, padding_free=self.backend != "eager")
+        return inference_pass(self.module, batch, precision, net, padding_free=self.padding_free)
 
     def logits(self, inputs: torch.Tensor, batch_size: int, *, backend: str | None = None) -> torch.Tensor:
         """Float32 logits of ``inputs`` in chunks of ``batch_size``, without autograd: ``(N, K)``.
