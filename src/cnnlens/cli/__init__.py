@@ -26,6 +26,7 @@ COMMANDS = (
     "evaluate",
     "benchmark",
     "experiment",
+    "probe",
 )
 
 

@@ -6,7 +6,6 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from cnnlens.attribution import method_names
@@ -18,6 +17,7 @@ from cnnlens.cli.common import (
     method_choices_help,
     model_from_args,
     parse_params,
+    progress_bar,
     split_list,
 )
 from cnnlens.data.folders import SPLITS
@@ -139,12 +139,8 @@ def run(args: argparse.Namespace) -> int:
     bench = BenchmarkRun(
         model, methods, metrics, args.out, args.cache or args.out / "cache", references, args.seed
     )
-    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
-    with Progress(*columns, console=console, transient=True) as progress:
-        task = progress.add_task("benchmark", total=len(images) * (len(methods) + len(references)))
-        summary = run_benchmark(
-            bench, images, lambda what: progress.update(task, advance=1, description=what)
-        )
+    with progress_bar("benchmark", len(images) * (len(methods) + len(references)), transient=True) as advance:
+        summary = run_benchmark(bench, images, advance)
     print_table(summary)
     report = benchmark_report(summary, args.out)
     console.print(f"wrote {report}, {args.out / 'benchmark.json'} and {args.out / 'benchmark.csv'}")

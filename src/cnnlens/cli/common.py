@@ -7,10 +7,22 @@ import ast
 import inspect
 import os
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any, Literal
 
 from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    ProgressColumn,
+    Task,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+from rich.text import Text
 
 from cnnlens.attribution.core.base import Attribution
 from cnnlens.attribution.core.registry import create, get_method, method_names
@@ -23,6 +35,51 @@ from cnnlens.runtime import tune_allocator
 #: a terminal keeps its own width, and ``COLUMNS`` still wins.
 console = Console(width=None if sys.stdout.isatty() or "COLUMNS" in os.environ else 200)
 error_console = Console(stderr=True, soft_wrap=True)
+
+
+class RateColumn(ProgressColumn):
+    """Items per second (or seconds per item when slower than one a second)."""
+
+    def render(self, task: Task) -> Text:
+        speed = task.finished_speed or task.speed
+        if not speed:
+            return Text("-/s", style="progress.data.speed")
+        text = f"{speed:.1f}/s" if speed >= 1 else f"{1 / speed:.1f} s/it"
+        return Text(text, style="progress.data.speed")
+
+
+def progress_columns(stats: bool = False) -> list[ProgressColumn]:
+    """The columns of every progress bar: description, bar, i/N, [stats,] rate, elapsed, ETA."""
+    columns: list[ProgressColumn] = [
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        RateColumn(),
+        TimeElapsedColumn(),
+        TextColumn("ETA"),
+        TimeRemainingColumn(),
+    ]
+    if stats:
+        columns.insert(3, TextColumn("{task.fields[stats]}"))
+    return columns
+
+
+@contextmanager
+def progress_bar(
+    description: str, total: int, *, transient: bool = False, fields: bool = False
+) -> Iterator[Callable[..., None]]:
+    """A progress bar with i/N, rate and ETA on :data:`console`; yields ``advance(what="", n=1,
+    **fields)``, which moves the bar on by ``n`` and shows ``what`` as its description.
+
+    With ``fields=True`` the bar also shows ``{task.fields[stats]}`` (pass ``stats=...`` to advance).
+    """
+    with Progress(*progress_columns(fields), console=console, transient=transient) as bar:
+        task = bar.add_task(description, total=total, stats="")
+
+        def advance(what: str = "", n: int = 1, **extra: Any) -> None:
+            bar.update(task, advance=n, description=what or description, **extra)
+
+        yield advance
 
 
 def setup_runtime() -> None:

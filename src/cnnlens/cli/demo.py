@@ -5,10 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
 from cnnlens.attribution import Attribution, method_names
-from cnnlens.cli.common import add_command, build_methods, console, error_console
+from cnnlens.cli.common import add_command, build_methods, console, error_console, progress_bar
 from cnnlens.cli.explain import print_results
 from cnnlens.data.samples import SAMPLE_NAMES, load_sample
 from cnnlens.models import DEFAULT_MODEL, load_model
@@ -55,21 +53,8 @@ def run(args: argparse.Namespace) -> int:
         skip_unsupported=True,
     )
     output_folder(args.out)
-    columns = (
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-    )
-    with Progress(*columns, console=console) as bar:
-        task = bar.add_task("explaining", total=len(images) * len(methods))
-        results = explain_images(
-            model,
-            images,
-            methods,
-            args.out,
-            progress=lambda what: bar.update(task, advance=1, description=what),
-        )
+    with progress_bar("explaining", len(images) * len(methods)) as advance:
+        results = explain_images(model, images, methods, args.out, progress=advance)
     print_results(results, 5)
     for r in results:
         for msg in r.errors:

@@ -10,10 +10,10 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import Progress
 from rich.table import Table
 
-from cnnlens.cli.common import add_command, console, error_console
+from cnnlens.cli.common import add_command, console, error_console, progress_columns
 from cnnlens.data.dataset import AUGMENTATIONS
 from cnnlens.errors import DataWarning, InputError
 from cnnlens.models.saliency_net import LOC_LOSSES
@@ -240,15 +240,8 @@ def run(args: argparse.Namespace) -> int:
     if trainer.epoch >= trainer.config.epochs or trainer.stopped_early():
         console.print(f"{trainer.run} is already complete ({trainer.epoch} epochs)")
         return 0
-    columns = (
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("{task.fields[stats]}"),
-        TimeElapsedColumn(),
-    )
     try:
-        with Progress(*columns, console=console, transient=True) as bar:
+        with Progress(*progress_columns(stats=True), console=console, transient=True) as bar:
             trainer.fit(ProgressListener(bar))
     except KeyboardInterrupt:
         error_console.print(
