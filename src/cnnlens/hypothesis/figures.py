@@ -1,0 +1,86 @@
+"""Figures of the hypothesis experiments: PNG bytes, drawn with matplotlib's Agg backend."""
+
+from __future__ import annotations
+
+import io
+import math
+from collections.abc import Sequence
+
+import numpy as np
+
+from cnnlens.hypothesis.experiments import ExperimentResult
+from cnnlens.hypothesis.shape_bias import ShapeBiasResult
+
+
+def _png(fig: object) -> bytes:
+    import matplotlib.pyplot as plt
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=90, bbox_inches="tight")  # type: ignore[attr-defined]
+    plt.close(fig)  # type: ignore[arg-type]
+    return buf.getvalue()
+
+
+def montage(images: Sequence[np.ndarray], titles: Sequence[str], columns: int = 5) -> bytes:
+    """Images in a grid, each with a (possibly two-line) title."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    cols = max(1, min(columns, len(images)))
+    rows = max(1, math.ceil(len(images) / cols))
+    fig, axes = plt.subplots(rows, cols, figsize=(2.6 * cols, 2.9 * rows), squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    for ax, im, title in zip(axes.flat, images, titles):
+        ax.imshow(im)
+        ax.set_title(title, fontsize=8)
+    return _png(fig)
+
+
+def experiment_figure(result: ExperimentResult, view: np.ndarray, limit: int = 20) -> bytes:
+    """The unchanged view and (up to ``limit``) variants, titled with the top-1 and the target's %."""
+    t = result.target
+    titles = [f"original\n{t.name} {100 * t.prob:.1f}%"]
+    for v in result.variants[:limit]:
+        titles.append(
+            f"{v.label}\n{v.top[0].name} {100 * v.top[0].prob:.0f}% | target {100 * v.target_prob:.1f}%"
+        )
+    images = [view, *result.images[: min(limit, len(result.variants))]]
+    if result.experiment == "texture":  # the texture alone, after the variants
+        tex = result.summary["texture_class"]
+        images.append(result.images[-1])
+        titles.append(f"texture alone\n{tex['name']} {100 * tex['prob']:.0f}%")
+    return montage(images, titles)
+
+
+def shuffle_plot(result: ExperimentResult) -> bytes:
+    """Target confidence of every shuffle per grid size (dots), with the unshuffled value as a line."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    groups = result.groups()
+    fig, ax = plt.subplots(figsize=(1.6 + 1.3 * len(groups), 3.2))
+    for k, vs in enumerate(groups.values()):
+        y = [v.target_prob for v in vs]
+        x = k + np.linspace(-0.2, 0.2, len(y))
+        ax.scatter(x, y, s=12, c=["tab:green" if v.target_top1 else "tab:red" for v in vs])
+    ax.axhline(result.target.prob, color="grey", ls="--", lw=1, label="unshuffled")
+    ax.set_xticks(range(len(groups)), [g.replace("grid ", "") + "x" + g.replace("grid ", "") for g in groups])
+    ax.set_ylabel(f"p({result.target.name})")
+    ax.set_ylim(0, 1)
+    ax.set_title("green: still top-1", fontsize=9)
+    ax.legend(fontsize=8)
+    return _png(fig)
+
+
+def shape_bias_figure(result: ShapeBiasResult, columns: int = 6) -> bytes:
+    """The first kept cue-conflict images, titled with their shape / texture class and the decision."""
+    titles = [
+        f"{i.shape_class} / {i.texture_class}\n-> {i.decision} ({i.follows})"
+        for i in result.items[: len(result.images)]
+    ]
+    return montage(result.images, titles, columns)
