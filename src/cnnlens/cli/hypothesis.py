@@ -18,12 +18,14 @@ from rich.table import Table as RichTable
 
 from cnnlens.cli.common import add_command, console, model_from_args, progress_bar, split_list
 from cnnlens.data.images import load_image
-from cnnlens.data.masks import mask_to_input, sample_mask
+from cnnlens.data.masks import sample_mask
 from cnnlens.errors import InputError
 from cnnlens.hypothesis import variants as V
 from cnnlens.hypothesis.experiments import (
+    VIEWS,
     ExperimentResult,
     Prediction,
+    mask_view,
     model_view,
     parts_experiment,
     shape_experiment,
@@ -108,6 +110,13 @@ def _image_command(tools: argparse._SubParsersAction, name: str, help: str) -> a
     p = add_command(tools, name, _run, image="one", model=True, help=help, description=help)
     p.add_argument("-t", "--target", help="class index or name to follow (default: the top-1)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    p.add_argument(
+        "--view",
+        choices=VIEWS,
+        default="pad",
+        help="pad: the whole photo on a grey square, so the object keeps its silhouette (default); "
+        "crop: the model's own resize and centre crop",
+    )
     p.add_argument("-o", "--out", required=True, type=Path, help="output folder")
     return p
 
@@ -188,11 +197,13 @@ def read_mask(spec: str, size: tuple[int, int], labels: bool = False) -> np.ndar
     return arr
 
 
-def _boxes_to_view(model: LoadedModel, boxes: list[str], size: tuple[int, int]) -> list[np.ndarray]:
+def _boxes_to_view(
+    model: LoadedModel, boxes: list[str], size: tuple[int, int], view: str
+) -> list[np.ndarray]:
     parts = []
     for box in split_boxes(boxes):
         part = V.box_parts((size[1], size[0]), [box])[0]
-        parts.append(mask_to_input(part, model.preprocessing))
+        parts.append(mask_view(model, part, view))
     return parts
 
 
@@ -218,7 +229,7 @@ def make_parts(
     if args.superpixels is not None and args.superpixels < 2:
         raise InputError(f"--superpixels must be at least 2, got {args.superpixels}")
     if args.boxes:
-        parts = _boxes_to_view(model, args.boxes, size)
+        parts = _boxes_to_view(model, args.boxes, size, args.view)
         return [V.check_mask(p, view.shape, "box part (after the model's crop)") for p in parts]
     obj = None
     if args.mask:
@@ -226,9 +237,9 @@ def make_parts(
         if raw.dtype != bool and len(np.unique(raw[raw != 0])) > 1:
             labels = np.zeros(view.shape[:2], dtype=np.int64)
             for k, v in enumerate(np.unique(raw[raw != 0])):
-                labels[mask_to_input(raw == v, model.preprocessing)] = k + 1
+                labels[mask_view(model, raw == v, args.view)] = k + 1
             return V.label_parts(labels)
-        obj = V.check_mask(mask_to_input(raw != 0, model.preprocessing), view.shape, f"--mask {args.mask}")
+        obj = V.check_mask(mask_view(model, raw != 0, args.view), view.shape, f"--mask {args.mask}")
     if args.grid is not None:
         cells = V.grid_parts(view.shape, args.grid)
     elif args.superpixels is not None:
@@ -280,12 +291,12 @@ def run_experiments(
     photo = load_image(args.image)
     texture = read_texture(args.texture) if "texture" in which else None
     model = model_from_args(args)
-    view = model_view(model, photo)
+    view = model_view(model, photo, args.view)
     obj = None
     if args.mask and (set(which) & {"shape", "texture"} or getattr(args, "bbox", False)):
         raw = read_mask(args.mask, photo.size)
         obj = V.check_mask(
-            mask_to_input(raw != 0, model.preprocessing),
+            mask_view(model, raw != 0, args.view),
             view.shape,
             f"--mask {args.mask} in the model's view",
         )
@@ -485,7 +496,7 @@ def write_shape_bias(out: Path, r: ShapeBiasResult) -> None:
             tables=[Table(["shape source", "shape", "texture", "other", "shape bias"], r.per_source())],
             order=ORDER["shape-bias"],
             text=f"{r.n} cue-conflict images, seed {r.seed}, model {r.model}. Shape class: the model's "
-            "top-1 on the shape source; texture class: its top-1 on the texture alone; shape bias = shape / (shape + "
-            "texture) decisions, Wilson 95% interval.",
+            "top-1 on the shape source; texture class: its top-1 on the texture alone; shape bias = "
+            "shape / (shape + texture) decisions, Wilson 95% interval.",
         ),
     )

@@ -19,6 +19,7 @@ import torchvision.transforms.functional as TF
 from PIL import Image
 
 from cnnlens.attribution.core.targets import class_index
+from cnnlens.data.masks import mask_to_input
 from cnnlens.data.transforms import to_uint8
 from cnnlens.errors import InputError
 from cnnlens.hypothesis import variants as V
@@ -115,9 +116,40 @@ class ExperimentResult:
 # -------------------------------------------------------------------------------- model access
 
 
-def model_view(model: LoadedModel, image: Image.Image) -> np.ndarray:
-    """The image as the model sees it (resized and centre-cropped), ``(H, W, 3)`` uint8."""
-    return to_uint8(model.preprocessing.view(image.convert("RGB")))
+VIEWS: tuple[str, ...] = ("pad", "crop")
+
+
+def model_view(model: LoadedModel, image: Image.Image, view: str = "crop") -> np.ndarray:
+    """The image at the model's input size, ``(H, W, 3)`` uint8.
+
+    ``crop``: as the model's preprocessing shows it (resized and centre-cropped). ``pad``: the whole
+    photo, centred on a neutral grey square and resized, so an object that the crop would cut keeps
+    its whole silhouette (the shape and texture experiments need it).
+    """
+    image = image.convert("RGB")
+    if view == "crop":
+        return to_uint8(model.preprocessing.view(image))
+    if view != "pad":
+        raise InputError(f"unknown view {view!r}; choose one of {', '.join(VIEWS)}")
+    h, w = model.preprocessing.input_size
+    side = max(image.size)
+    square = Image.new("RGB", (side, side), (V.NEUTRAL,) * 3)
+    square.paste(image, ((side - image.size[0]) // 2, (side - image.size[1]) // 2))
+    return to_uint8(square.resize((w, h), Image.Resampling.BICUBIC))
+
+
+def mask_view(model: LoadedModel, mask: np.ndarray, view: str = "crop") -> np.ndarray:
+    """A boolean mask drawn on the photo, mapped like :func:`model_view` maps the photo."""
+    if view == "crop":
+        return mask_to_input(mask, model.preprocessing)
+    if view != "pad":
+        raise InputError(f"unknown view {view!r}; choose one of {', '.join(VIEWS)}")
+    h, w = model.preprocessing.input_size
+    side = max(mask.shape)
+    square = np.zeros((side, side), dtype=np.uint8)
+    top, left = (side - mask.shape[0]) // 2, (side - mask.shape[1]) // 2
+    square[top : top + mask.shape[0], left : left + mask.shape[1]] = mask.astype(np.uint8) * 255
+    return np.asarray(Image.fromarray(square).resize((w, h), Image.Resampling.NEAREST)) > 127
 
 
 def to_batch(model: LoadedModel, images: Sequence[np.ndarray]) -> torch.Tensor:
@@ -233,6 +265,7 @@ def parts_experiment(
 def parts_verdict(target: Prediction, occluded: list[VariantResult], worst: int) -> str:
     needed = [i for i, r in enumerate(occluded) if not r.target_top1]
     low = occluded[worst]
+    in_top5 = sum(any(p.index == target.index for p in r.top) for r in occluded)
     if not needed:
         return (
             f"no single part is needed: {target.name} stays top-1 with any one of the {len(occluded)} "
@@ -242,7 +275,8 @@ def parts_verdict(target: Prediction, occluded: list[VariantResult], worst: int)
     return (
         f"part{'s' if len(needed) > 1 else ''} {names} {'are' if len(needed) > 1 else 'is'} needed: "
         f"occluding {'one of them' if len(needed) > 1 else 'it'} drops {target.name} from top-1; "
-        f"worst is part {worst} ({target.name} {_pct(low.target_prob)}, top-1 {low.top[0]})"
+        f"worst is part {worst} ({target.name} {_pct(low.target_prob)}, top-1 {low.top[0]}); "
+        f"{target.name} stays in the top-5 in {in_top5} of {len(occluded)}"
     )
 
 
@@ -324,7 +358,7 @@ def shape_experiment(
     """The object's shape without its texture: the silhouette filled flat (black on white), its
     outline only, and (texture kept, for comparison) the object on a neutral grey background."""
     V.check_image(view)
-    mask = V.check_mask(mask, view.shape)
+    mask = V.check_object(mask, view.shape)
     made = [
         ("silhouette (flat)", "silhouette", V.silhouette(mask)),
         ("outline only", "outline", V.outline(mask, edge_width)),
@@ -384,7 +418,7 @@ def texture_experiment(
         patch: Side of the tiled or sampled patch (default a third of the texture's short side).
     """
     V.check_image(view)
-    mask = V.check_mask(mask, view.shape)
+    mask = V.check_object(mask, view.shape)
     field_ = V.texture_field(texture, view.shape, mode, np.random.default_rng(seed), patch)
     made = [
         ("object filled with the texture", "in scene", V.texture_swap(view, mask, field_)),

@@ -34,12 +34,12 @@ from typing import Any
 
 import numpy as np
 
-from cnnlens.data.masks import mask_to_input, sample_mask, sample_mask_names
+from cnnlens.data.masks import sample_mask, sample_mask_names
 from cnnlens.data.samples import available_samples, load_sample
 from cnnlens.data.synthetic import SHAPES
 from cnnlens.errors import InputError
 from cnnlens.hypothesis import variants as V
-from cnnlens.hypothesis.experiments import model_view, probabilities, winner
+from cnnlens.hypothesis.experiments import mask_view, model_view, probabilities, winner
 from cnnlens.models import LoadedModel
 from cnnlens.validation import check_positive_int
 
@@ -87,7 +87,8 @@ class ShapeSource:
 def shape_sources(
     model: LoadedModel, kinds: tuple[str, ...] = SOURCE_KINDS, seed: int = 0
 ) -> list[ShapeSource]:
-    """The shape sources: the sample photos with their hand-drawn masks (``photos``), and each
+    """The shape sources: the sample photos with their hand-drawn masks (``photos``; the whole photo
+    on a grey square, :func:`model_view` ``"pad"``, so that the crop does not cut the silhouette), and each
     shape of ``cnnlens data synth`` (:data:`cnnlens.data.synthetic.SHAPES`) drawn large at the input
     size, black on white (``synth``). Their ``shape_class`` is filled in by :func:`classify_sources`."""
     unknown_kinds = set(kinds) - set(SOURCE_KINDS)
@@ -96,10 +97,8 @@ def shape_sources(
     out: list[ShapeSource] = []
     if "photos" in kinds:
         for name in sample_mask_names():
-            view = model_view(model, load_sample(name))
-            out.append(
-                ShapeSource(name, "photo", view, mask_to_input(sample_mask(name), model.preprocessing))
-            )
+            view = model_view(model, load_sample(name), "pad")
+            out.append(ShapeSource(name, "photo", view, mask_view(model, sample_mask(name), "pad")))
     if "synth" in kinds:
         rng = np.random.default_rng(seed)
         size = model.preprocessing.input_size[0]

@@ -45,6 +45,17 @@ def check_mask(mask: np.ndarray, shape: tuple[int, ...], what: str = "mask") -> 
     return mask
 
 
+def check_object(mask: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+    """:func:`check_mask`, and the object must leave some background (else it has no silhouette)."""
+    mask = check_mask(mask, shape)
+    if mask.all():
+        raise InputError(
+            "the object mask covers the whole image the model sees, so it has no silhouette; "
+            "show the model the whole photo (--view pad) or use a tighter mask"
+        )
+    return mask
+
+
 # ----------------------------------------------------------------------------------------- parts
 
 
