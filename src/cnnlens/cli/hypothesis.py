@@ -243,7 +243,7 @@ def make_parts(
     if args.grid is not None:
         cells = V.grid_parts(view.shape, args.grid)
     elif args.superpixels is not None:
-        cells = V.superpixel_parts(view, args.superpixels, seed=args.seed)
+        cells = V.superpixel_parts(view, args.superpixels)
     elif obj is not None:
         return V.label_parts(obj.astype(np.int64))
     else:

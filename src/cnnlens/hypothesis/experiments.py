@@ -462,12 +462,15 @@ def texture_verdict(target: Prediction, texture: Prediction, results: list[Varia
     w = winner(scene.top[0].index, target.index, texture.index)
     if w == "texture":
         return (
-            f"texture wins: with {texture.name}'s texture on it the object is {scene.top[0]}; the shape's "
-            f"class {target.name} falls to {_pct(scene.target_prob)}"
+            f"texture wins: filled with a texture the model calls {texture.name}, the object is "
+            f"{scene.top[0]}; the shape's class {target.name} falls to {_pct(scene.target_prob)}"
         )
     if w == "shape":
-        return f"shape wins: with {texture.name}'s texture on it the object stays {scene.top[0]}"
+        return (
+            f"shape wins: filled with a texture the model calls {texture.name}, the object stays "
+            f"{scene.top[0]}"
+        )
     return (
-        f"neither cue wins: with {texture.name}'s texture the model says {scene.top[0]}; the shape's "
-        f"class {target.name} {_pct(scene.target_prob)}"
+        f"neither cue wins: filled with a texture the model calls {texture.name}, the object is "
+        f"{scene.top[0]}; the shape's class {target.name} {_pct(scene.target_prob)}"
     )

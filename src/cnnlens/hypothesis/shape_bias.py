@@ -28,7 +28,7 @@ References:
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -234,7 +234,7 @@ def shape_bias(
     n: int = 200,
     seed: int = 0,
     kinds: tuple[str, ...] = SOURCE_KINDS,
-    textures: tuple[str, ...] = TEXTURE_NAMES,
+    textures: tuple[str, ...] | Mapping[str, np.ndarray] = TEXTURE_NAMES,
     batch: int = 32,
     keep_images: int = 0,
     progress: Callable[[int], None] | None = None,
@@ -247,7 +247,7 @@ def shape_bias(
 
     Args:
         kinds: Shape sources (:func:`shape_sources`).
-        textures: Texture sources (:data:`TEXTURE_NAMES`).
+        textures: Texture sources: names of :data:`TEXTURE_NAMES`, or images by name.
         keep_images: Keep the first this many cue-conflict images (for a figure).
         progress: Called with the number of items done after each batch.
     """
@@ -257,8 +257,11 @@ def shape_bias(
         raise InputError(f"give at least one texture of {', '.join(TEXTURE_NAMES)}")
     sources = shape_sources(model, kinds, seed)
     classify_sources(model, sources)
-    tex = {name: load_texture(name) for name in textures}
-    plan = plan_items(sources, textures, n, model.preprocessing.input_size[0], seed)
+    if isinstance(textures, Mapping):
+        tex = {name: V.check_image(np.asarray(im)) for name, im in textures.items()}
+    else:
+        tex = {name: load_texture(name) for name in textures}
+    plan = plan_items(sources, tuple(tex), n, model.preprocessing.input_size[0], seed)
     names = model.class_names
     items: list[CueConflict] = []
     images: list[np.ndarray] = []

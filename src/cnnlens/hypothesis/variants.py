@@ -96,13 +96,14 @@ def box_parts(shape: tuple[int, ...], boxes: Sequence[tuple[int, int, int, int]]
     return parts
 
 
-def superpixel_parts(image: np.ndarray, n: int, *, seed: int = 0) -> list[np.ndarray]:
-    """About ``n`` SLIC superpixels of ``image`` (skimage), as boolean masks (empty ones dropped)."""
+def superpixel_parts(image: np.ndarray, n: int) -> list[np.ndarray]:
+    """About ``n`` SLIC superpixels of ``image`` (skimage; deterministic: its centres start on a
+    grid), as boolean masks."""
     from skimage.segmentation import slic
 
     if not isinstance(n, (int, np.integer)) or n < 2:
         raise InputError(f"--superpixels must be at least 2, got {n}")
-    labels = slic(check_image(image), n_segments=int(n), compactness=10.0, start_label=0, rng=seed)
+    labels = slic(check_image(image), n_segments=int(n), compactness=10.0, start_label=0)
     return [labels == k for k in np.unique(labels)]
 
 
