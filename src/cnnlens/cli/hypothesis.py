@@ -139,7 +139,7 @@ def _part_arguments(
             help="parts: a label image (one value per part), or an object mask: its connected components, "
             "or with --grid/--superpixels the cells inside the object (file or sample:NAME)",
         )
-    group = p.add_mutually_exclusive_group(required=with_mask)
+    group = p.add_mutually_exclusive_group()
     group.add_argument(
         "--boxes", action="append", metavar="L,T,R,B", help="a part as a box in photo pixels (repeatable)"
     )
