@@ -37,6 +37,7 @@ def one_line_error(args: list[str], capsys: pytest.CaptureFixture[str]) -> str:
     return lines[0]
 
 
+@pytest.mark.slow
 def test_all_writes_four_sections(
     photo: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

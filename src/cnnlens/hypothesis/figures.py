@@ -45,14 +45,25 @@ def montage(images: Sequence[np.ndarray], titles: Sequence[str], columns: int = 
 
 
 def experiment_figure(result: ExperimentResult, view: np.ndarray, limit: int = 20) -> bytes:
-    """The unchanged view and (up to ``limit``) variants, titled with the top-1 and the target's %."""
+    """The unchanged view and up to ``limit`` variants (shared evenly between the groups, e.g. the
+    grid sizes of a shuffle), titled with the top-1 and the target's probability."""
     t = result.target
+    groups = result.groups()
+    per_group = max(1, limit // len(groups)) if groups else 0
+    count: dict[str, int] = {}
+    shown = []
+    for k, v in enumerate(result.variants):
+        count[v.group] = count.get(v.group, 0) + 1
+        if count[v.group] <= per_group:
+            shown.append(k)
     titles = [f"original\n{t.name} {100 * t.prob:.1f}%\n"]
-    for v in result.variants[:limit]:
+    images = [view]
+    for k in shown:
+        v = result.variants[k]
         titles.append(
-            f"{v.label}\n{v.top[0].name} {100 * v.top[0].prob:.0f}% | target {100 * v.target_prob:.1f}%"
+            f"{v.label}\n{v.top[0].name} {100 * v.top[0].prob:.0f}%\ntarget {100 * v.target_prob:.1f}%"
         )
-    images = [view, *result.images[: min(limit, len(result.variants))]]
+        images.append(result.images[k])
     if result.experiment == "texture":  # the texture alone, after the variants
         tex = result.summary["texture_class"]
         images.append(result.images[-1])
