@@ -79,6 +79,22 @@ def test_parts_from_boxes_and_a_label_mask(
     assert json.loads((out / "parts" / "result.json").read_text())["summary"]["parts"] == 2
 
 
+def test_superpixels_keep_one_and_bbox(photo: tuple[Path, Path], tmp_path: Path) -> None:
+    image, mask = photo
+    out = tmp_path / "out"
+    sp = ["hypothesis", "parts", str(image), "--mask", str(mask), "--superpixels", "40", "--keep-one"]
+    assert main([*sp, *TINY, "-o", str(out)]) == 0
+    parts = json.loads((out / "parts" / "result.json").read_text())
+    count = parts["summary"]["parts"]
+    assert count >= 2 and len(parts["variants"]) == 2 * count
+    box = ["hypothesis", "shuffle", str(image), "--mask", str(mask), "--bbox", "--grid", "2", "--n", "2"]
+    assert main([*box, *TINY, "-o", str(out)]) == 0
+    shuffle = json.loads((out / "shuffle" / "result.json").read_text())
+    assert shuffle["summary"]["box"] is not None
+    page = (out / "index.html").read_text()
+    assert parts["verdict"][:30] in page and shuffle["verdict"][:30] in page  # one page, two sections
+
+
 @pytest.mark.parametrize(
     ("extra", "expected"),
     [

@@ -48,6 +48,9 @@ from cnnlens.validation import check_positive_int
 EXPERIMENTS = ("parts", "shuffle", "shape", "texture")
 ORDER = {name: 10 * (k + 1) for k, name in enumerate([*EXPERIMENTS, "shape-bias"])}
 PAGE_TITLE = "cnnlens hypothesis experiments"
+#: A part mask with more distinct colours than this is an object mask (e.g. an anti-aliased or JPEG
+#: mask), not a label image.
+MAX_LABELS = 64
 
 
 # ------------------------------------------------------------------------------------- arguments
@@ -136,7 +139,8 @@ def _part_arguments(
     if with_mask:
         p.add_argument(
             "--mask",
-            help="parts: a label image (one value per part), or an object mask: its connected components, "
+            help="parts: a label image (one colour per part, at most 64), or an object mask: its connected "
+            "components, "
             "or with --grid/--superpixels the cells inside the object (file or sample:NAME)",
         )
     group = p.add_mutually_exclusive_group()
@@ -234,9 +238,10 @@ def make_parts(
     obj = None
     if args.mask:
         raw = read_mask(args.mask, size, labels=args.grid is None and args.superpixels is None)
-        if raw.dtype != bool and len(np.unique(raw[raw != 0])) > 1:
+        values = np.unique(raw[raw != 0]) if raw.dtype != bool else np.array([1])
+        if 1 < len(values) <= MAX_LABELS:
             labels = np.zeros(view.shape[:2], dtype=np.int64)
-            for k, v in enumerate(np.unique(raw[raw != 0])):
+            for k, v in enumerate(values):
                 labels[mask_view(model, raw == v, args.view)] = k + 1
             return V.label_parts(labels)
         obj = V.check_mask(mask_view(model, raw != 0, args.view), view.shape, f"--mask {args.mask}")
