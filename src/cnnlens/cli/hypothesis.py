@@ -85,7 +85,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     _part_arguments(every, with_mask=False, default_grid=3)
     _shuffle_arguments(every, grid_flag="--shuffle-grid")
     _shape_arguments(every)
-    _texture_arguments(every)
+    _texture_arguments(every, default="gravel")
     bias = add_command(
         tools,
         "shape-bias",
@@ -165,13 +165,13 @@ def _shape_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--edge-width", type=int, default=3, help="outline width in pixels (default 3)")
 
 
-def _texture_arguments(p: argparse.ArgumentParser) -> None:
+def _texture_arguments(p: argparse.ArgumentParser, default: str | None = None) -> None:
+    names = ", ".join(TEXTURE_NAMES)
     p.add_argument(
         "--texture",
-        required=p.prog.endswith("texture"),
-        default=None if p.prog.endswith("texture") else "gravel",
-        help=f"texture image file, or one of {', '.join(TEXTURE_NAMES)}"
-        + ("" if p.prog.endswith("texture") else " (default gravel)"),
+        required=default is None,
+        default=default,
+        help=f"texture image file, or one of {names}" + (f" (default {default})" if default else ""),
     )
     p.add_argument("--texture-mode", choices=V.TEXTURE_MODES, default="tile", help="fill mode (default tile)")
     p.add_argument(

@@ -17,15 +17,19 @@ from cnnlens.hypothesis.experiments import (
     shuffle_experiment,
     texture_experiment,
 )
+from cnnlens.hypothesis.shape_bias import ShapeBiasResult, shape_bias, wilson_interval
 
 __all__ = [
     "ExperimentResult",
     "Prediction",
+    "ShapeBiasResult",
     "VariantResult",
     "model_view",
     "parts_experiment",
     "probabilities",
+    "shape_bias",
     "shape_experiment",
     "shuffle_experiment",
     "texture_experiment",
+    "wilson_interval",
 ]
