@@ -165,10 +165,15 @@ def to_batch(model: LoadedModel, images: Sequence[np.ndarray]) -> torch.Tensor:
 
 
 def probabilities(model: LoadedModel, images: Sequence[np.ndarray], batch_size: int = 64) -> np.ndarray:
-    """Softmax probabilities ``(N, classes)`` of views, in batches of ``batch_size``."""
+    """Softmax probabilities ``(N, classes)`` of views, in batches of ``batch_size`` (each batch is
+    normalised only when its turn comes, so many variants never sit in memory as float tensors)."""
     if not images:
         return np.zeros((0, model.num_classes))
-    return model.logits(to_batch(model, images), batch_size=batch_size).softmax(1).numpy()
+    chunks = [
+        model.logits(to_batch(model, images[i : i + batch_size]), batch_size=batch_size).softmax(1).numpy()
+        for i in range(0, len(images), batch_size)
+    ]
+    return np.concatenate(chunks)
 
 
 def top_of(model: LoadedModel, probs: np.ndarray, k: int = TOP) -> list[Prediction]:
