@@ -27,6 +27,7 @@ COMMANDS = (
     "benchmark",
     "experiment",
     "probe",
+    "report",
 )
 
 
