@@ -28,6 +28,7 @@ COMMANDS = (
     "experiment",
     "probe",
     "report",
+    "serve",
 )
 
 
