@@ -17,11 +17,11 @@ from PIL import Image
 
 pytest.importorskip("fastapi")
 pytest.importorskip("httpx")
-from fastapi.testclient import TestClient  # noqa: E402
+from fastapi.testclient import TestClient
 
-from cnnlens.data.samples import load_sample  # noqa: E402
-from cnnlens.serve import Explorer, Limits, create_app  # noqa: E402
-from tests.conftest import tiny_loaded  # noqa: E402
+from cnnlens.data.samples import load_sample
+from cnnlens.serve import Explorer, Limits, create_app
+from tests.conftest import tiny_loaded
 
 
 def png(image: Image.Image) -> bytes:
