@@ -61,7 +61,7 @@ def test_report_of_a_trained_run(run: Path, tmp_path: Path) -> None:
     assert html.count('alt="gradcam on ') == expected == html.count('alt="occlusion on ')
     srcs = re.findall(r'src="(r_files/[^"]+)" [^>]*loading="lazy"', html)
     assert srcs and all((tmp_path / s).is_file() for s in srcs)
-    assert html.count('class="bar"') == 2  # one colour bar per method
+    assert html.count('class="bar"') == 2 * expected  # a colour bar under every map
     # a second report replaces the first; a page that is not a report is never overwritten
     assert main(["report", str(run), "--out", str(out), "-m", "none"]) == 0
     assert 'alt="gradcam on ' not in out.read_text() and len(list(files.iterdir())) < len(srcs)

@@ -80,6 +80,7 @@ def _cell(
         "layer": exp.layer,
         "notes": extra_notes(exp),
         "mask_uri": None,
+        "bar": color_bar(scale),
     }
     if preprocessing is not None and "top_mask" in exp.extras:  # LIME's top-k superpixels
         cell["mask_uri"] = image_data_uri(exp.render_mask(image, "top_mask", preprocessing=preprocessing))
@@ -101,15 +102,15 @@ def demo_report(
     """Write ``index.html``: the images with their predictions, then one row per method (grouped by
     family) of its overlays on every image, the timings and each method's settings.
 
-    A method's overlays on the different images share one colour scale chosen by their values
-    (:func:`~cnnlens.viz.choose_scale`: sequential when all of one sign, diverging around zero
-    otherwise), stated by a colour bar beside the row. Under each overlay go the method's telling
+    Each overlay is drawn on the colour scale chosen by its values (:func:`~cnnlens.viz.choose_scale`:
+    sequential over their range when all of one sign, diverging around zero otherwise), stated by a
+    colour bar under it; maps of different photos keep their own range, so a weak map is not washed
+    out by a strong one beside it. Under each overlay go the method's telling
     scalar results (:data:`EXTRA_NOTES`, e.g. Integrated Gradients' completeness gap); with
     ``preprocessing`` (the model's, to place maps and masks on the photo) LIME's cell also shows its
     top-k superpixels, the rest of the photo darkened.
     """
     from cnnlens.attribution.core.registry import get_method
-    from cnnlens.viz.overlay import choose_scale
 
     images = [
         {
@@ -123,20 +124,17 @@ def demo_report(
     totals = dict.fromkeys(methods, 0.0)
     families: dict[str, list[dict[str, Any]]] = {}
     for m in methods:
-        maps = [e.numpy() for r in results for e, _, _ in r.explanations if e.method == m]
-        scale = choose_scale(*maps) if maps else None
         cells: list[list[dict[str, Any]]] = []
         for r in results:
             mine = [e for e, _, _ in r.explanations if e.method == m]
             totals[m] += sum(e.seconds for e in mine)
-            cells.append([_cell(e, r.image, preprocessing, scale) for e in mine] if scale else [])
+            cells.append([_cell(e, r.image, preprocessing, e.color_scale()) for e in mine])
+        kinds = sorted({c["bar"]["kind"] for cs in cells for c in cs})
         try:
             family = get_method(m).family
         except CnnlensError:
             family = "other"
-        families.setdefault(family, []).append(
-            {"name": m, "cells": cells, "bar": color_bar(scale) if scale else None}
-        )
+        families.setdefault(family, []).append({"name": m, "cells": cells, "kinds": kinds})
     html = (
         _env()
         .get_template("demo.html.j2")

@@ -31,8 +31,8 @@ from cnnlens.data.images import load_image
 from cnnlens.errors import CnnlensError, InputError
 from cnnlens.evaluation.classification import METRICS, Evaluation
 from cnnlens.outputs import write_bytes, write_text
+from cnnlens.report.html import color_bar
 from cnnlens.report.sections import read_sections
-from cnnlens.viz.overlay import ColorScale, choose_scale
 
 log = logging.getLogger(__name__)
 
@@ -254,7 +254,7 @@ def examples_block(
     progress: Progress | None,
 ) -> Block:
     """Per class, correct and wrong test images, each with the maps of ``methods`` for the
-    predicted class. A method's maps share one colour scale (stated by its colour bar)."""
+    predicted class, each map on the colour scale of its values (with its colour bar)."""
     model = evaluation.model
     names = evaluation.metrics.class_names
     chosen = pick_examples(evaluation, per_class)
@@ -284,16 +284,6 @@ def examples_block(
                     e.explanations[method.name] = exp[k]
                 if progress is not None:
                     progress(f"{names[c]}: {method.name}")
-    scales: dict[str, ColorScale] = {}
-    for method in methods:
-        maps = [
-            ex.explanations[method.name].numpy()
-            for es in examples.values()
-            for ex in es
-            if method.name in ex.explanations
-        ]
-        if maps:
-            scales[method.name] = choose_scale(*maps)
     env = _env()
     parts = []
     for c, es in examples.items():
@@ -305,11 +295,10 @@ def examples_block(
                 {
                     "method": name,
                     "src": assets.image(
-                        e.render(
-                            ex.image, preprocessing=model.preprocessing, scale=scales[name], max_side=256
-                        ),
+                        e.render(ex.image, preprocessing=model.preprocessing, max_side=256),
                         f"{names[c]}-{name}",
                     ),
+                    "bar": color_bar(e.color_scale()),
                 }
                 for name, e in ex.explanations.items()
             ]
@@ -329,28 +318,18 @@ def examples_block(
                 name=names[c], cards=cards, right=right, wrong=len(es) - right, first=c == 0
             )
         )
-    bars = [{"method": m, **color_bar(s)} for m, s in scales.items()]
-    legend = env.get_template("report_bars.html.j2").render(bars=bars)
     text = (
         f"Up to {per_class} correct (most confident) and {per_class} wrong (most confidently wrong) test "
         f"images per class, each with {', '.join(m.name for m in methods) or 'no methods'} for the predicted "
-        "class. A method's maps share one colour scale, chosen by their values."
+        "class. Each map's colour scale is chosen by its values (sequential over their range when all of "
+        "one sign, diverging around zero otherwise) and stated by the colour bar under it."
     )
     return Block(
         "examples",
         "Correct and wrong test images, explained",
         paragraphs=[text, *(f"error: {e}" for e in errors)],
-        html=Markup(legend + "".join(parts)),
+        html=Markup("".join(parts)),
     )
-
-
-def color_bar(scale: ColorScale) -> dict[str, Any]:
-    return {
-        "gradient": scale.css_gradient(),
-        "ticks": [f"{t:.3g}" for t in scale.ticks()],
-        "kind": scale.kind,
-        "describe": scale.describe(),
-    }
 
 
 def errors_block(evaluation: Evaluation, limit: int = 200) -> Block | None:
