@@ -62,6 +62,9 @@ def test_report_of_a_trained_run(run: Path, tmp_path: Path) -> None:
     srcs = re.findall(r'src="(r_files/[^"]+)" [^>]*loading="lazy"', html)
     assert srcs and all((tmp_path / s).is_file() for s in srcs)
     assert html.count('class="bar"') == 2 * expected  # a colour bar under every map
+    ticks = r'<div class="ticks"><span>([^<]*)</span>(?:<span>[^<]*</span>)?<span>([^<]*)</span>'
+    ends = [re.search(ticks, part) for part in html.split('alt="occlusion on ')[1:]]
+    assert len(ends) == expected and all(m and m[1] != m[2] for m in ends)  # windows fit: no constant map
     # a second report replaces the first; a page that is not a report is never overwritten
     assert main(["report", str(run), "--out", str(out), "-m", "none"]) == 0
     assert 'alt="gradcam on ' not in out.read_text() and len(list(files.iterdir())) < len(srcs)

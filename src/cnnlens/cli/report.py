@@ -47,7 +47,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def fitted_windows(model: LoadedModel, names: list[str], given: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    """Quick windows of perturbation methods that do not fit the model's input, shrunk to a quarter
+    """Quick windows of perturbation methods as large as the model's input or larger, shrunk to a quarter
     of it (a window the size of the image hides all of it and gives a constant map)."""
     from cnnlens.attribution import get_method
 
@@ -57,7 +57,7 @@ def fitted_windows(model: LoadedModel, names: list[str], given: dict[str, Any]) 
         cls = get_method(name)
         for key in cls.pixel_params:
             value = cls.quick_params.get(key)
-            if key not in given and isinstance(value, int) and value > side:
+            if key not in given and isinstance(value, int) and value >= side:
                 out.setdefault(name, {})[key] = max(2, side // 4)
                 if "stride" in cls.hyperparameters() and "stride" not in given:
                     out[name]["stride"] = max(1, side // 8)

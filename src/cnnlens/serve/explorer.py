@@ -308,7 +308,7 @@ class Explorer:
         kwargs: dict[str, Any] = dict(cls.quick_params)
         side = min(self.model.preprocessing.input_size)
         for key in cls.pixel_params:  # a quick window larger than the input would hide all of it
-            if isinstance(kwargs.get(key), int) and kwargs[key] > side:
+            if isinstance(kwargs.get(key), int) and kwargs[key] >= side:
                 kwargs[key] = max(2, side // 4)
                 if "stride" in kwargs:
                     kwargs["stride"] = max(1, side // 8)
