@@ -104,3 +104,18 @@ def test_report_of_output_folders(tmp_path: Path, capsys: pytest.CaptureFixture[
     assert "holds nothing to report" in capsys.readouterr().err
     assert not (tmp_path / "e.html").exists() and not list(tmp_path.glob(".e_files*"))
     assert main(["report", str(folder), "--out", str(tmp_path / "page.txt")]) == 2
+
+
+def test_per_method_params() -> None:
+    from cnnlens.cli.report import split_params
+    from cnnlens.errors import InputError
+
+    shared, own = split_params(
+        ["batch_size=4", "occlusion:window=[8, 16]", "lime:n_samples=32"], ["occlusion", "lime"]
+    )
+    assert shared == {"batch_size": 4} and own == {
+        "occlusion": {"window": [8, 16]},
+        "lime": {"n_samples": 32},
+    }
+    with pytest.raises(InputError, match="not one of the methods"):
+        split_params(["gradcam:layer=x"], ["occlusion"])

@@ -15,6 +15,7 @@ from cnnlens.cli.common import (
     split_list,
 )
 from cnnlens.cli.train import shown_warnings
+from cnnlens.errors import InputError
 from cnnlens.models.loaded import LoadedModel
 from cnnlens.validation import check_int_at_least
 
@@ -40,10 +41,32 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         help=f"methods for the test images of a run (default: {','.join(DEFAULT_METHODS)}; 'none': none)",
     )
     p.add_argument(
-        "-p", "--param", action="append", metavar="KEY=VALUE", help="method parameter (repeatable)"
+        "-p",
+        "--param",
+        action="append",
+        metavar="[METHOD:]KEY=VALUE",
+        help="method parameter (repeatable); METHOD: sets it for that method only, "
+        "e.g. -p occlusion:window=[8,16,24]",
     )
     p.add_argument("--per-class", type=int, default=2, help="correct and wrong images per class (default 2)")
     p.add_argument("--batch-size", type=int, default=64, help="images per forward pass when evaluating")
+
+
+def split_params(
+    pairs: list[str] | None, names: list[str]
+) -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:
+    """``-p`` values: those for every method, and those given as ``METHOD:KEY=VALUE`` by method."""
+    shared: list[str] = []
+    own: dict[str, dict[str, Any]] = {}
+    for pair in pairs or []:
+        head, sep, rest = pair.partition(":")
+        if sep and "=" not in head:
+            if head not in names:
+                raise InputError(f"-p {pair}: {head!r} is not one of the methods ({', '.join(names)})")
+            own.setdefault(head, {}).update(parse_params([rest]))
+        else:
+            shared.append(pair)
+    return parse_params(shared), own
 
 
 def fitted_windows(model: LoadedModel, names: list[str], given: dict[str, Any]) -> dict[str, dict[str, Any]]:
@@ -78,8 +101,10 @@ def run(args: argparse.Namespace) -> int:
             evaluation = evaluate(args.folder, batch_size=args.batch_size)
         names = split_list(args.method) or list(DEFAULT_METHODS)
         if names != ["none"]:
-            params = parse_params(args.param)
+            params, own = split_params(args.param, names)
             per_method = fitted_windows(evaluation.model, names, params)
+            for name, values in own.items():
+                per_method[name] = per_method.get(name, {}) | values
             methods = build_methods(evaluation.model, names, params, None, quick=True, per_method=per_method)
     total = 0
     if evaluation is not None and methods:
