@@ -141,3 +141,12 @@ def test_cancel_a_long_job_and_two_clients_at_once(client: TestClient) -> None:
     for t in threads:
         t.join()
     assert results == ["done"] * 3
+
+
+def test_serve_command_refuses_a_missing_data_folder(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from cnnlens.cli import main
+
+    assert main(["serve", "--model", "tinycnn", "--data", str(tmp_path / "nope")]) == 2
+    assert "is not a folder of images" in capsys.readouterr().err

@@ -44,6 +44,8 @@ def run(args: argparse.Namespace) -> int:
     check_int_at_least("--max-pixels", args.max_pixels, 1)
     if not args.max_upload_mb > 0:
         raise InputError(f"--max-upload-mb must be positive, got {args.max_upload_mb}")
+    if args.data is not None and not args.data.is_dir():
+        raise InputError(f"--data {args.data} is not a folder of images")
     start = time.perf_counter()
     model = model_from_args(args)
     limits = Limits(max_bytes=int(args.max_upload_mb * 2**20), max_pixels=args.max_pixels)

@@ -290,6 +290,11 @@ class Explorer:
         job = Job(uuid.uuid4().hex[:12], key, spec, expected=self.pass_counts.get(self._cost_key(spec)))
         with self._state:
             self.jobs[job.id] = job
+            if len(self.jobs) > 4 * self.cache_size:  # forget the oldest finished jobs
+                for old in [j for j in self.jobs.values() if j.status in ("done", "error", "cancelled")][
+                    : len(self.jobs) - 2 * self.cache_size
+                ]:
+                    del self.jobs[old.id]
             if key in self.results:
                 self.results.move_to_end(key)
                 job.status = "done"
