@@ -90,11 +90,22 @@ def test_report_of_output_folders(tmp_path: Path, capsys: pytest.CaptureFixture[
     section.figures = [Figure("umap.png", "the test features")]
     section.tables = [Table(["class", "silhouette"], [["a", 0.5]])]
     write_section(folder, section)
+    (folder / "explain" / "chelsea").mkdir(parents=True)
+    Image.new("RGB", (20, 20), (0, 0, 255)).save(folder / "explain" / "chelsea" / "gradcam.png")
+    preds = [{"index": 281, "class_name": "tabby", "probability": 0.5}]
+    explained = [{"method": "gradcam", "png": "chelsea/gradcam.png", "seconds": 0.5}]
+    escape = [{"method": "saliency", "png": "../../outside.png", "seconds": 0.1}]  # never read
+    Image.new("RGB", (4, 4)).save(tmp_path / "outside.png")
+    summary = {"model": {"name": "m", "arch": "a"}, "images": [{"stem": "chelsea", "predictions": preds,
+               "explanations": explained + escape}]}  # fmt: skip
+    (folder / "explain" / "summary.json").write_text(json.dumps(summary))
     out = tmp_path / "page.html"
     assert main(["report", str(folder), "--out", str(out)]) == 0
     html = out.read_text()
     assert "Benchmark: bench" in html
     assert "0.200 ± 0.010 *" in html and "0.300 ± 0.020<" in html  # the best (lowest deletion) marked
+    assert "Explanations: explain" in html and "chelsea: tabby 50.0%" in html
+    assert 'alt="gradcam on chelsea"' in html and 'alt="saliency on chelsea"' not in html
     assert "UMAP of the features" in html and "verdict: separated" in html and "silhouette" in html
     src = re.search(r'src="(page_files/[^"]*umap[^"]*)"', html)
     assert src and (tmp_path / src.group(1)).is_file()
