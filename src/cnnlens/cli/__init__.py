@@ -28,6 +28,8 @@ COMMANDS = (
     "experiment",
     "probe",
     "hypothesis",
+    "report",
+    "serve",
 )
 
 
