@@ -139,10 +139,12 @@ def run(args: argparse.Namespace) -> int:
     )
     targets = check_targets(model, split_list(args.target))
     images, errors = load_images(args.images, max_pixels=args.max_pixels)
+    if not images and len(errors) == 1:  # nothing explained: an earlier summary.json stays as it is
+        raise InputError(f"no image could be read: {errors[0]['error']}")
     for e in errors:
         error_console.print(f"[red]error:[/] {e['error']}", highlight=False)
-    if not images:  # nothing explained: an earlier run's summary.json stays as it is
-        error_console.print("[red]error:[/] no image could be read")
+    if not images:
+        error_console.print(f"[red]error:[/] no image could be read (none of {len(errors)})")
         return 2
     output_folder(args.out)
     with console.status("explaining") as status:
