@@ -202,7 +202,7 @@ def parse_params(pairs: list[str] | None) -> dict[str, Any]:
             raise InputError(f"--param expects KEY=VALUE, got {pair!r}")
         try:
             value: Any = ast.literal_eval(raw)
-        except (ValueError, SyntaxError):
+        except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):  # {[]: 1}: unhashable
             value = raw
         params[key.strip()] = value
     return params
