@@ -32,7 +32,7 @@ from cnnlens.evaluation.metrics import (
     metric_names,
     metric_of,
 )
-from cnnlens.outputs import check_output_folder
+from cnnlens.outputs import check_output_folder, output_lock
 from cnnlens.report.benchmark import benchmark_report, best_rows, format_cell
 
 HELP = "score attribution methods with faithfulness, localisation, sanity and other metrics"
@@ -145,9 +145,12 @@ def run(args: argparse.Namespace) -> int:
     bench = BenchmarkRun(
         model, methods, metrics, args.out, args.cache or args.out / "cache", references, args.seed
     )
-    with progress_bar("benchmark", len(images) * (len(methods) + len(references)), transient=True) as advance:
+    with (
+        output_lock(args.out),
+        progress_bar("benchmark", len(images) * (len(methods) + len(references)), transient=True) as advance,
+    ):
         summary = run_benchmark(bench, images, advance)
+        report = benchmark_report(summary, args.out)
     print_table(summary)
-    report = benchmark_report(summary, args.out)
     console.print(f"wrote {report}, {args.out / 'benchmark.json'} and {args.out / 'benchmark.csv'}")
     return 0

@@ -23,7 +23,7 @@ from cnnlens.cli.common import (
 )
 from cnnlens.data.images import MAX_PIXELS
 from cnnlens.errors import InputError
-from cnnlens.outputs import check_output_folder, output_folder
+from cnnlens.outputs import check_output_folder, output_lock
 from cnnlens.pipeline import (
     ImageResult,
     check_targets,
@@ -146,22 +146,22 @@ def run(args: argparse.Namespace) -> int:
     if not images:
         error_console.print(f"[red]error:[/] no image could be read (none of {len(errors)})")
         return 2
-    output_folder(args.out)
-    with console.status("explaining") as status:
-        results = explain_images(
-            model,
-            images,
-            methods,
-            args.out,
-            targets=targets,
-            top=args.top,
-            progress=lambda what: status.update(f"explaining {what}"),
-        )
-    print_results(results, args.top)
-    for r in results:
-        for msg in r.errors:
-            error_console.print(f"[red]error:[/] {msg}", highlight=False)
-    summary = summarize(model, results, errors, args.out)
-    console.print(f"wrote {write_summary(summary, args.out)}")
+    with output_lock(args.out):
+        with console.status("explaining") as status:
+            results = explain_images(
+                model,
+                images,
+                methods,
+                args.out,
+                targets=targets,
+                top=args.top,
+                progress=lambda what: status.update(f"explaining {what}"),
+            )
+        print_results(results, args.top)
+        for r in results:
+            for msg in r.errors:
+                error_console.print(f"[red]error:[/] {msg}", highlight=False)
+        summary = summarize(model, results, errors, args.out)
+        console.print(f"wrote {write_summary(summary, args.out)}")
     failed = bool(errors) or any(r.errors for r in results)
     return 1 if failed else 0

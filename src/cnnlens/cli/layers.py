@@ -10,7 +10,7 @@ from rich.table import Table
 from cnnlens.cli.common import add_command, console, model_from_args, split_list
 from cnnlens.data.images import load_image
 from cnnlens.models.loaded import LoadedModel
-from cnnlens.outputs import check_output_folder, output_folder, write_json, write_with
+from cnnlens.outputs import check_output_folder, output_lock, write_json, write_with
 from cnnlens.pipeline import check_targets
 from cnnlens.probing.atlas import ATLAS_METHODS, LayerAtlas, layer_atlas
 from cnnlens.validation import check_positive_int
@@ -93,11 +93,11 @@ def run(args: argparse.Namespace) -> int:
     from cnnlens.probing.figures import atlas_figure
 
     fig = atlas_figure(atlas, model.preprocessing.view(image), columns=args.columns)
-    out = output_folder(args.out)
-    atlas.save(out / "layers")
-    write_with(out / "atlas.png", lambda f: fig.savefig(f, format="png", dpi=110))
-    summary = {"image": str(args.image), "model": model.name, **atlas.summary()}
-    write_json(out / "atlas.json", summary, indent=2)
+    with output_lock(args.out) as out:
+        atlas.save(out / "layers")
+        write_with(out / "atlas.png", lambda f: fig.savefig(f, format="png", dpi=110))
+        summary = {"image": str(args.image), "model": model.name, **atlas.summary()}
+        write_json(out / "atlas.json", summary, indent=2)
     print_atlas(atlas)
     console.print(f"wrote {args.out / 'atlas.png'}, {len(atlas.layers)} layer files in {args.out / 'layers'}")
     return 0
