@@ -13,6 +13,7 @@ Usage::
 
     python bench/memory_soak.py                       # lite0: Grad-CAM x1000, occlusion x100 (quick)
     python bench/memory_soak.py --model tinycnn --gradcam 200 --occlusion 50 --plot /tmp/rss.png
+    python bench/memory_soak.py --gradcam 0 --occlusion-param window=56 --occlusion-param stride=56
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from dataclasses import dataclass
 import torch
 
 from cnnlens.attribution import Explanation, create, get_method
+from cnnlens.cli.common import parse_params
 from cnnlens.data.samples import load_sample
 from cnnlens.models import LoadedModel, load_model
 
@@ -119,7 +121,10 @@ def main() -> None:
     parser.add_argument("--every", type=int, default=10, help="sample RSS every N calls (default 10)")
     parser.add_argument("--tolerance", type=float, default=0.05, help="allowed growth (default 0.05)")
     parser.add_argument(
-        "--full-occlusion", action="store_true", help="occlusion's default windows, not its --quick ones"
+        "--occlusion-param",
+        action="append",
+        metavar="KEY=VALUE",
+        help="occlusion parameter (default: its --quick ones, window=48 stride=24)",
     )
     parser.add_argument("--plot", default="docs/reliability-memory.png", help="PNG of RSS over calls")
     args = parser.parse_args()
@@ -127,18 +132,21 @@ def main() -> None:
     model = load_model(args.model)
     threads = torch.get_num_threads()
     print(f"model {args.model}, torch {torch.__version__}, {threads} threads, start RSS {rss_mb():.1f} MiB")
-    occlusion = {} if args.full_occlusion else dict(get_method("occlusion").quick_params)
-    print(f"occlusion parameters: {occlusion or 'the defaults'}")
-    runs = [soak(model, "gradcam", args.gradcam, every=args.every)]
-    runs.append(soak(model, "occlusion", args.occlusion, every=max(1, args.every // 2), **occlusion))
+    occlusion = parse_params(args.occlusion_param) or dict(get_method("occlusion").quick_params)
+    print(f"occlusion parameters: {occlusion}")
     header = f"{'method':<10} {'calls':>6} {'s/call':>7} {'warm-up MiB':>12} {'end MiB':>9} {'growth':>8}"
-    print(header + "  flat?")
-    for r in runs:
-        flat = "yes" if r.growth <= args.tolerance else "NO"
-        print(
-            f"{r.method:<10} {r.calls:>6} {r.seconds / r.calls:>7.3f} {r.warm_rss:>12.1f} {r.end_rss:>9.1f} "
-            f"{r.growth:>+8.2%}  {flat}"
-        )
+    print(header + "  flat?", flush=True)
+    runs = []
+    for method, calls, params in (("gradcam", args.gradcam, {}), ("occlusion", args.occlusion, occlusion)):
+        if calls > 0:
+            runs.append(soak(model, method, calls, every=max(1, min(args.every, calls // 10)), **params))
+            r = runs[-1]
+            flat = "yes" if r.growth <= args.tolerance else "NO"
+            print(
+                f"{r.method:<10} {r.calls:>6} {r.seconds / r.calls:>7.3f} {r.warm_rss:>12.1f} "
+                f"{r.end_rss:>9.1f} {r.growth:>+8.2%}  {flat}",
+                flush=True,
+            )
     plot(runs, args.plot, f"resident memory over repeated explanations ({args.model})")
     print(f"wrote {args.plot}")
 
