@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import multiprocessing
+import multiprocessing.process
 import os
 import signal
-import subprocess
-import sys
-import textwrap
+import time
+from multiprocessing.connection import Connection
 from pathlib import Path
 
 import numpy as np
@@ -17,22 +18,27 @@ from cnnlens.cli import main
 from cnnlens.errors import InputError
 from cnnlens.outputs import LOCK_FILE, appender, output_lock, safe_name, subfolder
 
-SRC = str(Path(__file__).resolve().parents[1] / "src")
+
+def _hold(folder: Path, conn: Connection) -> None:
+    with output_lock(folder):
+        conn.send("held")
+        time.sleep(120)
 
 
-def hold_lock(folder: Path) -> subprocess.Popen[str]:
-    """A separate process that takes the lock of ``folder``, says so, and waits to be killed."""
-    code = textwrap.dedent(f"""
-        import sys, time
-        from cnnlens.outputs import output_lock
-        with output_lock({str(folder)!r}):
-            print("held", flush=True)
-            time.sleep(120)
-    """)
-    env = {**os.environ, "PYTHONPATH": SRC}
-    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True, env=env)
-    assert proc.stdout is not None and proc.stdout.readline().strip() == "held"
+def hold_lock(folder: Path) -> multiprocessing.process.BaseProcess:
+    """A separate (forked) process that takes the lock of ``folder``, says so, and waits to be killed."""
+    ctx = multiprocessing.get_context("fork")
+    parent, child = ctx.Pipe()
+    proc = ctx.Process(target=_hold, args=(folder, child))
+    proc.start()
+    assert parent.poll(30) and parent.recv() == "held"
     return proc
+
+
+def kill(proc: multiprocessing.process.BaseProcess) -> None:
+    """SIGKILL: no clean-up runs in the process, its lock file stays behind with its pid."""
+    os.kill(proc.pid or 0, signal.SIGKILL)
+    proc.join()
 
 
 @pytest.fixture
@@ -69,8 +75,7 @@ def test_another_live_process_is_named_and_a_killed_ones_lock_is_taken_over(tmp_
         with pytest.raises(InputError, match=f"another cnnlens run \\(pid {holder.pid}\\)"), output_lock(out):
             pass
     finally:
-        holder.send_signal(signal.SIGKILL)  # no clean-up runs: the lock file stays, with its pid
-        holder.wait()
+        kill(holder)
     assert (out / LOCK_FILE).read_text().strip() == str(holder.pid)
     with output_lock(out):  # the kernel released the dead process's flock: taken over
         assert (out / LOCK_FILE).read_text().strip() == str(os.getpid())
@@ -94,8 +99,7 @@ def test_train_refuses_a_run_folder_another_process_holds(
         assert main(argv) == 2
         assert f"pid {holder.pid}" in capsys.readouterr().err
     finally:
-        holder.send_signal(signal.SIGKILL)
-        holder.wait()
+        kill(holder)
     assert sorted(p.name for p in run.iterdir()) == [LOCK_FILE]  # a stale lock, as kill -9 leaves it
     assert main(argv) == 0  # a stale lock is not "a folder that holds something else"
     assert (run / "best.pt").is_file() and not (run / LOCK_FILE).exists()
