@@ -55,7 +55,9 @@ class PrintableStream:
 
     @property
     def stream(self) -> Any:
-        return getattr(sys, self._name)
+        # while a progress bar redirects sys.stdout to its proxy, write where the proxy writes
+        stream = getattr(sys, self._name)
+        return getattr(stream, "rich_proxied_file", stream)
 
     def write(self, text: str) -> int:
         try:
@@ -64,6 +66,8 @@ class PrintableStream:
             return int(self.stream.write(printable(text, getattr(self.stream, "encoding", None) or "utf-8")))
 
     def __getattr__(self, name: str) -> Any:  # isatty, flush, encoding, fileno, ...
+        if name == "rich_proxied_file":  # rich would write around this class
+            raise AttributeError(name)
         return getattr(self.stream, name)
 
 
