@@ -17,7 +17,7 @@ from cnnlens.hypothesis import (
 )
 from cnnlens.hypothesis import variants as V
 from cnnlens.hypothesis.experiments import mask_view, model_view
-from tests.hypothesis.toys import BLUE, colour_model, corner_model, scene, silhouette_model, texture
+from tests.hypotheses.toys import BLUE, colour_model, corner_model, scene, silhouette_model, texture
 
 
 def test_texture_model_is_shuffle_invariant_and_follows_the_texture() -> None:

@@ -10,7 +10,7 @@ import pytest
 
 from cnnlens.errors import InputError
 from cnnlens.hypothesis.shape_bias import CueConflict, shape_bias, summarise, wilson_interval
-from tests.hypothesis.toys import BLUE, RED, colour_model, silhouette_model, texture
+from tests.hypotheses.toys import BLUE, RED, colour_model, silhouette_model, texture
 
 
 def test_wilson_interval_known_values() -> None:
