@@ -37,7 +37,9 @@ def test_concept_masks_are_exact(concept_set: Path) -> None:
         colour = np.asarray(Image.open(files[concepts.names.index(colours[0])])) > 0
         assert (colour == shape).all()  # the one object has one shape and one colour
         expected = np.asarray(COLOURS[colours[0]])
-        assert np.abs(image[shape] / image[shape].max(1, keepdims=True) - expected / expected.max()).max() < 0.05
+        assert (
+            np.abs(image[shape] / image[shape].max(1, keepdims=True) - expected / expected.max()).max() < 0.05
+        )
 
 
 def red_fraction(root: Path, samples: list) -> float:

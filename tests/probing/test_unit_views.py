@@ -32,7 +32,9 @@ def test_activation_maximisation_draws_the_planted_cross() -> None:
     template = cross_template(7)
     found = best_correlation(result.image, template)
     g = torch.Generator().manual_seed(5)
-    random = [best_correlation(FourierImage((16, 16), 3, g, std=0.5)()[0].detach(), template) for _ in range(8)]
+    random = [
+        best_correlation(FourierImage((16, 16), 3, g, std=0.5)()[0].detach(), template) for _ in range(8)
+    ]
     assert found > 0.6 and found > max(random) + 0.2
     assert result.curve[-1] > 5 * max(result.curve[0], 1e-3)
     assert hook_counts(model) == 0 and all(p.requires_grad for p in model.parameters())

@@ -213,7 +213,9 @@ def concept_kinds() -> dict[str, str]:
     return kinds | {t: "texture" for t in TEXTURES}
 
 
-def render_concepts(size: int, shape: str, rng: np.random.Generator) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+def render_concepts(
+    size: int, shape: str, rng: np.random.Generator
+) -> tuple[np.ndarray, dict[str, np.ndarray]]:
     """One image (``(size, size, 3)`` uint8) with one ``shape`` object in a random colour on a grey
     background, usually with a textured rectangle, and the exact boolean mask of each concept shown."""
     rows, cols = np.mgrid[0:size, 0:size]

@@ -280,7 +280,9 @@ def dissect(
     iou = torch.where(union > 0, inter / union.clamp(min=1), torch.zeros_like(inter)).float()
     if isinstance(model, LoadedModel):
         name = model.layer(layer)[0]
-    return Dissection(name, list(concepts.names), thresholds, iou, quantile, min_iou, images, failed, concepts.kinds)
+    return Dissection(
+        name, list(concepts.names), thresholds, iou, quantile, min_iou, images, failed, concepts.kinds
+    )
 
 
 def _chunks(n: int, per_item: int) -> Iterator[tuple[int, int]]:

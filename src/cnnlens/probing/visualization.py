@@ -55,13 +55,19 @@ class FourierImage(nn.Module):
     """
 
     def __init__(
-        self, size: tuple[int, int], channels: int, generator: torch.Generator, std: float = 0.01, decay: float = 1.0
+        self,
+        size: tuple[int, int],
+        channels: int,
+        generator: torch.Generator,
+        std: float = 0.01,
+        decay: float = 1.0,
     ) -> None:
         super().__init__()
         h, w = size
         fy = torch.fft.fftfreq(h)[:, None]
         fx = torch.fft.rfftfreq(w)[None, :]
         freq = torch.sqrt(fx**2 + fy**2).clamp(min=1.0 / max(h, w))
+        self.scale: torch.Tensor
         self.register_buffer("scale", (1.0 / freq**decay) * math.sqrt(h * w) / max(h, w))
         self.size = size
         self.channels = channels
@@ -212,7 +218,14 @@ def visualize(
                 progress(curve[-1])
         with torch.no_grad():
             image = param()[0].cpu()
-    settings = {"neuron": neuron, "steps": steps, "size": side, "seed": seed, "lr": lr, "transforms": vars(tf)}
+    settings = {
+        "neuron": neuron,
+        "steps": steps,
+        "size": side,
+        "seed": seed,
+        "lr": lr,
+        "transforms": vars(tf),
+    }
     return Visualization(name, image, curve, settings)
 
 
@@ -223,7 +236,9 @@ def _objective(
         with torch.no_grad():
             classes = int(module(probe.inputs).shape[1])
         if not 0 <= target < classes:
-            raise InputError(f"--class {target} is out of range: the model has {classes} classes (0-{classes - 1})")
+            raise InputError(
+                f"--class {target} is out of range: the model has {classes} classes (0-{classes - 1})"
+            )
         return (lambda x: module(x)[0, target]), f"class {target} ({probe.target_name(target)})"
     assert layer is not None and unit is not None  # checked by visualize
     name, layer_module = probe.layer(layer)
