@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from cnnlens.errors import InputError, UnknownNameError
 from cnnlens.models.hooks import hook_counts
 from cnnlens.probing.deconv import deconv_projection
+from cnnlens.probing.units import layer_output
 from cnnlens.probing.visualization import FourierImage, visualize
 from tests.probing.unit_toys import TOY_PREPROCESSING, CrossDetector, cross_template
 
@@ -83,3 +84,16 @@ def test_bad_unit_inputs() -> None:
         visualize(model, target=7, preprocessing=TOY_PREPROCESSING, steps=1)
     with pytest.raises(InputError, match="either"):
         visualize(model, layer="features.1", unit=0, target=1, preprocessing=TOY_PREPROCESSING)
+
+
+def test_layer_output_stops_the_forward_pass_at_the_layer() -> None:
+    class Exploding(torch.nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            raise AssertionError("the layers after the probed one must not run")
+
+    model = CrossDetector()
+    model.pool = Exploding()  # type: ignore[assignment]
+    x = torch.randn(2, 3, 16, 16)
+    out = layer_output(model, "features.1", model.features[1], x)
+    assert torch.equal(out, model.features(x))
+    assert hook_counts(model) == 0

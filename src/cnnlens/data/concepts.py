@@ -137,14 +137,21 @@ class ConceptMasks:
         """
         out = torch.zeros(len(indices), len(self.concepts.names), *self.size, dtype=torch.bool)
         for row, i in enumerate(indices):
-            for k, path in self.concepts.files[i].items():
-                out[row, k] = self._load(path, self.samples[i].path)[0] > 0
+            files = self.concepts.files[i]
+            if not files:
+                continue
+            image = self.samples[i].path
+            try:
+                with Image.open(image) as im:
+                    size = im.size
+            except OSError as err:
+                raise InputError(f"image {image} cannot be read: {err}") from None
+            for k, path in files.items():
+                out[row, k] = self._load(path, image, size)[0] > 0
         return out
 
-    def _load(self, path: Path, image: Path) -> torch.Tensor:
+    def _load(self, path: Path, image: Path, size: tuple[int, int]) -> torch.Tensor:
         try:
-            with Image.open(image) as im:
-                size = im.size
             with Image.open(path) as m:
                 if m.size != size:
                     raise InputError(

@@ -19,14 +19,12 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-from torch import nn
 
 from cnnlens.attribution.core.base import ModelLike
 from cnnlens.attribution.methods.guided import backprop_rule
 from cnnlens.errors import InputError
-from cnnlens.models.hooks import capture_outputs
 from cnnlens.probing.common import probing
-from cnnlens.validation import check_int
+from cnnlens.probing.units import check_unit, layer_output
 
 Box = tuple[int, int, int, int]
 
@@ -66,32 +64,6 @@ class Projection:
         }
 
 
-def unit_output(module: nn.Module, name: str, out: dict[str, torch.Tensor], unit: int) -> torch.Tensor:
-    """The ``(N, h, w)`` map of ``unit`` in the captured output of layer ``name``.
-
-    Raises:
-        InputError: The layer did not run, is not a feature map, or ``unit`` is out of range.
-    """
-    if name not in out:
-        raise InputError(f"layer {name!r} does not run in the forward pass; choose one that does")
-    fmap = out[name]
-    if fmap.dim() != 4:
-        raise InputError(
-            f"layer {name!r} outputs shape {tuple(fmap.shape)}, not a (N, C, h, w) feature map; choose a "
-            "convolutional layer or block (`cnnlens layers` lists them)"
-        )
-    check_unit(unit, int(fmap.shape[1]), name)
-    return fmap[:, unit]
-
-
-def check_unit(unit: int, units: int, layer: str) -> int:
-    """Raise :class:`InputError` unless ``0 <= unit < units``."""
-    unit = check_int("unit", unit)
-    if not 0 <= unit < units:
-        raise InputError(f"--unit {unit} is out of range: layer {layer!r} has {units} units (0-{units - 1})")
-    return unit
-
-
 def deconv_projection(model: ModelLike, image: torch.Tensor, layer: str, unit: int) -> Projection:
     """Project ``unit``'s largest activation in ``image`` back to pixels with the deconvnet rule.
 
@@ -110,9 +82,9 @@ def deconv_projection(model: ModelLike, image: torch.Tensor, layer: str, unit: i
     with probing(model, image) as probe:
         name, module = probe.layer(layer)
         x = probe.inputs.clone().requires_grad_(True)
-        with backprop_rule(probe.module, "deconvnet"), capture_outputs({name: module}) as store:
-            probe.module(x)
-            fmap = unit_output(probe.module, name, store, unit)[0]
+        with backprop_rule(probe.module, "deconvnet"):
+            out = layer_output(probe.module, name, module, x)
+            fmap = out[0, check_unit(unit, int(out.shape[1]), name)]
             flat = int(fmap.argmax())
             row, col = divmod(flat, fmap.shape[1])
             (grad,) = torch.autograd.grad(fmap[row, col], x)

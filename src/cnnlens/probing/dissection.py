@@ -34,9 +34,9 @@ from cnnlens.data.folders import Sample
 from cnnlens.data.stream import stream_batches
 from cnnlens.data.transforms import Preprocessing
 from cnnlens.errors import InputError
-from cnnlens.models.hooks import capture_outputs
 from cnnlens.models.loaded import LoadedModel
 from cnnlens.probing.common import probing
+from cnnlens.probing.units import layer_output
 from cnnlens.validation import check_positive_int, check_real
 
 #: Bins of the per-unit activation histogram (:class:`UnitHistogram`).
@@ -308,14 +308,5 @@ def _feature_maps(
             continue
         with probing(model, batch.inputs) as probe, torch.no_grad():
             name, module = probe.layer(layer)
-            with capture_outputs({name: module}) as store:
-                probe.module(probe.inputs)
-        if name not in store:
-            raise InputError(f"layer {name!r} does not run in the forward pass; choose one that does")
-        out = store[name]
-        if out.dim() != 4:
-            raise InputError(
-                f"layer {name!r} outputs shape {tuple(out.shape)}, not a (N, C, h, w) feature map; choose "
-                "a convolutional layer or block (`cnnlens layers` lists them)"
-            )
+            out = layer_output(probe.module, name, module, probe.inputs)
         yield out.float().cpu(), batch.indices.tolist()

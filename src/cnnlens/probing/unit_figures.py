@@ -39,6 +39,12 @@ def dissection_figure(result: Dissection) -> Figure:
     )
     hist_ax.set_xticks(range(len(names)), names, rotation=60, ha="right", fontsize=8)
     hist_ax.set_ylabel("detector units")
+    shown = sorted({kinds.get(n, "") for n in names} - {""})
+    if shown:
+        from matplotlib.patches import Patch
+
+        handles = [Patch(color=KIND_COLOURS.get(k, "tab:gray"), label=k) for k in shown]
+        hist_ax.legend(handles=handles, fontsize=8)
     hist_ax.set_title(f"{result.layer}: {result.summary()}", fontsize=10)
     if not names:
         hist_ax.text(0.5, 0.5, "no detector unit", ha="center", va="center", transform=hist_ax.transAxes)

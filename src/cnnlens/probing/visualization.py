@@ -33,10 +33,9 @@ from torch import nn
 from cnnlens.attribution.core.base import ModelLike
 from cnnlens.data.transforms import Preprocessing
 from cnnlens.errors import InputError
-from cnnlens.models.hooks import capture_outputs
 from cnnlens.models.loaded import LoadedModel
 from cnnlens.probing.common import probing
-from cnnlens.probing.deconv import unit_output
+from cnnlens.probing.units import check_unit, layer_output
 from cnnlens.validation import check_positive_int, check_real
 
 #: Square root of the ImageNet colour covariance (rows: R, G, B), as in lucid.
@@ -242,14 +241,11 @@ def _objective(
         return (lambda x: module(x)[0, target]), f"class {target} ({probe.target_name(target)})"
     assert layer is not None and unit is not None  # checked by visualize
     name, layer_module = probe.layer(layer)
-    with torch.no_grad(), capture_outputs({name: layer_module}) as store:
-        module(probe.inputs)
-        unit_output(module, name, store, unit)  # checks the layer and the unit before optimising
+    with torch.no_grad():  # check the layer and the unit before optimising
+        check_unit(unit, int(layer_output(module, name, layer_module, probe.inputs).shape[1]), name)
 
     def score(x: torch.Tensor) -> torch.Tensor:
-        with capture_outputs({name: layer_module}) as out:
-            module(x)
-        fmap = unit_output(module, name, out, unit)[0]
+        fmap = layer_output(module, name, layer_module, x)[0, unit]
         return fmap[fmap.shape[0] // 2, fmap.shape[1] // 2] if neuron else fmap.mean()
 
     return score, f"{name} unit {unit}" + (" (centre)" if neuron else "")
