@@ -26,8 +26,8 @@ def dissection_figure(result: Dissection) -> Figure:
     Right: every unit's best IoU, sorted, with the detector threshold."""
     from matplotlib.figure import Figure
 
-    fig = Figure(figsize=(10, 3.6))
-    fig.subplots_adjust(left=0.07, right=0.98, bottom=0.3, top=0.86, wspace=0.28)
+    fig = Figure(figsize=(10, 3.2))
+    fig.subplots_adjust(left=0.07, right=0.98, bottom=0.22, top=0.9, wspace=0.28)
     hist_ax, iou_ax = fig.subplots(1, 2, gridspec_kw={"width_ratios": [1.6, 1]})
     counts = result.histogram()
     kinds = result.kinds or {}

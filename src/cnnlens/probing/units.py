@@ -47,6 +47,38 @@ def layer_output(network: nn.Module, name: str, layer: nn.Module, inputs: torch.
     return out
 
 
+def final_rectifier(layer: nn.Module) -> nn.Module | None:
+    """The ``nn.ReLU``/``nn.ReLU6`` that ends ``layer`` (the layer itself, or its last leaf module), if
+    one does."""
+    leaves = [m for m in layer.modules() if not list(m.children())]
+    last = leaves[-1] if leaves else layer
+    return last if isinstance(last, (nn.ReLU, nn.ReLU6)) else None
+
+
+def pre_activation(
+    network: nn.Module, layer: nn.Module, rectifier: nn.Module, inputs: torch.Tensor
+) -> torch.Tensor:
+    """The input of ``layer``'s final ``rectifier`` (its pre-activation) for ``inputs``; the layers
+    after ``layer`` do not run."""
+    store: list[torch.Tensor] = []
+
+    def keep(_module: nn.Module, args: tuple[Any, ...]) -> None:
+        store.append(args[0].clone())
+
+    pre = rectifier.register_forward_pre_hook(keep)
+    stop = layer.register_forward_hook(_stop)
+    try:
+        network(inputs)
+    except _LayerReachedError:
+        pass
+    finally:
+        pre.remove()
+        stop.remove()
+    if not store:
+        raise InputError("the layer's rectifier did not run in the forward pass")
+    return store[-1]
+
+
 def check_unit(unit: int, units: int, layer: str) -> int:
     """Raise :class:`InputError` unless ``0 <= unit < units``."""
     unit = check_int("unit", unit)

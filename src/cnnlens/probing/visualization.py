@@ -10,7 +10,9 @@ anything. Following Olah, Mordvintsev and Schubert (2017), the image is
 * seen by the network only through random transformations at each step: padding, jitter (random
   shifts), scaling and rotation, so that only patterns that survive them are reinforced.
 
-The objective is the unit's mean activation over its feature map (``--unit``) or the class logit
+The objective is the unit's mean activation over its feature map (``--unit``), taken before the
+layer's final ReLU when it ends with one (as lucid visualises ``*_pre_relu`` layers: a unit that is
+silent on the grey starting image would have no gradient after it), or the class logit
 (``--class``); Adam does the ascent. Every random draw comes from one generator seeded by ``seed``,
 so a run is reproducible.
 
@@ -35,7 +37,7 @@ from cnnlens.data.transforms import Preprocessing
 from cnnlens.errors import InputError
 from cnnlens.models.loaded import LoadedModel
 from cnnlens.probing.common import probing
-from cnnlens.probing.units import check_unit, layer_output
+from cnnlens.probing.units import check_unit, final_rectifier, layer_output, pre_activation
 from cnnlens.validation import check_positive_int, check_real
 
 #: Square root of the ImageNet colour covariance (rows: R, G, B), as in lucid.
@@ -244,8 +246,13 @@ def _objective(
     with torch.no_grad():  # check the layer and the unit before optimising
         check_unit(unit, int(layer_output(module, name, layer_module, probe.inputs).shape[1]), name)
 
+    rectifier = final_rectifier(layer_module)
+
     def score(x: torch.Tensor) -> torch.Tensor:
-        fmap = layer_output(module, name, layer_module, x)[0, unit]
+        if rectifier is not None:  # before the layer's ReLU, so a unit silent on grey has a gradient
+            fmap = pre_activation(module, layer_module, rectifier, x)[0, unit]
+        else:
+            fmap = layer_output(module, name, layer_module, x)[0, unit]
         return fmap[fmap.shape[0] // 2, fmap.shape[1] // 2] if neuron else fmap.mean()
 
     return score, f"{name} unit {unit}" + (" (centre)" if neuron else "")
