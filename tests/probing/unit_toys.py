@@ -56,7 +56,10 @@ class CrossDetector(nn.Module):
             conv.bias.zero_()
         self.features = nn.Sequential(conv, nn.ReLU())
         self.pool = nn.AdaptiveAvgPool2d(1)
-        self.fc = nn.Linear(2, 2)
+        self.fc = nn.Linear(2, 2)  # logit k = mean of unit k
+        with torch.no_grad():
+            self.fc.weight.copy_(torch.eye(2))
+            self.fc.bias.zero_()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.fc(self.pool(self.features(x)).flatten(1))
