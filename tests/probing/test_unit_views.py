@@ -103,5 +103,7 @@ def test_a_unit_silent_on_grey_is_maximised_before_its_relu() -> None:
     model = CrossDetector()
     with torch.no_grad():
         model.features[0].bias[1] = -2.0  # unit 1 is zero after the ReLU on the starting image
-    result = visualize(model, layer="features.1", unit=1, preprocessing=TOY_PREPROCESSING, steps=30, size=16, lr=0.1)
+    result = visualize(
+        model, layer="features.1", unit=1, preprocessing=TOY_PREPROCESSING, steps=30, size=16, lr=0.1
+    )
     assert result.curve[0] < 0 and result.curve[-1] > result.curve[0] + 0.3  # after the ReLU: no gradient
