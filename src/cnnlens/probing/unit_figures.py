@@ -69,7 +69,7 @@ def visualization_figure(results: Sequence[Visualization]) -> Figure:
 
     cols = len(results)
     fig = Figure(figsize=(2.6 * cols, 5.0))
-    fig.subplots_adjust(left=0.06, right=0.98, bottom=0.08, top=0.93, wspace=0.35, hspace=0.35)
+    fig.subplots_adjust(left=0.2 / cols + 0.02, right=0.98, bottom=0.08, top=0.93, wspace=0.35, hspace=0.35)
     axes = fig.subplots(2, cols, squeeze=False, gridspec_kw={"height_ratios": [1.5, 1]})
     for k, r in enumerate(results):
         img = _rgb(r.image)
