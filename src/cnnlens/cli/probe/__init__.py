@@ -12,7 +12,7 @@ import importlib
 
 from cnnlens.cli.common import add_command
 
-TOOLS: tuple[str, ...] = ()
+TOOLS: tuple[str, ...] = ("dissect", "visualize", "deconv")
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
