@@ -77,8 +77,8 @@ def test_double_occlusion_fixes_the_window_where_single_occlusion_drops_most() -
 
 def test_scorecam_and_ablationcam_favour_the_channel_the_head_reads() -> None:
     model = LeftRightCAM().eval()
-    # Score-CAM's softmax over probabilities is flat (a known property of the paper's weights)
-    for name, ratio in (("scorecam", 1.4), ("ablationcam", 1e3)):
+    # Score-CAM: masked by channel 0, p = sigmoid(3) = 0.95; by channel 1, p = 0.5 (the head ignores it)
+    for name, ratio in (("scorecam", 1.85), ("ablationcam", 1e3)):
         sal = create(name, model, layer="features").explain(left_right_image(), target=0).attributions[0]
         assert sal[:, :8].mean() > ratio * sal[:, 8:].mean(), name
 
@@ -106,6 +106,8 @@ def test_bad_parameters(tiny: object) -> None:
         create("double_occlusion", tiny, fixed=(-1, 2))  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="score must be one of"):
         create("scorecam", tiny, score="prob")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="weights must be one of score, softmax"):
+        create("scorecam", tiny, weights="sum")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="precision must be one of"):
         create("rise", tiny, precision="fp16")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="batch_size must be a positive integer or 'auto'"):
@@ -130,13 +132,13 @@ class ScaledGap(nn.Module):
 
 
 def scorecam_by_hand(
-    x: np.ndarray, target: int, *, softmax: bool = True, normalise: bool = True
+    x: np.ndarray, target: int, *, softmax: bool = False, normalise: bool = True
 ) -> np.ndarray:
     """Score-CAM of :class:`ScaledGap` (Wang et al. 2020, Algorithm 1), in NumPy from its weights.
 
     The layer keeps the input size, so upsampling is the identity. Mask ``H_k`` = min-max normalised
-    ``A_k``; ``S_k`` = softmax probability of the target for ``x * H_k`` (fill 0); weights
-    ``softmax_k(S)`` (the paper's increase of confidence ``S_k - f(x_b)`` has the same softmax);
+    ``A_k``; ``S_k`` = softmax probability of the target for ``x * H_k`` (fill 0); weights ``S_k``
+    as in the authors' code (``softmax=True``: ``softmax_k(S)``, the ``weights="softmax"`` option);
     map ``ReLU(sum_k w_k A_k)``.
     """
     s, b = np.array([2.0, -1.0, 0.5]), np.array([0.3, 0.0, -0.2])
@@ -158,9 +160,42 @@ def test_scorecam_closed_form_on_a_scaled_gap_model() -> None:
     expected = scorecam_by_hand(x[0].double().numpy(), 1)
     assert expected.max() > 0.1
     assert np.allclose(got, expected, atol=1e-5)
-    for variant in ({"softmax": False}, {"normalise": False}):  # the test tells these apart
+    for variant in ({"softmax": True}, {"normalise": False}):  # the test tells these apart
         other = scorecam_by_hand(x[0].double().numpy(), 1, **variant)
         assert np.abs(other - expected).max() > 0.05, variant
+    soft = create("scorecam", ScaledGap().eval(), layer="features", precision="fp32", weights="softmax")
+    got = soft.explain(x, target=1).attributions[0].double().numpy()
+    assert np.allclose(got, scorecam_by_hand(x[0].double().numpy(), 1, softmax=True), atol=1e-5)
+
+
+class TwoClassCAM(LeftRightCAM):
+    """:class:`LeftRightCAM` whose class 0 reads channel 0 and class 1 reads channel 1 (weight 3)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        with torch.no_grad():
+            self.fc.weight.copy_(torch.tensor([[3.0, 0.0], [0.0, 3.0]]))
+
+
+@pytest.mark.parametrize(("weights", "gap"), [("score", 1.5), ("softmax", 0.635149)])
+def test_scorecam_maps_of_two_classes_differ_in_closed_form(weights: str, gap: float) -> None:
+    """Masking by channel 0 (left half) keeps pooled features (0.5, 0): logits (1.5, 0), so class 0
+    has ``p = sigmoid(1.5)`` and class 1 ``sigmoid(-1.5)``; masking by channel 1 swaps them. The map
+    of class 0 is ``p_hi`` on the left and ``p_lo`` on the right, class 1's the mirror image. The
+    paper's weights give a left/right ratio of ``e^1.5``; a softmax across channels flattens it to
+    ``e^(p_hi - p_lo)`` (about 1.9)."""
+    hi, lo = torch.sigmoid(torch.tensor(1.5)).item(), torch.sigmoid(torch.tensor(-1.5)).item()
+    if weights == "softmax":
+        hi, lo = (torch.tensor([hi, lo]).softmax(0)).tolist()
+    method = create("scorecam", TwoClassCAM().eval(), layer="features", weights=weights, precision="fp32")
+    x = left_right_image()
+    maps = method.explain(x.expand(2, -1, -1, -1), target=torch.tensor([0, 1])).attributions
+    left, right = torch.zeros(16, 16), torch.zeros(16, 16)
+    left[:, :8], right[:, 8:] = 1.0, 1.0
+    assert torch.allclose(maps[0], hi * left + lo * right, atol=1e-5)
+    assert torch.allclose(maps[1], lo * left + hi * right, atol=1e-5)
+    ratio = (maps[0][:, :8].mean() / maps[0][:, 8:].mean()).log().item()
+    assert ratio == pytest.approx(gap, abs=1e-4)  # sigmoid(1.5) - sigmoid(-1.5) = 0.635149
 
 
 def test_occlusion_of_several_sizes_is_the_mean_of_the_per_size_maps() -> None:

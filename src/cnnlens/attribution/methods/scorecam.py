@@ -12,7 +12,7 @@ from cnnlens.attribution.core.base import Attributed, Attribution, LayerSpec, Mo
 from cnnlens.attribution.core.registry import register
 from cnnlens.attribution.engine.runner import feature_map
 from cnnlens.attribution.engine.split import LayerSplit
-from cnnlens.errors import InputTypeError
+from cnnlens.errors import InputError, InputTypeError
 from cnnlens.models.hooks import Handles
 from cnnlens.validation import check_real, check_score
 
@@ -45,6 +45,11 @@ def _layer_activations(method: Attribution, inputs: torch.Tensor, batch_size: in
     return feature_map({name: torch.cat(out)}, name, "CAM methods").float()
 
 
+#: How Score-CAM turns the masked inputs' scores into channel weights: the scores themselves (the
+#: paper), or a softmax of them across channels.
+WEIGHTS = ("score", "softmax")
+
+
 class _ForwardCAM(Attribution):
     """A CAM weighted by forward passes: the layer, batch size and pass runner settings."""
 
@@ -68,9 +73,13 @@ class ScoreCAM(_ForwardCAM):
     """Score-CAM: feature maps weighted by how much each one, used as an input mask, raises the score.
 
     Each channel ``A_k`` of the layer is upsampled to the input size and min-max normalised to
-    ``[0, 1]``; the input multiplied by it (``fill`` where the mask is 0) is scored, the scores
-    ``S_k`` go through a softmax over channels, and the map is ``ReLU(sum_k softmax(S)_k A_k)``.
-    Masks are made ``batch_size`` channels at a time.
+    ``[0, 1]``; the input multiplied by it (``fill`` where the mask is 0) is scored, and the map is
+    ``ReLU(sum_k S_k A_k)`` with ``S_k`` the target's softmax probability on the masked input, as in
+    the paper and its reference code (no normalisation across channels). ``weights="softmax"``
+    instead takes a softmax over channels of the scores, ``softmax(S)_k``: with probabilities in
+    ``[0, 1]`` those weights differ by at most a factor of e, so the map is close to the plain sum of
+    the activations and hardly depends on the class (measured in docs/methods.md). ``score="logit"``
+    scores by the target's logit. Masks are made ``batch_size`` channels at a time.
 
     Shape:
         A ``(N, H, W)`` non-negative map at the layer's resolution, upsampled.
@@ -81,7 +90,7 @@ class ScoreCAM(_ForwardCAM):
     """
 
     name = "scorecam"
-    summary = "ReLU(sum_k softmax(score of x masked by A_k) A_k)"
+    summary = "ReLU(sum_k p(target | x masked by A_k) A_k)"
     reference = "Wang et al. 2020"
 
     def __init__(
@@ -91,12 +100,16 @@ class ScoreCAM(_ForwardCAM):
         layer: LayerSpec = None,
         fill: float = 0.0,
         score: str = "probability",
+        weights: str = "score",
         batch_size: int | str | None = None,
         **settings: str,
     ):
         super().__init__(model, layer=layer, batch_size=batch_size, **settings)
         self.fill = check_real("fill", fill)
         self.score = check_score(score)
+        if weights not in WEIGHTS:
+            raise InputError(f"weights must be one of {', '.join(WEIGHTS)}, got {weights!r}")
+        self.weights = weights
 
     def _masks(self, acts: torch.Tensor, size: tuple[int, int], batch_size: int) -> Iterator[torch.Tensor]:
         for chunk in acts.split(batch_size):
@@ -111,7 +124,9 @@ class ScoreCAM(_ForwardCAM):
         maps = []
         for image, a, t in zip(inputs, acts, targets.tolist()):
             batches = (self.fill + (image - self.fill) * m for m in self._masks(a, size, batch_size))
-            weights = self.passes.scores(batches, t, self.score).softmax(0)
+            weights = self.passes.scores(batches, t, self.score)
+            if self.weights == "softmax":
+                weights = weights.softmax(0)
             maps.append(torch.relu(torch.einsum("c,chw->hw", weights.to(a.device), a)))
         return torch.stack(maps)
 
