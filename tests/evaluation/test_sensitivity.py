@@ -104,6 +104,7 @@ def test_a_mask_that_fills_the_crop_is_not_used_for_localisation() -> None:
     pre = Preprocessing()  # ImageNet: resize 256, centre crop 224
     view, why = usable_mask(sample_mask("chelsea"), pre)
     assert view is None and "covers 100% of the model's crop" in why
-    view, why = usable_mask(sample_mask("coffee"), pre)
-    assert view is not None and why == "" and 0.2 < view.mean() < 0.6
+    for name in ("coffee", "rocket", "motorcycle", "grace_hopper"):  # the object, not the whole crop
+        view, why = usable_mask(sample_mask(name), pre)
+        assert view is not None and why == "" and 0.03 < view.mean() < 0.7, name
     assert usable_mask(None, pre) == (None, "no mask for this image")

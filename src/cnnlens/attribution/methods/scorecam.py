@@ -14,7 +14,9 @@ from cnnlens.attribution.engine.runner import feature_map
 from cnnlens.attribution.engine.split import LayerSplit
 from cnnlens.errors import InputError, InputTypeError
 from cnnlens.models.hooks import Handles
-from cnnlens.validation import check_real, check_score
+from cnnlens.models.layers import LayerInfo, resolve_layer, trace_layers
+from cnnlens.models.loaded import LoadedModel
+from cnnlens.validation import check_positive_int, check_real, check_score
 
 
 def _layer_activations(method: Attribution, inputs: torch.Tensor, batch_size: int) -> torch.Tensor:
@@ -50,6 +52,30 @@ def _layer_activations(method: Attribution, inputs: torch.Tensor, batch_size: in
 WEIGHTS = ("score", "softmax")
 
 
+def narrow_cam_layer(table: list[LayerInfo], default: str, max_channels: int) -> str:
+    """The last layer up to ``default`` (execution order) whose output has ``default``'s spatial size
+    and at most ``max_channels`` channels; ``default`` itself when it has few enough or none does.
+
+    Args:
+        table: The model's layers in execution order with their output shapes (:func:`trace_layers`).
+        default: The model's default CAM layer.
+        max_channels: The most channels (masked forward passes per image) allowed.
+    """
+    shapes = {info.name: info.output_shape for info in table}
+    target = shapes.get(default)
+    if target is None or len(target) != 3 or target[0] <= max_channels:
+        return default
+    best = default
+    for info in table:
+        if info.name == default:
+            break
+        shape = info.output_shape
+        if shape is not None and len(shape) == 3 and shape[1:] == target[1:] and shape[0] <= max_channels:
+            if not info.kind.startswith("Adaptive"):
+                best = info.name
+    return best
+
+
 class _ForwardCAM(Attribution):
     """A CAM weighted by forward passes: the layer, batch size and pass runner settings."""
 
@@ -81,6 +107,11 @@ class ScoreCAM(_ForwardCAM):
     the activations and hardly depends on the class (measured in docs/methods.md). ``score="logit"``
     scores by the target's logit. Masks are made ``batch_size`` channels at a time.
 
+    Without ``layer=`` the layer is the last one at the resolution of the model's default CAM layer
+    with at most ``max_channels`` channels (:func:`narrow_cam_layer`): every channel costs one forward
+    pass, and on EfficientNet-Lite0 the 192-channel ``blocks.5`` is both about 7x cheaper than the
+    1280-channel ``bn2`` and far more class-sensitive (docs/methods.md, issue 21).
+
     Shape:
         A ``(N, H, W)`` non-negative map at the layer's resolution, upsampled.
 
@@ -90,7 +121,7 @@ class ScoreCAM(_ForwardCAM):
     """
 
     name = "scorecam"
-    summary = "ReLU(sum_k p(target | x masked by A_k) A_k)"
+    summary = "ReLU(sum_k P_target(x masked by A_k) A_k), P the softmax probability"
     reference = "Wang et al. 2020"
 
     def __init__(
@@ -101,15 +132,29 @@ class ScoreCAM(_ForwardCAM):
         fill: float = 0.0,
         score: str = "probability",
         weights: str = "score",
+        max_channels: int = 256,
         batch_size: int | str | None = None,
         **settings: str,
     ):
         super().__init__(model, layer=layer, batch_size=batch_size, **settings)
+        self.max_channels = check_positive_int("max_channels", max_channels)
         self.fill = check_real("fill", fill)
         self.score = check_score(score)
         if weights not in WEIGHTS:
             raise InputError(f"weights must be one of {', '.join(WEIGHTS)}, got {weights!r}")
         self.weights = weights
+
+    def target_layer(self, inputs: torch.Tensor) -> tuple[str, nn.Module]:
+        """``layer=``, or the last layer at the default CAM layer's resolution with at most
+        ``max_channels`` channels (:func:`narrow_cam_layer`)."""
+        name, module = super().target_layer(inputs)
+        if self.layer is not None:
+            return name, module
+        if isinstance(self.model, LoadedModel):
+            table = self.model.layer_table
+        else:
+            table = trace_layers(self.module, (inputs.shape[2], inputs.shape[3]), inputs.shape[1])
+        return resolve_layer(self.module, narrow_cam_layer(table, name, self.max_channels))
 
     def _masks(self, acts: torch.Tensor, size: tuple[int, int], batch_size: int) -> Iterator[torch.Tensor]:
         for chunk in acts.split(batch_size):
