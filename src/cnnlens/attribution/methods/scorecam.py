@@ -70,9 +70,9 @@ def narrow_cam_layer(table: list[LayerInfo], default: str, max_channels: int) ->
         if info.name == default:
             break
         shape = info.output_shape
-        if shape is not None and len(shape) == 3 and shape[1:] == target[1:] and shape[0] <= max_channels:
-            if not info.kind.startswith("Adaptive"):
-                best = info.name
+        same_size = shape is not None and len(shape) == 3 and shape[1:] == target[1:]
+        if same_size and shape[0] <= max_channels and not info.kind.startswith("Adaptive"):  # type: ignore[index]
+            best = info.name
     return best
 
 
