@@ -109,7 +109,7 @@ class ScoreCAM(_ForwardCAM):
 
     Without ``layer=`` the layer is the last one at the resolution of the model's default CAM layer
     with at most ``max_channels`` channels (:func:`narrow_cam_layer`): every channel costs one forward
-    pass, and on EfficientNet-Lite0 the 192-channel ``blocks.5`` is both about 7x cheaper than the
+    pass, and on EfficientNet-Lite0 the 320-channel ``blocks.6`` is both 4x cheaper than the
     1280-channel ``bn2`` and far more class-sensitive (docs/methods.md, issue 21).
 
     Shape:
@@ -132,7 +132,7 @@ class ScoreCAM(_ForwardCAM):
         fill: float = 0.0,
         score: str = "probability",
         weights: str = "score",
-        max_channels: int = 256,
+        max_channels: int = 512,
         batch_size: int | str | None = None,
         **settings: str,
     ):
