@@ -349,6 +349,7 @@ def test_scorecam_default_layer_is_the_last_narrow_one_at_the_cam_resolution() -
         LayerInfo("blocks.5.0", "Block", (192, 7, 7), 1),
         LayerInfo("blocks.5", "Sequential", (192, 7, 7), 1),
         LayerInfo("blocks.6", "Sequential", (320, 7, 7), 1),
+        LayerInfo("blocks", "Sequential", (320, 7, 7), 1),  # holds blocks.4 (14x14): passed over
         LayerInfo("bn2", "BatchNorm2d", (1280, 7, 7), 1),
         LayerInfo("pool", "AdaptiveAvgPool2d", (1280, 1, 1), 0),
         LayerInfo("late", "Conv2d", (8, 7, 7), 1),  # after the default layer: never chosen

@@ -55,6 +55,7 @@ WEIGHTS = ("score", "softmax")
 def narrow_cam_layer(table: list[LayerInfo], default: str, max_channels: int) -> str:
     """The last layer up to ``default`` (execution order) whose output has ``default``'s spatial size
     and at most ``max_channels`` channels; ``default`` itself when it has few enough or none does.
+    A container whose sublayers run at other resolutions (a whole backbone) is passed over.
 
     Args:
         table: The model's layers in execution order with their output shapes (:func:`trace_layers`).
@@ -65,13 +66,20 @@ def narrow_cam_layer(table: list[LayerInfo], default: str, max_channels: int) ->
     target = shapes.get(default)
     if target is None or len(target) != 3 or target[0] <= max_channels:
         return default
+
+    def same_size(shape: tuple[int, ...] | None) -> bool:
+        return shape is not None and len(shape) == 3 and shape[1:] == target[1:]
+
+    def mixed(name: str) -> bool:  # a container spanning several resolutions (all of ``blocks``)
+        return any(n.startswith(name + ".") and not same_size(s) for n, s in shapes.items() if s)
+
     best = default
     for info in table:
         if info.name == default:
             break
         shape = info.output_shape
-        same_size = shape is not None and len(shape) == 3 and shape[1:] == target[1:]
-        if same_size and shape[0] <= max_channels and not info.kind.startswith("Adaptive"):  # type: ignore[index]
+        narrow = shape is not None and same_size(shape) and shape[0] <= max_channels
+        if narrow and not info.kind.startswith("Adaptive") and not mixed(info.name):
             best = info.name
     return best
 
