@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 from cnnlens.attribution import create
+from cnnlens.models import LoadedModel
 from cnnlens.models.hooks import capture_outputs
 from tests.attribution.test_closed_forms import PatchAdditive
 from tests.attribution.toys import LeftRightCAM, ReadsOneRegion, left_right_image
@@ -77,8 +78,8 @@ def test_double_occlusion_fixes_the_window_where_single_occlusion_drops_most() -
 
 def test_scorecam_and_ablationcam_favour_the_channel_the_head_reads() -> None:
     model = LeftRightCAM().eval()
-    # Score-CAM's softmax over probabilities is flat (a known property of the paper's weights)
-    for name, ratio in (("scorecam", 1.4), ("ablationcam", 1e3)):
+    # Score-CAM: masked by channel 0, p = sigmoid(3) = 0.95; by channel 1, p = 0.5 (the head ignores it)
+    for name, ratio in (("scorecam", 1.85), ("ablationcam", 1e3)):
         sal = create(name, model, layer="features").explain(left_right_image(), target=0).attributions[0]
         assert sal[:, :8].mean() > ratio * sal[:, 8:].mean(), name
 
@@ -106,6 +107,8 @@ def test_bad_parameters(tiny: object) -> None:
         create("double_occlusion", tiny, fixed=(-1, 2))  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="score must be one of"):
         create("scorecam", tiny, score="prob")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="weights must be one of score, softmax"):
+        create("scorecam", tiny, weights="sum")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="precision must be one of"):
         create("rise", tiny, precision="fp16")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="batch_size must be a positive integer or 'auto'"):
@@ -130,13 +133,13 @@ class ScaledGap(nn.Module):
 
 
 def scorecam_by_hand(
-    x: np.ndarray, target: int, *, softmax: bool = True, normalise: bool = True
+    x: np.ndarray, target: int, *, softmax: bool = False, normalise: bool = True
 ) -> np.ndarray:
     """Score-CAM of :class:`ScaledGap` (Wang et al. 2020, Algorithm 1), in NumPy from its weights.
 
     The layer keeps the input size, so upsampling is the identity. Mask ``H_k`` = min-max normalised
-    ``A_k``; ``S_k`` = softmax probability of the target for ``x * H_k`` (fill 0); weights
-    ``softmax_k(S)`` (the paper's increase of confidence ``S_k - f(x_b)`` has the same softmax);
+    ``A_k``; ``S_k`` = softmax probability of the target for ``x * H_k`` (fill 0); weights ``S_k``
+    as in the authors' code (``softmax=True``: ``softmax_k(S)``, the ``weights="softmax"`` option);
     map ``ReLU(sum_k w_k A_k)``.
     """
     s, b = np.array([2.0, -1.0, 0.5]), np.array([0.3, 0.0, -0.2])
@@ -158,9 +161,42 @@ def test_scorecam_closed_form_on_a_scaled_gap_model() -> None:
     expected = scorecam_by_hand(x[0].double().numpy(), 1)
     assert expected.max() > 0.1
     assert np.allclose(got, expected, atol=1e-5)
-    for variant in ({"softmax": False}, {"normalise": False}):  # the test tells these apart
+    for variant in ({"softmax": True}, {"normalise": False}):  # the test tells these apart
         other = scorecam_by_hand(x[0].double().numpy(), 1, **variant)
         assert np.abs(other - expected).max() > 0.05, variant
+    soft = create("scorecam", ScaledGap().eval(), layer="features", precision="fp32", weights="softmax")
+    got = soft.explain(x, target=1).attributions[0].double().numpy()
+    assert np.allclose(got, scorecam_by_hand(x[0].double().numpy(), 1, softmax=True), atol=1e-5)
+
+
+class TwoClassCAM(LeftRightCAM):
+    """:class:`LeftRightCAM` whose class 0 reads channel 0 and class 1 reads channel 1 (weight 3)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        with torch.no_grad():
+            self.fc.weight.copy_(torch.tensor([[3.0, 0.0], [0.0, 3.0]]))
+
+
+@pytest.mark.parametrize(("weights", "gap"), [("score", 1.5), ("softmax", 0.635149)])
+def test_scorecam_maps_of_two_classes_differ_in_closed_form(weights: str, gap: float) -> None:
+    """Masking by channel 0 (left half) keeps pooled features (0.5, 0): logits (1.5, 0), so class 0
+    has ``p = sigmoid(1.5)`` and class 1 ``sigmoid(-1.5)``; masking by channel 1 swaps them. The map
+    of class 0 is ``p_hi`` on the left and ``p_lo`` on the right, class 1's the mirror image. The
+    paper's weights give a left/right ratio of ``e^1.5``; a softmax across channels flattens it to
+    ``e^(p_hi - p_lo)`` (about 1.9)."""
+    hi, lo = torch.sigmoid(torch.tensor(1.5)).item(), torch.sigmoid(torch.tensor(-1.5)).item()
+    if weights == "softmax":
+        hi, lo = (torch.tensor([hi, lo]).softmax(0)).tolist()
+    method = create("scorecam", TwoClassCAM().eval(), layer="features", weights=weights, precision="fp32")
+    x = left_right_image()
+    maps = method.explain(x.expand(2, -1, -1, -1), target=torch.tensor([0, 1])).attributions
+    left, right = torch.zeros(16, 16), torch.zeros(16, 16)
+    left[:, :8], right[:, 8:] = 1.0, 1.0
+    assert torch.allclose(maps[0], hi * left + lo * right, atol=1e-5)
+    assert torch.allclose(maps[1], lo * left + hi * right, atol=1e-5)
+    ratio = (maps[0][:, :8].mean() / maps[0][:, 8:].mean()).log().item()
+    assert ratio == pytest.approx(gap, abs=1e-4)  # sigmoid(1.5) - sigmoid(-1.5) = 0.635149
 
 
 def test_occlusion_of_several_sizes_is_the_mean_of_the_per_size_maps() -> None:
@@ -301,3 +337,49 @@ def test_bad_parameter_types_name_the_parameter(
 ) -> None:
     with pytest.raises(error, match=message):
         create(name, tiny, **params)  # type: ignore[arg-type]
+
+
+def test_scorecam_default_layer_is_the_last_narrow_one_at_the_cam_resolution() -> None:
+    """EfficientNet-like: blocks at 7x7 with 192 then 320 channels, a 1280-channel head, pooling."""
+    from cnnlens.attribution.methods.scorecam import narrow_cam_layer
+    from cnnlens.models.layers import LayerInfo
+
+    table = [
+        LayerInfo("blocks.4", "Sequential", (112, 14, 14), 1),
+        LayerInfo("blocks.5.0", "Block", (192, 7, 7), 1),
+        LayerInfo("blocks.5", "Sequential", (192, 7, 7), 1),
+        LayerInfo("blocks.6", "Sequential", (320, 7, 7), 1),
+        LayerInfo("blocks", "Sequential", (320, 7, 7), 1),  # holds blocks.4 (14x14): passed over
+        LayerInfo("bn2", "BatchNorm2d", (1280, 7, 7), 1),
+        LayerInfo("pool", "AdaptiveAvgPool2d", (1280, 1, 1), 0),
+        LayerInfo("late", "Conv2d", (8, 7, 7), 1),  # after the default layer: never chosen
+    ]
+    assert narrow_cam_layer(table, "bn2", 256) == "blocks.5"
+    assert narrow_cam_layer(table, "bn2", 320) == "blocks.6"
+    assert narrow_cam_layer(table, "bn2", 2048) == "bn2"  # few enough channels already
+    assert narrow_cam_layer(table, "bn2", 100) == "bn2"  # none narrow enough at 7x7: the default
+    model = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.Conv2d(4, 300, 1), nn.ReLU())
+    head = nn.Sequential(model, nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(300, 2)).eval()
+    exp = create("scorecam", head, max_channels=16).explain(torch.rand(1, 3, 8, 8), target=0)
+    assert exp.layer == "0.1"  # the 4-channel ReLU, not the 300-channel default
+
+
+def _correlation(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float(torch.corrcoef(torch.stack([a.flatten(), b.flatten()]).double())[0, 1])
+
+
+@pytest.mark.slow
+def test_scorecam_on_the_default_model_tells_two_classes_apart(lite0: LoadedModel) -> None:
+    """Chelsea explained for "tiger cat" (282) and "window screen" (904): the issue measured a
+    correlation of 0.98 for the old default (softmax across channels at ``bn2``); the paper's weights at
+    the default layer (``blocks.6``, 320 channels) give maps that correlate clearly less (0.77
+    measured), the softmax weights at the same layer stay close to class-blind (0.92)."""
+    from cnnlens.data.samples import load_sample
+
+    x = lite0.prepare(load_sample("chelsea")).expand(2, -1, -1, -1)
+    targets = torch.tensor([282, 904])
+    paper = create("scorecam", lite0).explain(x, target=targets)
+    assert paper.layer == "blocks.6"
+    soft = create("scorecam", lite0, weights="softmax").explain(x, target=targets).attributions
+    r_paper, r_soft = _correlation(*paper.attributions), _correlation(*soft)
+    assert r_paper < 0.85 and r_soft > r_paper + 0.1, (r_paper, r_soft)

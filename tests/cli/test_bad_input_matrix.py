@@ -208,6 +208,8 @@ EXO = "explain --model tinycnn -m occlusion -o {out}"
 LAY = "layers --model tinycnn -o {out}"
 CH = "channels --model tinycnn --samples 2 -o {out}"
 BEN = "benchmark --model tinycnn --methods saliency --metrics sparseness --no-references -o {out}"
+TINY = " --model tinycnn --no-pretrained"
+SRV = "serve --model tinycnn --no-pretrained"
 TR = "train --model tinycnn --no-pretrained --freeze none --epochs 1 --image-size 24 -o {out}"
 EV = "evaluate -o {out}"
 
@@ -389,6 +391,68 @@ CASES = [
     Case("out-is-a-file", EX + " --out {afile} {ok}", says=("afile.txt", "is a file")),
     Case("layers-out-is-a-file", LAY + " --out {afile} {ok}", says=("afile.txt", "is a file")),
     Case("bench-out-is-a-file", BEN + " --data {bench} --out {afile}", says=("afile.txt", "is a file")),
+    # hypothesis experiments
+    Case("hyp-empty-image", "hypothesis parts" + TINY + " -o {out} {empty}", says=("empty.png",)),
+    Case("hyp-grid-zero", "hypothesis parts" + TINY + " -o {out} --grid 0 {ok}", says=("grid", "0")),
+    Case(
+        "hyp-mask-wrong-size",
+        "hypothesis shape" + TINY + " -o {out} --mask {small_mask} {ok}",
+        says=("mask",),
+    ),
+    Case(
+        "hyp-mask-missing",
+        "hypothesis shape" + TINY + " -o {out} --mask {out}/nomask.png {ok}",
+        says=("nomask.png",),
+    ),
+    Case("hyp-shuffle-n-zero", "hypothesis shuffle" + TINY + " -o {out} --n 0 {ok}", says=("n", "0")),
+    Case(
+        "hyp-texture-unreadable",
+        "hypothesis texture" + TINY + " -o {out} --mask {gray_mask} --texture {empty} {ok}",
+        says=("empty.png",),
+    ),
+    Case(
+        "hyp-shape-bias-n-zero",
+        "hypothesis shape-bias --model tinycnn --no-pretrained --n 0 -o {out}",
+        says=("0",),
+    ),
+    # the run report and the explorer
+    Case("report-missing-folder", "report {out}/norun -o {out}/r.html", says=("norun",)),
+    Case("report-bad-config", "report {run_badconfig} -o {out}/r.html", says=("config.json",)),
+    Case("report-over-a-foreign-file", "report {run} -o {afile}", says=("afile.txt",)),
+    Case("serve-missing-data", SRV + " --data {out}/nodata", says=("nodata",)),
+    Case("serve-bad-port", SRV + " --port 70000", says=("port", "70000")),
+    Case("serve-bad-limit", SRV + " --max-pixels 0", says=("max-pixels", "0")),
+    # probing units
+    Case(
+        "probe-deconv-layer-unknown",
+        "probe deconv" + TINY + " --layer nolayer --unit 0 -o {out} {ok}",
+        says=("nolayer",),
+    ),
+    Case(
+        "probe-deconv-bad-image",
+        "probe deconv" + TINY + " --layer features.0 --unit 0 -o {out} {trunc}",
+        says=("trunc.png",),
+    ),
+    Case(
+        "probe-visualize-unit-range",
+        "probe visualize" + TINY + " --layer features.0 --unit 9999 -o {out}",
+        says=("9999",),
+    ),
+    Case(
+        "probe-visualize-steps-zero",
+        "probe visualize" + TINY + " --layer features.0 --unit 0 --steps 0 -o {out}",
+        says=("steps", "0"),
+    ),
+    Case(
+        "probe-dissect-no-data",
+        "probe dissect" + TINY + " {empty_dir} --layer features.0 --concepts {masks_dir} -o {out}",
+        says=("empty",),
+    ),
+    Case(
+        "probe-dissect-quantile",
+        "probe dissect" + TINY + " {good} --layer features.0 --concepts {masks_dir} --quantile 2 -o {out}",
+        says=("quantile", "2"),
+    ),
 ]
 
 

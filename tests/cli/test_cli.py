@@ -254,10 +254,10 @@ def test_quick_settings_and_overrides(chelsea: Path, tmp_path: Path) -> None:
     from cnnlens.models import load_model
 
     model = load_model("efficientnet_lite0")
-    quick = build_methods(model, ["rise", "occlusion"], {"window": 40}, None, quick=True)
+    quick = build_methods(model, ["rise", "double_occlusion"], {"window": 40}, None, quick=True)
     assert quick[0].get_params()["n_masks"] == 256  # RISE.quick_params
     assert quick[1].get_params()["window"] == 40  # the user's -p wins over the quick setting
-    assert quick[1].get_params()["stride"] == 24
+    assert quick[1].get_params()["stride"] == 32
     full = build_methods(model, ["rise"], {}, None)
     assert full[0].get_params()["n_masks"] == 1000
     # a quick preset the user did not ask for never counts as an unused parameter

@@ -23,7 +23,13 @@ from cnnlens.cli.common import (
 from cnnlens.cli.train import shown_warnings
 from cnnlens.data.folders import SPLITS
 from cnnlens.errors import InputError
-from cnnlens.evaluation.benchmark import REFERENCES, BenchmarkRun, load_dataset, run_benchmark
+from cnnlens.evaluation.benchmark import (
+    GRID_PREFIX,
+    REFERENCES,
+    BenchmarkRun,
+    load_dataset,
+    run_benchmark,
+)
 from cnnlens.evaluation.metrics import (
     Metric,
     column_names,
@@ -43,14 +49,33 @@ DESCRIPTION = (
     "DATA is 'samples' (the shipped photos with hand-drawn object masks), a folder with "
     "images/ (searched recursively) and optional masks/<name>.<ext> (non-zero = object) matched "
     "by file name, or a CSV manifest path,label[,mask][,split] such as the one `cnnlens data "
-    "synth` writes. An unreadable image or an empty mask is skipped with a warning."
+    "synth` writes. An unreadable image or an empty mask is skipped with a warning; an object that "
+    "fills more than 90% of the model's crop is not used for localisation (the reason is in the "
+    "report). DATA grid:SOURCE (SOURCE: samples, a folder or a manifest) is the grid pointing game: "
+    "2x2 grids of SOURCE's images that the model classifies confidently as different classes, each "
+    "cell explained for its class against its exact mask (the pointing game's tolerance is then 0 "
+    "unless given). A method's cell that does not beat the random reference is marked x."
 )
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = add_command(sub, "benchmark", run, model=True, help=HELP, description=DESCRIPTION)
     p.add_argument(
-        "--data", default="samples", help="'samples', a folder or a manifest .csv (default: samples)"
+        "--data",
+        default="samples",
+        help="'samples', a folder, a manifest .csv, or grid:SOURCE (the grid pointing game over "
+        "one of those) (default: samples)",
+    )
+    p.add_argument(
+        "--grids",
+        type=int,
+        help="number of 2x2 grids for grid: data (default: each source image about once)",
+    )
+    p.add_argument(
+        "--min-probability",
+        type=float,
+        default=0.2,
+        help="grid: data uses the images whose top-1 probability is at least this (default 0.2)",
     )
     p.add_argument(
         "--split",
@@ -114,7 +139,11 @@ def build_metrics(names: list[str], params: dict[str, Any]) -> list[Metric]:
 
 def print_table(summary: dict[str, Any]) -> None:
     best = best_rows(summary)
-    table = Table(title="mean ± 95% CI over images (best method per column in bold)", title_justify="left")
+    table = Table(
+        title="mean ± 95% CI over images (best method per column in bold; ✗: not better than the random "
+        "reference)",
+        title_justify="left",
+    )
     table.add_column("method")
     for m in summary["metrics"]:
         table.add_column(f"{m['name']} {'↑' if m['higher_is_better'] else '↓'}", justify="right")
@@ -122,7 +151,7 @@ def print_table(summary: dict[str, Any]) -> None:
         cells = []
         for m in summary["metrics"]:
             cell = row["metrics"][m["name"]]
-            text = format_cell(cell["mean"], cell["ci95"])
+            text = format_cell(cell["mean"], cell["ci95"]) + (" ✗" if cell.get("flag") else "")
             cells.append(f"[bold]{text}[/]" if row["row"] in best.get(m["name"], set()) else text)
         table.add_row(row["row"], *cells, style="dim" if row["reference"] else None)
     console.print(table)
@@ -132,11 +161,24 @@ def run(args: argparse.Namespace) -> int:
     check_output_folder(args.out)
     if args.cache is not None:
         check_output_folder(args.cache, "--cache")
-    metrics = build_metrics(selected_metrics(args.metrics), parse_params(args.metric_param))
+    metric_params = parse_params(args.metric_param)
+    grid = str(args.data).startswith(GRID_PREFIX)
+    names = selected_metrics(args.metrics)
+    if grid and "pointing_game" in names and "tolerance" not in metric_params:
+        # the cells touch at the centre: with any slack a centred peak would hit every cell
+        metric_params["tolerance"] = 0
+    metrics = build_metrics(names, metric_params)
     names = selected(args.methods, method_names())
-    with shown_warnings():  # an unreadable image or mask: one yellow line each
-        images = load_dataset(args.data, split=args.split)
     model = model_from_args(args)
+    with shown_warnings():  # an unreadable image or mask: one yellow line each
+        images = load_dataset(
+            args.data,
+            split=args.split,
+            model=model if grid else None,
+            grids=args.grids,
+            min_probability=args.min_probability,
+            seed=args.seed,
+        )
     every = not split_list(args.methods) or split_list(args.methods) == ["all"]
     methods = build_methods(
         model, names, parse_params(args.param), args.layer, quick=args.quick, skip_unsupported=every

@@ -7,6 +7,7 @@ import argparse
 from rich.table import Table
 
 from cnnlens.attribution import get_method, method_names, methods_markdown
+from cnnlens.attribution.core.registry import class_column
 from cnnlens.cli.common import add_command, console, signature_text
 
 
@@ -20,7 +21,7 @@ def run(args: argparse.Namespace) -> int:
         print(methods_markdown(), end="")
         return 0
     table = Table(title="attribution methods")
-    for col in ("method", "family", "layer", "what it shows", "parameters", "reference"):
+    for col in ("method", "family", "layer", "class", "what it shows", "parameters", "reference"):
         table.add_column(col)
     for name in method_names():
         cls = get_method(name)
@@ -28,6 +29,7 @@ def run(args: argparse.Namespace) -> int:
             name,
             cls.family,
             "yes" if cls.uses_layer else "",
+            class_column(cls),
             cls.summary,
             signature_text(cls),
             cls.reference,

@@ -40,7 +40,8 @@ def run(args: argparse.Namespace) -> int:
         raise InputError(
             f"cnnlens serve needs the 'serve' extra: pip install 'cnnlens[serve]' ({err})"
         ) from None
-    check_int_at_least("--port", args.port, 0)
+    if not 0 <= args.port <= 65535:
+        raise InputError(f"--port must be between 0 and 65535, got {args.port}")
     check_int_at_least("--max-pixels", args.max_pixels, 1)
     if not args.max_upload_mb > 0:
         raise InputError(f"--max-upload-mb must be positive, got {args.max_upload_mb}")

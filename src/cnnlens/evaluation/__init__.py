@@ -6,7 +6,14 @@
   (:mod:`cnnlens.evaluation.benchmark`).
 """
 
-from cnnlens.evaluation import complexity, faithfulness, localisation, robustness, sanity  # noqa: F401
+from cnnlens.evaluation import (  # noqa: F401
+    complexity,
+    faithfulness,
+    localisation,
+    robustness,
+    sanity,
+    sensitivity,
+)
 from cnnlens.evaluation.classification import (
     ClassificationMetrics,
     Evaluation,

@@ -5,7 +5,11 @@ polygons); a folder ``DIR/images/`` searched recursively (class subfolders are f
 masks ``DIR/masks/<name>.<ext>`` matched by file stem (any non-zero mask pixel is the object); or a
 CSV manifest with the columns ``path,label[,mask][,split]`` (what ``cnnlens data synth`` writes),
 optionally filtered to one split. A folder without ``images/`` is read as images only. Images without
-a usable mask get NaN for the localisation metrics.
+a usable mask get NaN for the localisation metrics, and so do images whose object fills nearly all of
+the model's crop (:data:`MAX_MASK_COVER`): there every map would score about 1 and the metric would
+not tell methods apart. ``"grid:SOURCE"`` (SOURCE: ``samples`` or a folder or manifest as above) is
+the grid pointing game (:mod:`cnnlens.evaluation.grid`): 2x2 grids of SOURCE's images, each cell
+explained for its own class against the cell's exact mask.
 
 Attributions are cached on disk (``.npz`` keyed by model, method, parameters, input and target), so a
 re-run with a new metric does not recompute them. Results are appended to ``results.jsonl`` one
@@ -41,8 +45,10 @@ from cnnlens.attribution.core.explanation import Explanation
 from cnnlens.data.folders import ImageSet, read_data
 from cnnlens.data.images import load_image
 from cnnlens.data.masks import load_mask, mask_to_input, sample_mask
-from cnnlens.data.samples import SAMPLE_NAMES, load_sample
+from cnnlens.data.samples import SAMPLE_NAMES, available_samples, load_sample
+from cnnlens.data.transforms import Preprocessing
 from cnnlens.errors import CnnlensError, DataWarning, ImageLoadError, InputError
+from cnnlens.evaluation.grid import grid_cells, grid_sources
 from cnnlens.evaluation.metrics import ExplainFn, Metric, MetricResult, Sample, nan_result
 from cnnlens.models.loaded import LoadedModel
 from cnnlens.outputs import appender, write_json, write_text
@@ -51,6 +57,12 @@ log = logging.getLogger(__name__)
 
 #: The reference rows: maps that know nothing about the model.
 REFERENCES = ("gaussian", "random")
+
+#: The prefix of the grid pointing game's data (``"grid:samples"``, ``"grid:DIR"``).
+GRID_PREFIX = "grid:"
+
+#: A mask covering more than this share of the model's crop is not used for localisation.
+MAX_MASK_COVER = 0.9
 
 
 @dataclass
@@ -62,17 +74,27 @@ class BenchImage:
             to the data folder when two images share a stem.
         image: The photo.
         mask: ``(height, width)`` boolean object mask, or ``None``.
+        target: The class to explain (``None``: the model's top-1), set for grid cells.
     """
 
     stem: str
     image: Image.Image
     mask: np.ndarray | None = None
+    target: int | None = None
 
 
 # -- data ------------------------------------------------------------------------------------------
 
 
-def load_dataset(data: str | os.PathLike[str], *, split: str | None = None) -> list[BenchImage]:
+def load_dataset(
+    data: str | os.PathLike[str],
+    *,
+    split: str | None = None,
+    model: LoadedModel | None = None,
+    grids: int | None = None,
+    min_probability: float = 0.2,
+    seed: int = 0,
+) -> list[BenchImage]:
     """Read the benchmark images (see the module docstring) as a list of :class:`BenchImage`.
 
     An image that cannot be read is left out, and a mask that cannot be read, is empty (every
@@ -85,12 +107,21 @@ def load_dataset(data: str | os.PathLike[str], *, split: str | None = None) -> l
             of images: a folder, a ``.csv`` manifest, or a folder holding ``manifest.csv`` (read as
             that manifest when ``split`` is given).
         split: Keep only the manifest rows of this split (``train``, ``val`` or ``test``).
+        model: The model (needed for ``grid:`` data: it picks the cells' classes).
+        grids: Number of grids for ``grid:`` data (default: each source image about once).
+        min_probability: For ``grid:`` data, a source image is used when the model's top-1
+            probability for it alone is at least this (one image per class, the most confident).
+        seed: Seed of the grids' arrangement.
 
     Raises:
         FileNotFoundError: ``data`` does not exist.
         ValueError: No image can be read, ``split`` is given without a manifest or matches no row, two
             masks (or two images that a mask would belong to) share a stem.
     """
+    if str(data).startswith(GRID_PREFIX):
+        return _grid_dataset(str(data)[len(GRID_PREFIX) :], split, model, grids, min_probability, seed)
+    if grids is not None:
+        raise InputError(f"--grids is for grid: data (e.g. grid:{data}), not {data!r}")
     if str(data) == "samples":
         if split is not None:
             raise InputError("--split selects rows of a manifest; 'samples' has no splits")
@@ -103,6 +134,36 @@ def load_dataset(data: str | os.PathLike[str], *, split: str | None = None) -> l
     if not items:
         raise InputError(f"{root}: none of the {len(dataset.samples)} images could be read")
     return items
+
+
+def _grid_dataset(
+    source: str,
+    split: str | None,
+    model: LoadedModel | None,
+    grids: int | None,
+    min_probability: float,
+    seed: int,
+) -> list[BenchImage]:
+    if model is None:
+        raise InputError("grid: data needs the model (it picks each cell's class)")
+    if not source:
+        raise InputError("grid: needs a source after the colon: grid:samples, grid:DIR or grid:FILE.csv")
+    if source == "samples":
+        if split is not None:
+            raise InputError("--split selects rows of a manifest; 'samples' has no splits")
+        images = [(n, load_sample(n)) for n in available_samples()]
+    else:
+        images = [(i.stem, i.image) for i in load_dataset(source, split=split)]
+    sources = grid_sources(images, model, min_probability=min_probability)
+    if len(sources) < 4:
+        raise InputError(
+            f"grid:{source}: the grid pointing game needs 4 images that {model.name} classifies as 4 "
+            f"different classes with probability >= {min_probability}; found {len(sources)} "
+            f"({', '.join(f'{s.stem}: {s.class_name}' for s in sources) or 'none'}); "
+            "add images or lower --min-probability"
+        )
+    cells = grid_cells(sources, model.preprocessing, grids, seed=seed)
+    return [BenchImage(c.stem, c.image, c.mask, c.target) for c in cells]
 
 
 def _named(dataset: ImageSet) -> list[tuple[str, Path, Path | None]]:
@@ -237,6 +298,7 @@ class ImageKey:
     inputs: str
     mask: str
     seed: int
+    note: str = ""
 
     @classmethod
     def of(
@@ -315,10 +377,21 @@ class ResultsFile:
 # -- running ---------------------------------------------------------------------------------------
 
 
-def method_explainer(method: Attribution, model: LoadedModel) -> ExplainFn:
-    """Recompute ``method``'s map for another module (a randomised copy) or a perturbed input."""
+def method_explainer(
+    method: Attribution,
+    model: LoadedModel,
+    cache: AttributionCache | None = None,
+    inputs: torch.Tensor | None = None,
+) -> ExplainFn:
+    """Recompute ``method``'s map for another module (a randomised copy), a perturbed input or another
+    target. The map of the model's own module for ``inputs`` (another class's) goes through
+    ``cache``, so it is computed once."""
 
     def explain(module: torch.nn.Module, x: torch.Tensor, target: int) -> torch.Tensor:
+        if cache is not None and inputs is not None and module is model.module:
+            x4 = x[None] if x.ndim == 3 else x
+            if x4.shape == inputs.shape and torch.equal(x4, inputs):
+                return cache.get(method, inputs, target)
         clone = copy.copy(method)
         clone.model = dataclasses.replace(model, module=module)
         return clone.explain(x, target).attributions[0]
@@ -331,10 +404,30 @@ def constant_explainer(attribution: torch.Tensor) -> ExplainFn:
     return lambda module, x, target: attribution
 
 
-def evaluate_metric(metric: Metric, sample: Sample) -> MetricResult:
-    """Run one metric; a missing mask or an error becomes a NaN result that says why."""
+def usable_mask(mask: np.ndarray | None, preprocessing: Preprocessing) -> tuple[np.ndarray | None, str]:
+    """The object mask in the model's input view, or ``None`` with the reason it is not used.
+
+    A mask that covers more than :data:`MAX_MASK_COVER` of the model's crop is not used: every map
+    would put nearly all its mass on the object and score about 1, so the metric could not tell
+    methods apart (the chelsea photo: the cat fills the crop).
+    """
+    if mask is None:
+        return None, "no mask for this image"
+    view = mask_to_input(mask, preprocessing)
+    cover = float(view.mean())
+    if cover > MAX_MASK_COVER:
+        return None, (
+            f"unusable for localisation: the object covers {cover:.0%} of the model's crop "
+            f"(more than {MAX_MASK_COVER:.0%}), so every map would score about 1"
+        )
+    return view, ""
+
+
+def evaluate_metric(metric: Metric, sample: Sample, no_mask: str = "no mask for this image") -> MetricResult:
+    """Run one metric; a missing mask (``no_mask`` says why) or an error becomes a NaN result that
+    says why."""
     if "mask" in metric.needs and sample.mask is None:
-        return nan_result("no mask for this image")
+        return nan_result(no_mask)
     try:
         return metric(sample)
     except (CnnlensError, ValueError, TypeError, RuntimeError) as err:
@@ -382,14 +475,17 @@ def run_benchmark(
     for index, item in enumerate(images):
         x = run.model.prepare(item.image)
         target, name, _ = run.model.top_k(x, 1)[0][0]
-        mask = None if item.mask is None else mask_to_input(item.mask, run.model.preprocessing)
+        if item.target is not None:
+            target, name = item.target, run.model.class_names[item.target]
+        mask, why = usable_mask(item.mask, run.model.preprocessing)
         key = ImageKey.of(item.stem, target, name, cache.model_id, x, mask, run.seed + index)
+        key = dataclasses.replace(key, note="" if mask is not None or item.mask is None else why)
         keys.append(key)
         for row in rows:
             todo = [m for m in run.metrics if not results.has(key, row, m)]
             if todo:
                 sample = _sample(run, row, cache, x, target, mask, key.seed)
-                results.append([_record(key, row, m, evaluate_metric(m, sample)) for m in todo])
+                results.append([_record(key, row, m, evaluate_metric(m, sample, why)) for m in todo])
             if progress is not None:
                 progress(f"{item.stem}: {row if isinstance(row, str) else row.name}")
     summary = summarize(run, results, keys)
@@ -411,7 +507,7 @@ def _sample(
         explain = constant_explainer(attribution)
     else:
         attribution = cache.get(row, x, target)
-        explain = method_explainer(row, run.model)
+        explain = method_explainer(row, run.model, cache, x)
     return Sample(
         attribution=attribution,
         inputs=x,
@@ -489,14 +585,38 @@ def summarize(run: BenchmarkRun, results: ResultsFile, images: Sequence[ImageKey
                     ]
                     _add_curve(curves, column.name, row, [c for c in xy if isinstance(c[1], list)])
         table.append({"row": row_label(row), "reference": isinstance(row, str), "metrics": cells})
+    entries = [entry for m in run.metrics for entry in _metric_entries(m)]
+    flag_below_random(table, {e["name"]: e["higher_is_better"] for e in entries})
     return {
         "model": {"name": run.model.name, "arch": run.model.arch, "source": run.model.source},
-        "images": [{"stem": i.name, "target": i.target, "class_name": i.class_name} for i in images],
-        "methods": [{"name": m.name, "params": m.get_params()} for m in run.methods],
-        "metrics": [entry for m in run.metrics for entry in _metric_entries(m)],
+        "images": [
+            {"stem": i.name, "target": i.target, "class_name": i.class_name, "note": i.note} for i in images
+        ],
+        "methods": [
+            {"name": m.name, "params": m.get_params(), "class_sensitive": m.class_sensitive}
+            for m in run.methods
+        ],
+        "metrics": entries,
         "table": table,
         "curves": curves,
     }
+
+
+def flag_below_random(table: list[dict[str, Any]], higher_is_better: dict[str, bool]) -> None:
+    """Set ``cell["flag"]`` on every method cell whose mean does not beat the random reference's.
+
+    A method that does no better than a map of noise on a metric has shown nothing there; the flag
+    says so in the CLI table and the report. Cells without a random reference (``--no-references``)
+    or without a value are not flagged.
+    """
+    random_row = next((r for r in table if r["row"] == row_label("random")), None)
+    for row in table:
+        for name, cell in row["metrics"].items():
+            ref = None if random_row is None else random_row["metrics"].get(name, {}).get("mean")
+            mean = cell["mean"]
+            finite = ref is not None and math.isfinite(ref) and math.isfinite(mean)
+            beats = finite and (mean > ref if higher_is_better[name] else mean < ref)
+            cell["flag"] = bool(finite and not row["reference"] and not beats)
 
 
 def _number(value: Any) -> float | None:

@@ -200,6 +200,22 @@ class Dissection:
         }
 
 
+def check_dissection_settings(quantile: float, min_iou: float, batch_size: int) -> tuple[float, float]:
+    """The checked ``(quantile, min_iou)`` of :func:`dissect` (before any data is read).
+
+    Raises:
+        InputError: ``quantile`` not in (0, 1), ``min_iou`` not in [0, 1), ``batch_size`` < 1.
+    """
+    quantile = check_real("quantile", quantile)
+    if not 0.0 < quantile < 1.0:
+        raise InputError(f"--quantile must be between 0 and 1 (exclusive), got {quantile:g}")
+    min_iou = check_real("iou", min_iou)
+    if not 0.0 <= min_iou < 1.0:
+        raise InputError(f"--iou must be in [0, 1), got {min_iou:g}")
+    check_positive_int("batch_size", batch_size)
+    return quantile, min_iou
+
+
 def dissect(
     model: ModelLike,
     samples: Sequence[Sample],
@@ -231,13 +247,7 @@ def dissect(
         InputError: Bad settings, no samples, an unknown layer or one without a feature map, a
             concept mask whose size differs from its image's, or no image could be read.
     """
-    quantile = check_real("quantile", quantile)
-    if not 0.0 < quantile < 1.0:
-        raise InputError(f"--quantile must be between 0 and 1 (exclusive), got {quantile:g}")
-    min_iou = check_real("iou", min_iou)
-    if not 0.0 <= min_iou < 1.0:
-        raise InputError(f"--iou must be in [0, 1), got {min_iou:g}")
-    check_positive_int("batch_size", batch_size)
+    quantile, min_iou = check_dissection_settings(quantile, min_iou, batch_size)
     if not samples:
         raise InputError("no images to dissect")
     if len(concepts.files) != len(samples):

@@ -66,6 +66,7 @@ def benchmark_report(
 ) -> Path:
     """Write ``benchmark.html`` from a :func:`cnnlens.evaluation.benchmark.summarize` summary."""
     best = best_rows(summary)
+    insensitive = {m["name"] for m in summary["methods"] if m.get("class_sensitive") is False}
     rows = []
     for row in summary["table"]:
         cells = []
@@ -76,9 +77,11 @@ def benchmark_report(
                     "text": format_cell(cell["mean"], cell["ci95"]),
                     "n": cell["n"],
                     "best": row["row"] in best.get(metric["name"], set()),
+                    "flag": bool(cell.get("flag")),
                 }
             )
-        rows.append({"name": row["row"], "reference": row["reference"], "cells": cells})
+        note = "class-insensitive by nature" if row["row"] in insensitive else ""
+        rows.append({"name": row["row"], "reference": row["reference"], "cells": cells, "note": note})
     curves = [(name, curve_png(name, c)) for name, c in summary["curves"].items()]
     html = (
         _env()

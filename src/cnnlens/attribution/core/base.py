@@ -186,6 +186,10 @@ class Attribution(ABC):
     pixel_params: ClassVar[tuple[str, ...]] = ()
     #: Whether a target may be a function of the logits (CAM reads the target class's head weights).
     explains_functions: ClassVar[bool] = True
+    #: Whether the map depends on the explained class. ``False`` for methods whose maps are (nearly)
+    #: the same for every class by construction (deconvnet, guided backprop: Sixt et al. 2020); the
+    #: benchmark's ``class_sensitivity`` metric measures it, docs/methods.md gives the numbers.
+    class_sensitive: ClassVar[bool] = True
 
     def __init__(
         self,

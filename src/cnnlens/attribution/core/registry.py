@@ -59,11 +59,17 @@ def create(name: str, model: ModelLike, **params: Any) -> Attribution:
     return cls(model, **params)
 
 
+def class_column(cls: type[Attribution]) -> str:
+    """``cnnlens methods``' "class" column: whether the map depends on the explained class."""
+    return "yes" if cls.class_sensitive else "no: same map for every class"
+
+
 def methods_markdown() -> str:
     """The methods table of the docs, generated from the registry."""
     lines = [
-        "| method | family | layer | gradients | what it shows | parameters | `--quick` | reference |",
-        "|---|---|---|---|---|---|---|---|",
+        "| method | family | layer | gradients | class | what it shows | parameters | `--quick` "
+        "| reference |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for name, cls in _METHODS.items():
         params = ", ".join(
@@ -72,7 +78,8 @@ def methods_markdown() -> str:
         quick = ", ".join(f"`{k}={v!r}`" for k, v in cls.quick_params.items())
         lines.append(
             f"| `{name}` | {cls.family} | {'yes' if cls.uses_layer else 'no'} | "
-            f"{'yes' if cls.needs_gradients else 'no'} | {cls.summary} | {params} | {quick} | "
+            f"{'yes' if cls.needs_gradients else 'no'} | {class_column(cls)} | {cls.summary} | {params} | "
+            f"{quick} | "
             f"{cls.reference} |"
         )
     return "\n".join(lines) + "\n"

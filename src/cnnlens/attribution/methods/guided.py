@@ -175,6 +175,7 @@ class GuidedBackprop(_RuleMethod):
     """
 
     name = "guided_backprop"
+    class_sensitive = False  # the same map for every class (Sixt et al. 2020; docs/methods.md)
     summary = "gradient with negative signals stopped at every ReLU"
     reference = "Springenberg et al. 2015"
     rule = "guided"
@@ -195,6 +196,7 @@ class Deconvnet(_RuleMethod):
     """
 
     name = "deconvnet"
+    class_sensitive = False  # the same map for every class (Sixt et al. 2020; docs/methods.md)
     summary = "backward pass that rectifies the signal at every ReLU"
     reference = "Zeiler & Fergus 2014"
     rule = "deconvnet"

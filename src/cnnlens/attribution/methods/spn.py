@@ -26,6 +26,7 @@ class SPNMap(Attribution):
     """
 
     name = "spn"
+    class_sensitive = False  # the network's own saliency map: one map for every class
     family = "model"
     summary = "the saliency map the network's own SPN predicts (saliency-aware training); class-agnostic"
     reference = "Fan et al."

@@ -9,7 +9,13 @@ from cnnlens.cli.probe._units import add_out, feature_layer, publish, save_png, 
 from cnnlens.data.concepts import ConceptSet, label_concepts, read_concepts
 from cnnlens.data.folders import ImageSet, read_data
 from cnnlens.outputs import check_output_folder, output_folder, write_json
-from cnnlens.probing.dissection import DETECTOR_IOU, TOP_QUANTILE, Dissection, dissect
+from cnnlens.probing.dissection import (
+    DETECTOR_IOU,
+    TOP_QUANTILE,
+    Dissection,
+    check_dissection_settings,
+    dissect,
+)
 from cnnlens.probing.unit_figures import dissection_figure
 from cnnlens.report.sections import Figure, Section, Table
 
@@ -57,6 +63,7 @@ def concepts_of(args: argparse.Namespace) -> tuple[ImageSet, ConceptSet]:
 
 def run(args: argparse.Namespace) -> int:
     check_output_folder(args.out)
+    check_dissection_settings(args.quantile, args.iou, args.batch_size)
     data, concepts = concepts_of(args)
     model = model_from_args(args)
     name, _ = feature_layer(model, args.layer)
