@@ -373,13 +373,12 @@ def test_scorecam_on_the_default_model_tells_two_classes_apart(lite0: LoadedMode
     """Chelsea explained for "tiger cat" (282) and "window screen" (904): the issue measured a
     correlation of 0.98 for the old default (softmax across channels at ``bn2``); the paper's weights at
     the default layer (``blocks.6``, 320 channels) give maps that correlate clearly less (0.77
-    measured), the softmax weights at the same layer stay close to class-blind (0.92)."""
+    measured; the softmax weights at the same layer gave 0.92, not re-run here to keep the suite short)."""
     from cnnlens.data.samples import load_sample
 
     x = lite0.prepare(load_sample("chelsea")).expand(2, -1, -1, -1)
     targets = torch.tensor([282, 904])
     paper = create("scorecam", lite0).explain(x, target=targets)
     assert paper.layer == "blocks.6"
-    soft = create("scorecam", lite0, weights="softmax").explain(x, target=targets).attributions
-    r_paper, r_soft = _correlation(*paper.attributions), _correlation(*soft)
-    assert r_paper < 0.85 and r_soft > r_paper + 0.1, (r_paper, r_soft)
+    r_paper = _correlation(*paper.attributions)
+    assert r_paper < 0.85, r_paper
