@@ -132,8 +132,13 @@ class Occlusion(Attribution):
         self.fill = check_real("fill", fill)
         self.score = check_score(score)
 
-    def scales(self) -> list[tuple[int, int]]:
-        """The ``(window, stride)`` pairs this method slides, one per window size."""
+    def scales(self, size: tuple[int, int] | None = None) -> list[tuple[int, int]]:
+        """The ``(window, stride)`` pairs this method slides, one per window size.
+
+        Given the image ``size``, a list of several sizes leaves out those larger than the image
+        (such a window would hide the whole image: a constant map that only flattens the mean),
+        keeping at least the smallest; one size is always kept (it is clipped to the image).
+        """
         windows = _as_tuple(self.window)
         if self.stride is None:
             strides = tuple(max(1, w // 2) for w in windows)
@@ -141,7 +146,11 @@ class Occlusion(Attribution):
             strides = self.stride
         else:
             strides = (self.stride,) * len(windows)
-        return list(zip(windows, strides))
+        pairs = list(zip(windows, strides))
+        if size is not None and len(pairs) > 1:
+            fitting = [p for p in pairs if p[0] <= min(size)]
+            pairs = fitting or [min(pairs)]
+        return pairs
 
     def windows(
         self, height: int, width: int, window: int | None = None, stride: int | None = None
@@ -205,7 +214,7 @@ class Occlusion(Attribution):
         self, inputs: torch.Tensor, targets: torch.Tensor, batch_size: int
     ) -> torch.Tensor | Attributed:
         size = (inputs.shape[2], inputs.shape[3])
-        scales = self.scales()
+        scales = self.scales(size)
         per_scale = [self.windows(*size, w, s) for w, s in scales]
         every = [box for boxes in per_scale for box in boxes]
         maps = []
