@@ -1,0 +1,47 @@
+"""The figure of a finished store: the mean map of each class (rows) for each method (columns)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import zarr
+
+from cnnlens.attribution.core.registry import get_method
+from cnnlens.dataset_explain.store import MAPS
+from cnnlens.outputs import write_with
+from cnnlens.viz.overlay import colorize
+
+
+def class_means_figure(store: str | Path, path: str | Path) -> Path:
+    """Write a PNG grid of ``maps.zarr/class_mean/<method>`` (each map scaled on its own)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    group = zarr.open_group(str(Path(store) / MAPS), mode="r")
+    means = group["class_mean"]
+    names = list(means.attrs["class_names"])  # type: ignore[arg-type]
+    methods = list(group.attrs["methods"])  # type: ignore[arg-type]
+    counts = np.asarray(means["count"][...])  # type: ignore[index]
+    fig, axes = plt.subplots(
+        len(names), len(methods), figsize=(1.9 * len(methods) + 0.6, 1.9 * len(names) + 0.4), squeeze=False
+    )
+    for r, name in enumerate(names):
+        for c, method in enumerate(methods):
+            ax = axes[r][c]
+            ax.set_xticks([])
+            ax.set_yticks([])
+            mean = np.asarray(means[method][r])  # type: ignore[index]
+            if counts[r] and np.isfinite(mean).all():
+                ax.imshow(colorize(mean, signed=get_method(method).signed))
+            if r == 0:
+                ax.set_title(method, fontsize=9)
+            if c == 0:
+                ax.set_ylabel(f"{name}\n(n={int(counts[r])})", fontsize=8)
+    fig.tight_layout()
+    try:
+        return write_with(Path(path), lambda f: fig.savefig(f, format="png", dpi=90))
+    finally:
+        plt.close(fig)
