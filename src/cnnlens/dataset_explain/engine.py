@@ -113,7 +113,7 @@ def resolve_target(target: str, model: LoadedModel, data: ImageSet) -> int | str
                 f"({', '.join(model.class_names[:4])}...); use --target pred or a class"
             )
         return target
-    return class_index(int(target) if target.lstrip("-").isdigit() else target, model.class_names, model.num_classes)
+    return class_index(target, model.class_names, model.num_classes)
 
 
 def settings_of(job: Job, model: LoadedModel, methods: Sequence[Attribution], data: ImageSet) -> dict[str, Any]:
