@@ -46,7 +46,9 @@ def test_ray_engine_equals_local_engine_after_a_worker_is_killed(tmp_path: Path,
     remote = explain_dataset(job, tmp_path / "ray", engine="ray", ray_workers=2)
     assert local_ray.exists(), "the fault was not injected: the test did not kill an actor"
     assert remote["explained"] == local["explained"] == 10
-    assert (tmp_path / "ray" / "table.parquet").read_bytes() == (tmp_path / "local" / "table.parquet").read_bytes()
+    assert (tmp_path / "ray" / "table.parquet").read_bytes() == (
+        tmp_path / "local" / "table.parquet"
+    ).read_bytes()
     for m in ("gradcam", "saliency"):
         a = np.asarray(zarr.open_group(str(tmp_path / "local" / "maps.zarr"))[m][...])
         b = np.asarray(zarr.open_group(str(tmp_path / "ray" / "maps.zarr"))[m][...])

@@ -116,14 +116,21 @@ def resolve_target(target: str, model: LoadedModel, data: ImageSet) -> int | str
     return class_index(target, model.class_names, model.num_classes)
 
 
-def settings_of(job: Job, model: LoadedModel, methods: Sequence[Attribution], data: ImageSet) -> dict[str, Any]:
+def settings_of(
+    job: Job, model: LoadedModel, methods: Sequence[Attribution], data: ImageSet
+) -> dict[str, Any]:
     """What a rerun must share with the run that made a store."""
     return {
         "data": str(Path(job.data).resolve()),
         "split": job.split,
         "masks": str(Path(job.masks).resolve()) if job.masks else None,
         "images": [data.relative(s.path) for s in data.samples],
-        "model": {"name": model.name, "arch": model.arch, "source": model.source, "sha256": model_checksum(model)},
+        "model": {
+            "name": model.name,
+            "arch": model.arch,
+            "source": model.source,
+            "sha256": model_checksum(model),
+        },
         "methods": {m.name: m.get_params() for m in methods},
         "target": job.target,
         "batch_size": job.batch_size,
@@ -181,9 +188,19 @@ def explain_batch(
             rows.append(row)
     for index, message in batch.failed:
         s = samples[index]
-        rows.append({"index": index, "path": str(s.path), "label": s.label,
-                     "label_name": _name(data.class_names, s.label), "prediction": -1, "target": -1,
-                     "score": float("nan"), "has_mask": False, "error": message})
+        rows.append(
+            {
+                "index": index,
+                "path": str(s.path),
+                "label": s.label,
+                "label_name": _name(data.class_names, s.label),
+                "prediction": -1,
+                "target": -1,
+                "score": float("nan"),
+                "has_mask": False,
+                "error": message,
+            }
+        )
     for m in methods:
         nan = np.full((len(batch.failed), height, width), np.nan, dtype=np.float32)
         maps[m.name] = np.concatenate([maps.get(m.name, nan[:0]), nan]) if batch.failed else maps[m.name]
@@ -262,8 +279,12 @@ def explain_dataset(
         order = [i for b in todo for i in layout.rows(b)]
         want_masks = any(s.mask is not None for s in data.samples)
         for batch in stream_batches(
-            data.samples, model.preprocessing, batch_size=job.batch_size, workers=job.workers,
-            masks=want_masks, order=order,
+            data.samples,
+            model.preprocessing,
+            batch_size=job.batch_size,
+            workers=job.workers,
+            masks=want_masks,
+            order=order,
         ):
             rows, maps = explain_batch(model, methods, batch, data.samples, data, target)
             store.write_batch(batch_of(rows, job.batch_size), rows, maps)

@@ -22,9 +22,9 @@ def class_means_figure(store: str | Path, path: str | Path) -> Path:
 
     group = zarr.open_group(str(Path(store) / MAPS), mode="r")
     means = group["class_mean"]
-    names = list(means.attrs["class_names"])  # type: ignore[arg-type]
-    methods = list(group.attrs["methods"])  # type: ignore[arg-type]
-    counts = np.asarray(means["count"][...])  # type: ignore[index]
+    names = [str(n) for n in means.attrs["class_names"]]  # type: ignore[union-attr]
+    methods = [str(m) for m in group.attrs["methods"]]  # type: ignore[union-attr]
+    counts: np.ndarray = np.asarray(means["count"][...])  # type: ignore[index,call-overload]
     fig, axes = plt.subplots(
         len(names), len(methods), figsize=(1.9 * len(methods) + 0.6, 1.9 * len(names) + 0.4), squeeze=False
     )
@@ -33,7 +33,7 @@ def class_means_figure(store: str | Path, path: str | Path) -> Path:
             ax = axes[r][c]
             ax.set_xticks([])
             ax.set_yticks([])
-            mean = np.asarray(means[method][r])  # type: ignore[index]
+            mean: np.ndarray = np.asarray(means[method][r])  # type: ignore[index]
             if counts[r] and np.isfinite(mean).all():
                 ax.imshow(colorize(mean, signed=get_method(method).signed))
             if r == 0:

@@ -24,7 +24,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
 from cnnlens.data.folders import ImageSet
 from cnnlens.data.stream import stream_batches
@@ -36,7 +35,7 @@ from cnnlens.errors import CnnlensError
 FAULT_ENV = "CNNLENS_RAY_FAULT"
 
 
-class EngineUnavailable(CnnlensError):
+class EngineUnavailableError(CnnlensError):
     """The chosen engine cannot run here (e.g. Ray is not installed)."""
 
 
@@ -44,9 +43,9 @@ def import_ray() -> Any:
     """The ``ray`` module with ``ray.data``, or one clear line saying how to install it."""
     try:
         import ray
-        import ray.data  # noqa: F401
+        import ray.data
     except ImportError as err:
-        raise EngineUnavailable(
+        raise EngineUnavailableError(
             f"--engine ray needs Ray Data ({err}); install it with: pip install 'cnnlens[ray]'"
         ) from None
     return ray
@@ -86,7 +85,9 @@ class BatchExplainer:
                 self.data.samples, self.model.preprocessing, batch_size=size, workers=0,
                 masks=self.masks, order=order,
             )  # fmt: skip
-            rows, maps = explain_batch(self.model, self.methods, streamed, self.data.samples, self.data, self.target)
+            rows, maps = explain_batch(
+                self.model, self.methods, streamed, self.data.samples, self.data, self.target
+            )
             out.append(pickle.dumps((b, rows, maps), protocol=pickle.HIGHEST_PROTOCOL))
         return {"payload": np.array(out, dtype=object)}
 

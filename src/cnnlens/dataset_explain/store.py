@@ -113,7 +113,9 @@ class Store:
     # -- opening -----------------------------------------------------------------------------------
 
     @classmethod
-    def open(cls, root: str | Path, layout: Layout, settings: dict[str, Any], *, force: bool = False) -> Store:
+    def open(
+        cls, root: str | Path, layout: Layout, settings: dict[str, Any], *, force: bool = False
+    ) -> Store:
         """Create the store, or reopen the one ``root`` holds when it was made with the same
         ``settings`` (a different one is refused unless ``force``, which replaces it).
 
@@ -126,9 +128,10 @@ class Store:
             old = read_settings(folder)
             if old is None:
                 foreign = sorted(p.name for p in folder.iterdir() if p.name not in OWNED)
+                shown = ", ".join(foreign[:3]) + ("..." if len(foreign) > 3 else "")
                 raise InputError(
-                    f"--out {folder} is not an explain-dataset store (it holds {', '.join(foreign[:3]) or 'files'}"
-                    f"{'...' if len(foreign) > 3 else ''}); give a new or empty folder"
+                    f"--out {folder} is not an explain-dataset store (it holds {shown or 'files'}); "
+                    "give a new or empty folder"
                 )
             if old != settings:
                 if not force:
@@ -268,9 +271,9 @@ class Store:
                 overwrite=True,
             )
             arr[...] = mean
-        means.create_array(
-            "count", shape=(k,), dtype="int64", dimension_names=("class",), overwrite=True
-        )[...] = counts
+        means.create_array("count", shape=(k,), dtype="int64", dimension_names=("class",), overwrite=True)[
+            ...
+        ] = counts
         means.attrs["class_names"] = list(lay.class_names)
         rows = []
         frame = table.to_pydict()
