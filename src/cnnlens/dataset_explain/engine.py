@@ -13,7 +13,7 @@ from __future__ import annotations
 import hashlib
 import logging
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -34,8 +34,6 @@ from cnnlens.validation import check_positive_int
 log = logging.getLogger(__name__)
 
 ENGINES = ("local", "ray")
-#: ``--target``: each image's true label, the model's top class, or one class for all.
-TARGET_MODES = ("true", "pred")
 
 Advance = Callable[[int], None]
 
@@ -88,7 +86,6 @@ class Job:
     batch_size: int = 32
     dtype: str = "float16"
     workers: int | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 def model_checksum(model: LoadedModel) -> str:
@@ -135,7 +132,6 @@ def settings_of(
         "target": job.target,
         "batch_size": job.batch_size,
         "dtype": job.dtype,
-        "extra": job.extra,
     }
 
 
@@ -293,4 +289,4 @@ def explain_dataset(
     return store.finish()
 
 
-__all__ = ["ENGINES", "TARGET_MODES", "Job", "Recipe", "explain_dataset"]
+__all__ = ["ENGINES", "Job", "Recipe", "explain_dataset"]

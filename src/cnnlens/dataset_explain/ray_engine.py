@@ -7,8 +7,8 @@ explains them exactly as the local engine does (:func:`~cnnlens.dataset_explain.
 and returns the rows and maps; the driver writes them (:meth:`Store.write_batch`), so the store never
 needs to be shared between machines and a killed driver resumes like the local engine. An actor that
 dies is restarted and its batch retried (``max_restarts=-1``, ``max_task_retries=-1``: Ray Data's
-defaults for actor pools; passing them explicitly is deprecated since Ray 2.60). Were a batch's result ever delivered twice, the
-second write puts the same bytes in the same chunks and the same part file.
+defaults for actor pools; passing them explicitly is deprecated since Ray 2.60). Were a batch's
+result ever delivered twice, the second write puts the same bytes in the same chunks and part file.
 
 Ray is an optional extra (``pip install 'cnnlens[ray]'``), imported only here and only when used.
 """
