@@ -18,6 +18,7 @@ COMMANDS = (
     "models",
     "methods",
     "explain",
+    "explain-dataset",
     "demo",
     "layers",
     "channels",
@@ -45,7 +46,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--debug", action="store_true", help="show tracebacks on errors")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name in COMMANDS:
-        importlib.import_module(f"cnnlens.cli.{name}").add_parser(sub)
+        importlib.import_module(f"cnnlens.cli.{name.replace('-', '_')}").add_parser(sub)
     return parser
 
 
