@@ -1,6 +1,7 @@
 """The attribution methods, one module per family; importing this package registers them all."""
 
 from cnnlens.attribution.methods.cam import CAM, GradCAM, GradCAMPlusPlus, LayerCAM
+from cnnlens.attribution.methods.deeplift import DeepLift, DeepLiftShap
 from cnnlens.attribution.methods.gradient import GradientXInput, IntegratedGradients, Saliency, SmoothGrad
 from cnnlens.attribution.methods.guided import Deconvnet, GuidedBackprop, GuidedGradCAM
 from cnnlens.attribution.methods.layer import LayerGradientShap, LayerGradXAct, LayerIntegratedGradients
@@ -15,6 +16,8 @@ __all__ = [
     "RISE",
     "AblationCAM",
     "Deconvnet",
+    "DeepLift",
+    "DeepLiftShap",
     "DoubleOcclusion",
     "GradCAM",
     "GradCAMPlusPlus",
