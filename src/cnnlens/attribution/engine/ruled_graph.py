@@ -139,7 +139,7 @@ class RuledGraph:
     def __init__(self, model: nn.Module, rules: tuple[Rule, ...]):
         try:
             graph = LeafTracer(timm_notrace_modules(), None).trace(model)
-        except Exception as error:  # fx raises many kinds (TraceError, TypeError, NotImplementedError)
+        except (fx.proxy.TraceError, TypeError, NotImplementedError, AttributeError) as error:
             first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
             raise InputError(
                 f"{type(model).__name__} cannot be traced by torch.fx ({first[:200]}), which this "

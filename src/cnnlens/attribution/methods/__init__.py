@@ -5,6 +5,7 @@ from cnnlens.attribution.methods.deeplift import DeepLift, DeepLiftShap
 from cnnlens.attribution.methods.gradient import GradientXInput, IntegratedGradients, Saliency, SmoothGrad
 from cnnlens.attribution.methods.guided import Deconvnet, GuidedBackprop, GuidedGradCAM
 from cnnlens.attribution.methods.layer import LayerGradientShap, LayerGradXAct, LayerIntegratedGradients
+from cnnlens.attribution.methods.lrp import LRP
 from cnnlens.attribution.methods.perturbation import RISE, DoubleOcclusion, Occlusion
 from cnnlens.attribution.methods.scorecam import AblationCAM, ScoreCAM
 from cnnlens.attribution.methods.spn import SPNMap
@@ -13,6 +14,7 @@ from cnnlens.attribution.methods.surrogate import LIME, KernelSHAP
 __all__ = [
     "CAM",
     "LIME",
+    "LRP",
     "RISE",
     "AblationCAM",
     "Deconvnet",
