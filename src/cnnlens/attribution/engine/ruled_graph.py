@@ -20,7 +20,6 @@ references (see :mod:`cnnlens.attribution.engine.rules`).
 from __future__ import annotations
 
 import copy
-import inspect
 import operator
 from collections.abc import Callable
 from typing import Any
@@ -118,9 +117,9 @@ def _out_of_place(module: nn.Module) -> nn.Module:
 
 def _max_pool_module(node: fx.Node) -> nn.Module | None:
     """``F.max_pool2d(x, ...)`` with constant arguments as the equivalent ``nn.MaxPool2d``."""
-    bound = inspect.signature(F.max_pool2d).bind(*node.args, **node.kwargs)
-    settings = {k: v for k, v in bound.arguments.items() if k != "input"}
-    if any(isinstance(v, fx.Node) for v in settings.values()):
+    names = ("kernel_size", "stride", "padding", "dilation", "ceil_mode", "return_indices")
+    settings = dict(zip(names, node.args[1:])) | {k: v for k, v in node.kwargs.items() if k != "input"}
+    if any(isinstance(v, fx.Node) for v in settings.values()) or settings.get("return_indices"):
         return None
     return nn.MaxPool2d(**settings)
 
