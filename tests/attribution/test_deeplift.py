@@ -122,7 +122,7 @@ def test_the_max_pool_and_product_rules_are_what_makes_it_complete() -> None:
     base = torch.randn(1, 1, 12, 12, generator=torch.Generator().manual_seed(4))
     assert deeplift_gap(PoolThenGate(), DEEPLIFT_RULES, x, base) < 1e-5
     assert deeplift_gap(PoolThenGate(), (Rescale(), BilinearSplit()), x, base) > 1e-2
-    assert deeplift_gap(PoolThenGate(), (Rescale(), MaxPoolSplit()), x, base) > 1e-2
+    assert deeplift_gap(PoolThenGate(), (Rescale(), MaxPoolSplit()), x, base) > 5e-3
 
 
 def test_deeplift_shap_is_the_mean_of_deeplift_over_the_baselines() -> None:

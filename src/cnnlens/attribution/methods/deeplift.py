@@ -140,23 +140,36 @@ DEEPLIFT_RULES: tuple[Rule, ...] = (Rescale(), MaxPoolSplit(), BilinearSplit())
 
 
 def deeplift_pass(
-    graph: RuledGraph, method: OnePass, x: torch.Tensor, reference: torch.Tensor, picker: TargetPicker, start: int
+    graph: RuledGraph,
+    method: OnePass,
+    x: torch.Tensor,
+    reference: tuple[torch.Tensor, torch.Tensor],
+    picker: TargetPicker,
+    start: int,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """DeepLIFT of one chunk against ``reference`` (one image, or one per input).
+    """DeepLIFT of one chunk against the reference whose values ``graph`` holds.
+
+    Args:
+        reference: The reference images (one shared, or one per input) and their logits, as returned
+            by :meth:`RuledGraph.reference` (whose site values must be the current ones).
 
     Returns:
         The ``(B, C, H, W)`` contributions and the ``(B,)`` target differences ``f(x) - f(x')``.
     """
-    ref_logits = graph.reference(reference)
+    base, ref_logits = reference
     with torch.enable_grad():
         point = x.detach().clone().requires_grad_(True)
         logits = graph(point)
         targets = picker.take(logits, start)
         scores = method.passes.target_scores(logits, targets)
         (multipliers,) = torch.autograd.grad(scores.sum(), point)
-    graph.clear()
     ref_scores = method.passes.target_scores(ref_logits.expand(len(x), -1), targets)
-    return (x - reference) * multipliers, (scores.detach() - ref_scores).double()
+    return (x - base) * multipliers, (scores.detach() - ref_scores).double()
+
+
+def reference_pass(graph: RuledGraph, base: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Run ``base`` through ``graph`` (keeping every site's values): ``(base, its logits)``."""
+    return base, graph.reference(base)
 
 
 def _result(total: torch.Tensor, difference: torch.Tensor) -> Attributed:
@@ -229,12 +242,16 @@ class DeepLift(OnePass):
         source = inputs[:1] if shared else inputs
         baselines = make_baselines(self.model, self.baseline, source, self.blur_sigma, self.seed)
         maps, differences = [], []
+        reference = reference_pass(graph, baselines) if shared else None  # once for every chunk
         for start in range(0, len(inputs), batch_size):
             x = inputs[start : start + batch_size]
-            reference = baselines if shared else baselines[start : start + len(x)]
+            if not shared:
+                reference = reference_pass(graph, baselines[start : start + len(x)])
+            assert reference is not None
             contributions, difference = deeplift_pass(graph, self, x, reference, picker, start)
             maps.append(contributions.double())
             differences.append(difference)
+        graph.clear()
         return _result(torch.cat(maps), torch.cat(differences))
 
 
@@ -324,16 +341,17 @@ class DeepLiftShap(OnePass):
         graph = RuledGraph(self.module, DEEPLIFT_RULES)
         sets = torch.stack([self._baseline_set(x) for x in inputs], dim=1)  # (K, N, C, H, W)
         shared = isinstance(self.baselines, torch.Tensor) or self.baselines == "noise"
-        maps, differences = [], []
-        for start in range(0, len(inputs), batch_size):
-            x = inputs[start : start + batch_size]
-            total = torch.zeros(x.shape, dtype=torch.float64, device=x.device)
-            difference = torch.zeros(len(x), dtype=torch.float64, device=x.device)
-            for k in range(len(sets)):
-                reference = sets[k, :1] if shared else sets[k, start : start + len(x)]
+        total = torch.zeros(inputs.shape, dtype=torch.float64, device=inputs.device)
+        difference = torch.zeros(len(inputs), dtype=torch.float64, device=inputs.device)
+        for k in range(len(sets)):
+            reference = reference_pass(graph, sets[k, :1]) if shared else None
+            for start in range(0, len(inputs), batch_size):
+                x = inputs[start : start + batch_size]
+                if not shared:
+                    reference = reference_pass(graph, sets[k, start : start + len(x)])
+                assert reference is not None
                 contributions, diff = deeplift_pass(graph, self, x, reference, picker, start)
-                total += contributions.double()
-                difference += diff
-            maps.append(total / len(sets))
-            differences.append(difference / len(sets))
-        return _result(torch.cat(maps), torch.cat(differences))
+                total[start : start + len(x)] += contributions.double()
+                difference[start : start + len(x)] += diff
+        graph.clear()
+        return _result(total / len(sets), difference / len(sets))

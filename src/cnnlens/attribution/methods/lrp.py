@@ -135,6 +135,12 @@ class LRP(OnePass):
                     return one_hot * logits  # the output relevance: the target's logit
 
                 _, rel = attributor(x, relevance)
+                if not bool(torch.isfinite(rel).all()):
+                    raise InputError(
+                        f"LRP ({self.composite}) gave non-finite relevance on {type(self.module).__name__}: "
+                        "zennit's rules cover convolutions, linear layers and pooling, not its other "
+                        "layers (attention, layer norm?); use deeplift or integrated_gradients"
+                    )
                 maps.append(rel.sum(dim=1))
                 totals.append(rel.double().sum(dim=(1, 2, 3)))
         return Attributed(torch.cat(maps), {"relevance_sum": torch.cat(totals).float().cpu()})
