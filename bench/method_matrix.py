@@ -20,10 +20,11 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from cnnlens.attribution import method_names  # noqa: E402
-from cnnlens.models import LoadedModel  # noqa: E402
 from tests.attribution import zoo  # noqa: E402
 from tests.attribution.test_contract import assert_same, snapshot  # noqa: E402
+
+from cnnlens.attribution import method_names  # noqa: E402
+from cnnlens.models import LoadedModel  # noqa: E402
 
 BEGIN = "<!-- model zoo matrix: bench/method_matrix.py --write -->"
 END = "<!-- end of the model zoo matrix -->"

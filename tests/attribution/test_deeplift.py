@@ -14,8 +14,8 @@ import torchvision
 from torch import nn
 
 from cnnlens.attribution import create
-from cnnlens.attribution.engine.rules import Rule
 from cnnlens.attribution.engine.ruled_graph import RuledGraph
+from cnnlens.attribution.engine.rules import Rule
 from cnnlens.attribution.methods.deeplift import DEEPLIFT_RULES, BilinearSplit, MaxPoolSplit, Rescale
 from cnnlens.errors import InputError
 from tests.attribution.test_contract import assert_same, snapshot
@@ -179,7 +179,9 @@ class BiasFree(nn.Module):
 def test_lrp_conserves_relevance_on_a_bias_free_relu_net(composite: str) -> None:
     model = BiasFree().eval()
     x = torch.randn(3, 3, 8, 8, generator=torch.Generator().manual_seed(0))
-    exp = create("lrp", model, composite=composite, epsilon=0.0 if composite == "epsilon" else 1e-9).explain(x)
+    exp = create("lrp", model, composite=composite, epsilon=0.0 if composite == "epsilon" else 1e-9).explain(
+        x
+    )
     with torch.no_grad():
         logit = model(x).gather(1, exp.targets[:, None])[:, 0]
     assert torch.allclose(exp.extras["relevance_sum"], logit, rtol=1e-4)

@@ -111,14 +111,15 @@ def _out_of_place(module: nn.Module) -> nn.Module:
     if not getattr(module, "inplace", False):
         return module
     twin = copy.copy(module)  # a shallow copy: the user's module keeps inplace=True
-    twin.inplace = False
+    setattr(twin, "inplace", False)  # noqa: B010 (mypy: nn.Module's __setattr__ is typed for tensors)
     return twin
 
 
 def _max_pool_module(node: fx.Node) -> nn.Module | None:
     """``F.max_pool2d(x, ...)`` with constant arguments as the equivalent ``nn.MaxPool2d``."""
     names = ("kernel_size", "stride", "padding", "dilation", "ceil_mode", "return_indices")
-    settings = dict(zip(names, node.args[1:])) | {k: v for k, v in node.kwargs.items() if k != "input"}
+    settings: dict[str, Any] = dict(zip(names, node.args[1:]))
+    settings |= {k: v for k, v in node.kwargs.items() if k != "input"}
     if any(isinstance(v, fx.Node) for v in settings.values()) or settings.get("return_indices"):
         return None
     return nn.MaxPool2d(**settings)
@@ -184,7 +185,7 @@ class RuledGraph:
                 continue
             kind, op = self._kind_and_op(model, node)
             rule = rule_for(rules, kind) if kind is not None else None
-            if rule is None or op is None:
+            if rule is None or op is None or kind is None:
                 continue
             positions = tuple(i for i, a in enumerate(node.args) if isinstance(a, fx.Node) and a in varying)
             if kind is Product and len(positions) < 2:
@@ -212,7 +213,7 @@ class RuledGraph:
             site.recording = True
         try:
             with torch.no_grad():
-                return self.module(inputs)  # type: ignore[no-any-return]
+                return self.module(inputs)
         finally:
             for site in self.sites:
                 site.recording = False
@@ -221,7 +222,7 @@ class RuledGraph:
         """The logits of ``inputs``; their backward pass follows the rules."""
         if self.sites and self.sites[0].reference is None and self.sites[0].rule.needs_reference:
             raise RuntimeError("RuledGraph.reference must run before the rules that need one")
-        return self.module(inputs)  # type: ignore[no-any-return]
+        return self.module(inputs)
 
     def clear(self) -> None:
         """Drop the reference values."""

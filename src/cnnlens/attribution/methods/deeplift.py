@@ -38,8 +38,8 @@ from torch import nn
 
 from cnnlens.attribution.core.base import Attributed, ModelLike, OnePass, TargetPicker
 from cnnlens.attribution.core.registry import register
-from cnnlens.attribution.engine.rules import Call, Grads, Rule
 from cnnlens.attribution.engine.ruled_graph import Product, RuledGraph
+from cnnlens.attribution.engine.rules import Call, Grads, Rule
 from cnnlens.attribution.methods.gradient import check_baseline, make_baselines, pixel_bounds, seeded
 from cnnlens.errors import InputError
 from cnnlens.validation import check_positive_int
@@ -302,9 +302,13 @@ class DeepLiftShap(OnePass):
         if isinstance(baselines, torch.Tensor):
             check_baseline(baselines)
             if baselines.ndim != 4:
-                raise InputError(f"baselines must be a (K, C, H, W) tensor, got shape {tuple(baselines.shape)}")
+                raise InputError(
+                    f"baselines must be a (K, C, H, W) tensor, got shape {tuple(baselines.shape)}"
+                )
         elif baselines not in SHAP_BASELINES:
-            raise InputError(f"baselines must be one of {', '.join(SHAP_BASELINES)} or a tensor, got {baselines!r}")
+            raise InputError(
+                f"baselines must be one of {', '.join(SHAP_BASELINES)} or a tensor, got {baselines!r}"
+            )
         check_positive_int("n_baselines", n_baselines)
         self.baselines = baselines
         self.n_baselines = n_baselines

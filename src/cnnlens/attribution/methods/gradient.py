@@ -324,8 +324,7 @@ def make_baselines(
         size = min(2 * math.ceil(3 * blur_sigma) + 1, 2 * (min(inputs.shape[-2:]) // 2) - 1)
         return TF.gaussian_blur(inputs, [max(size, 1)] * 2, [blur_sigma] * 2)
     draws = [
-        torch.rand(x.shape, generator=seeded(seed, x.device), device=x.device, dtype=x.dtype)
-        for x in inputs
+        torch.rand(x.shape, generator=seeded(seed, x.device), device=x.device, dtype=x.dtype) for x in inputs
     ]
     return lo + (hi - lo) * torch.stack(draws)
 

@@ -55,7 +55,9 @@ def canonizers(module: nn.Module) -> list[Canonizer]:
     return [SequentialMergeBatchNorm()]
 
 
-def composite(name: str, module: nn.Module, inputs: torch.Tensor, model: ModelLike, epsilon: float, gamma: float) -> Composite:
+def composite(
+    name: str, module: nn.Module, inputs: torch.Tensor, model: ModelLike, epsilon: float, gamma: float
+) -> Composite:
     """The zennit composite ``name``, with the canonizers ``module`` needs."""
     canons = canonizers(module)
     if name == "epsilon_plus_flat":
