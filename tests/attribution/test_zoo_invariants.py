@@ -116,7 +116,11 @@ def test_zoo_matrix(arch: str) -> None:
         # "ok" or its one line (asserted to be one line)
         outcome[name], explanations[name] = zoo.run(name, model, x)
         assert_same(before, snapshot(module))
-    assert outcome["saliency"] == outcome["deeplift"] == outcome["lrp"] == "ok"
+    assert outcome["saliency"] == outcome["deeplift"] == "ok"
+    if arch == "vit_tiny":  # zennit has no rule for attention and layer norm: NaN relevance, one line
+        assert "non-finite relevance" in outcome["lrp"]
+    else:
+        assert outcome["lrp"] == "ok"
     if not any(isinstance(m, (nn.ReLU, nn.ReLU6)) for m in module.modules()):
         assert "has no nn.ReLU or nn.ReLU6 module" in outcome["guided_backprop"]
     if arch in EXACT:  # the attributions sum to f(x) - f(black) within 1e-3 of its size
