@@ -27,7 +27,8 @@ import torch
 from torch import nn
 from torchvision.models.resnet import BasicBlock, Bottleneck
 from zennit.attribution import Gradient
-from zennit.canonizers import Canonizer, SequentialMergeBatchNorm
+from zennit.canonizers import Canonizer, CompositeCanonizer, SequentialMergeBatchNorm
+from zennit.core import collect_leaves
 from zennit.composites import (
     Composite,
     EpsilonAlpha2Beta1,
@@ -36,7 +37,7 @@ from zennit.composites import (
     LayerMapComposite,
 )
 from zennit.rules import Epsilon, Norm, Pass
-from zennit.torchvision import ResNetCanonizer
+from zennit.torchvision import ResNetBasicBlockCanonizer, ResNetBottleneckCanonizer
 from zennit.types import Activation, AvgPool, Convolution
 
 from cnnlens.attribution.core.base import Attributed, ModelLike, OnePass, TargetPicker
@@ -47,12 +48,48 @@ from cnnlens.errors import InputError
 COMPOSITES = ("epsilon_plus_flat", "epsilon_gamma_box", "alpha_beta", "epsilon")
 
 
+class CheckedMergeBatchNorm(SequentialMergeBatchNorm):  # type: ignore[misc]
+    """zennit's merge of a batch norm into the linear layer registered right before it, only where the
+    channels agree.
+
+    zennit pairs modules by registration order, which is not always the forward order: DenseNet's
+    final ``norm5`` (1024 channels, after a concatenation) follows a 32-channel convolution, and
+    zennit's merge then fails half-way with the earlier merges applied and no handle to undo them.
+    Here a pair whose channels differ is left alone, and merges made before any error are undone.
+    """
+
+    def apply(self, root_module: nn.Module) -> list[Any]:
+        instances: list[Any] = []
+        last = None
+        try:
+            for leaf in collect_leaves(root_module):
+                width = getattr(last, "out_channels", getattr(last, "out_features", None))
+                if (
+                    isinstance(last, self.linear_type)
+                    and isinstance(leaf, self.batch_norm_type)
+                    and width == getattr(leaf, "num_features", None)
+                ):
+                    instance = self.copy()
+                    instance.register((last,), leaf)
+                    instances.append(instance)
+                last = leaf
+        except Exception:
+            for instance in instances:
+                instance.remove()
+            raise
+        return instances
+
+
 def canonizers(module: nn.Module) -> list[Canonizer]:
-    """ResNet's canonizer (batch norm merged, residual add split) for torchvision ResNets, else the
-    generic merge of every batch norm that follows a convolution in a ``Sequential``."""
+    """Batch norms merged into the preceding convolution; for torchvision ResNets also the residual add
+    made a module the rules see (zennit's ResNet canonizers)."""
     if any(isinstance(m, (BasicBlock, Bottleneck)) for m in module.modules()):
-        return [ResNetCanonizer()]
-    return [SequentialMergeBatchNorm()]
+        return [
+            CompositeCanonizer(
+                (CheckedMergeBatchNorm(), ResNetBottleneckCanonizer(), ResNetBasicBlockCanonizer())
+            )
+        ]
+    return [CheckedMergeBatchNorm()]
 
 
 def composite(
@@ -126,7 +163,17 @@ class LRP(OnePass):
     def _attribute_picking(self, inputs: torch.Tensor, picker: TargetPicker, batch_size: int) -> Attributed:
         rules = composite(self.composite, self.module, inputs, self.model, self.epsilon, self.gamma)
         maps, totals = [], []
+        with torch.no_grad():
+            plain = self.module(inputs[:1])
         with Gradient(model=self.module, composite=rules) as attributor, torch.enable_grad():
+            with torch.no_grad():  # canonizing must not change the function
+                merged = self.module(inputs[:1])
+            if float((merged - plain).abs().max()) > 1e-3 * float(plain.abs().max()) + 1e-5:
+                raise InputError(
+                    f"LRP's canonizers changed the output of {type(self.module).__name__} (by up to "
+                    f"{float((merged - plain).abs().max()):.3g}): a batch norm it merged does not follow "
+                    "the layer it was merged into; use deeplift or integrated_gradients"
+                )
             for start in range(0, len(inputs), batch_size):
                 x = inputs[start : start + batch_size].detach().clone()
 
