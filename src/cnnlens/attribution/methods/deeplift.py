@@ -89,12 +89,13 @@ class Rescale(Rule):
     def backward(self, grad: torch.Tensor, call: Call) -> Grads:
         (x0,), y0 = _reference(call)
         x = call.inputs[0]
-        dx, dy = x - x0, call.output - y0
-        flat = dx.abs() <= TINY
-        ratio = grad * dy / torch.where(flat, torch.ones_like(dx), dx)
+        dx = x - x0
+        ratio = (call.output - y0).div_(dx)  # fresh tensors, updated in place: activations are large
+        flat = dx.abs_() <= TINY
         if bool(flat.any()):
-            ratio = torch.where(flat, _vjp(call.compute, x, grad), ratio)
-        return (ratio,)
+            local = (x > 0).to(grad.dtype) * grad if call.kind is nn.ReLU else _vjp(call.compute, x, grad)
+            return (torch.where(flat, local, ratio.mul_(grad)),)
+        return (ratio.mul_(grad),)
 
 
 class MaxPoolSplit(Rule):
