@@ -145,10 +145,16 @@ def test_untraceable_model_is_one_clear_line() -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("arch", ["resnet50", "vgg16", "densenet121"])
+@pytest.mark.parametrize("arch", ["resnet50", "vgg16", "densenet121", "timm/efficientnet_lite0"])
 def test_complete_on_stock_torchvision_models(arch: str) -> None:
+    """... and on timm's EfficientNet-Lite0, whose BatchNormAct2d (BN + ReLU6) timm keeps out of traces."""
     torch.manual_seed(0)
-    model = getattr(torchvision.models, arch)().eval()
+    if arch.startswith("timm/"):
+        import timm
+
+        model = timm.create_model(arch[5:], pretrained=False).eval()
+    else:
+        model = getattr(torchvision.models, arch)().eval()
     before = snapshot(model)
     x = torch.rand(1, 3, 64, 64, generator=torch.Generator().manual_seed(0))
     exp = create("deeplift", model).explain(x)

@@ -10,7 +10,8 @@ changed, and in-place, reused activations (ResNet's Bottleneck calls one ReLU th
 residual adds and concatenations need nothing special. The rules, each a
 :class:`~cnnlens.attribution.engine.rules.Rule`:
 
-* :class:`Rescale` on elementwise activations (ReLU, ReLU6, SiLU, GELU, Hardswish, sigmoid, tanh...):
+* :class:`Rescale` on elementwise activations (ReLU, ReLU6, SiLU, GELU, Hardswish, sigmoid, tanh...,
+  and timm's ``BatchNormAct2d``, an elementwise function in eval mode that timm keeps out of traces):
   multiplier ``(y - y') / (x - x')``, the local gradient where ``|x - x'| <= 1e-6``.
 * :class:`MaxPoolSplit` on max pooling, overlapping windows included (ResNet's 3x3/2 stem pool): each
   window's output difference ``dy`` goes to its inputs in proportion to their squared differences,
@@ -67,6 +68,16 @@ ACTIVATIONS: tuple[type[nn.Module], ...] = (
 )
 
 
+def _norm_act_kinds() -> tuple[type[nn.Module], ...]:
+    """timm's batch norm + activation modules, which timm keeps out of fx traces: in eval mode each is
+    an elementwise function of its input, so the rescale rule applies to it as a whole."""
+    try:
+        from timm.layers import BatchNormAct2d, FrozenBatchNormAct2d
+    except ImportError:
+        return ()
+    return (BatchNormAct2d, FrozenBatchNormAct2d)
+
+
 def _reference(call: Call) -> tuple[tuple[torch.Tensor, ...], torch.Tensor]:
     if call.reference is None:
         raise RuntimeError("a DeepLIFT rule ran without its reference pass")
@@ -83,7 +94,7 @@ def _vjp(fn: Any, at: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
 class Rescale(Rule):
     """DeepLIFT's rescale rule: the multiplier of an elementwise activation is ``dy / dx``."""
 
-    kinds = ACTIVATIONS
+    kinds = ACTIVATIONS + _norm_act_kinds()
     needs_reference = True
 
     def backward(self, grad: torch.Tensor, call: Call) -> Grads:
