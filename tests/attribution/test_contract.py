@@ -210,8 +210,11 @@ def test_one_pass_methods_take_targets_from_their_own_pass(name: str, images: to
     try:
         exp = create(name, model, **small(name)).explain(images, batch_size=2)
         passes = 2 if name == "guided_gradcam" else 1  # Grad-CAM's pass, then the guided rule's
-        # DeepLIFT: one pass per baseline, and a reference pass of one (shared) image per baseline
-        passes, references = {"deeplift": (1, 1), "deeplift_shap": (2, 2)}.get(name, (passes, 0))
+        # DeepLIFT: one pass per baseline, and a reference pass of one (shared) image per baseline;
+        # LRP: the first image before and after canonizing (the check that it kept the function)
+        passes, references = {"deeplift": (1, 1), "deeplift_shap": (2, 2), "lrp": (1, 2)}.get(
+            name, (passes, 0)
+        )
         assert sum(calls) == passes * len(images) + references
         top = exp.targets
         given = create(name, model, **small(name)).explain(images, target=top.tolist(), batch_size=3)

@@ -28,7 +28,6 @@ from torch import nn
 from torchvision.models.resnet import BasicBlock, Bottleneck
 from zennit.attribution import Gradient
 from zennit.canonizers import Canonizer, CompositeCanonizer, SequentialMergeBatchNorm
-from zennit.core import collect_leaves
 from zennit.composites import (
     Composite,
     EpsilonAlpha2Beta1,
@@ -36,6 +35,7 @@ from zennit.composites import (
     EpsilonPlusFlat,
     LayerMapComposite,
 )
+from zennit.core import collect_leaves
 from zennit.rules import Epsilon, Norm, Pass
 from zennit.torchvision import ResNetBasicBlockCanonizer, ResNetBottleneckCanonizer
 from zennit.types import Activation, AvgPool, Convolution
