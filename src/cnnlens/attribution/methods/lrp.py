@@ -48,7 +48,7 @@ from cnnlens.errors import InputError
 COMPOSITES = ("epsilon_plus_flat", "epsilon_gamma_box", "alpha_beta", "epsilon")
 
 
-class CheckedMergeBatchNorm(SequentialMergeBatchNorm):  # type: ignore[misc]
+class CheckedMergeBatchNorm(SequentialMergeBatchNorm):
     """zennit's merge of a batch norm into the linear layer registered right before it, only where the
     channels agree.
 
