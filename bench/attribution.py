@@ -20,6 +20,9 @@ EfficientNet-Lite0) on one 224 px sample photo, and each method, it prints:
   time, its evaluations and ``speed-up`` = peer wall / cnnlens wall. A peer whose estimated time
   (its evaluations at the floor) exceeds ``--peer-budget`` seconds is not run; its estimate is printed.
 
+DeepLIFT runs a traced copy of the model, whose passes the counter (a hook on the model) does not see:
+its floor is one forward + backward of its batch (``--deeplift`` prints its ratio at batch 1 and 8).
+
 ``--precision`` instead compares bfloat16 with fp32 for every method that offers ``precision=``:
 wall times and the Spearman rank correlation of the maps on the sample photos.
 
@@ -27,6 +30,7 @@ Usage::
 
     python bench/attribution.py [--models resnet50,efficientnet_lite0] [--methods rise,lime] [--quick]
     python bench/attribution.py --precision --models efficientnet_lite0 [--defaults]
+    python bench/attribution.py --deeplift --models resnet50,vgg16,densenet121
 """
 
 from __future__ import annotations
@@ -48,6 +52,7 @@ from cnnlens.attribution import create, get_method, method_names
 from cnnlens.attribution.engine.fused import FusedNetwork, fused_network, inference_pass
 from cnnlens.attribution.engine.layout import to_memory_format
 from cnnlens.attribution.engine.precision import evaluation_context
+from cnnlens.attribution.methods.gradient import make_baselines
 from cnnlens.attribution.methods.surrogate import superpixels
 from cnnlens.data import load_sample
 from cnnlens.models import LoadedModel, load_model
@@ -423,7 +428,10 @@ TARGETS = {
         ),
         1.2,
     ),
+    "deeplift": 1.3,
 }
+#: Methods that run a traced copy of the model: their floor is one forward + backward of the batch.
+TRACED = ("deeplift",)
 
 
 def bench_model(model_name: str, methods: list[str], args: argparse.Namespace) -> None:
@@ -466,7 +474,7 @@ def bench_model(model_name: str, methods: list[str], args: argparse.Namespace) -
         )
         precision = method.compute_precision(x.device)
         floors.seconds.clear()  # priced right after the call: the machine's speed drifts over a run
-        floor = floors.of(count)
+        floor = floors.time(len(x), "grad") if name in TRACED else floors.of(count)
         ratio = f"{seconds / floor:8.2f}" if count.total == count.full and floor > 0 else f"{'-':>8}"
         bound = TARGETS.get(name)
         verdict = (
@@ -531,6 +539,30 @@ def bench_precision(model_name: str, methods: list[str], args: argparse.Namespac
         print(f"{name:<22}{times['fp32']:8.2f}{times['bf16']:8.2f}{speed:9.2f}{rho:10.4f}")
 
 
+def bench_deeplift(model_name: str, args: argparse.Namespace) -> None:
+    """DeepLIFT's wall time against the gradient floor (forward + backward of the same batch)."""
+    torch.manual_seed(0)
+    model = load_model(model_name, pretrained=model_name == "efficientnet_lite0")
+    module, x = model.module.eval(), model.prepare(load_sample("chelsea"))
+    floors = Floor(module, x, max(args.repeats, 3))
+    print(f"\n## DeepLIFT on {model_name} (224 px), wall / (forward + backward to the input of the batch)")
+    print(f"{'batch':>6}{'deeplift s':>12}{'floor s':>9}{'x floor':>9}{'target':>8}{'gap / |diff|':>14}")
+    for batch in (1, 8):
+        xb = x.expand(batch, -1, -1, -1).contiguous()
+        method = create("deeplift", model, batch_size=batch)
+        counter = Counter(module, last_leaf(module, x))
+        seconds, _, exp = timed(
+            lambda method=method, xb=xb: method.explain(xb), counter, max(args.repeats, 3)
+        )
+        floor = floors.time(batch, "grad")
+        with torch.inference_mode():
+            black = make_baselines(model, "black", xb, 1.0, 0)
+            diff = (module(xb) - module(black)).gather(1, exp.targets[:, None])[:, 0]
+        relative = float((exp.extras["completeness_gap"] / diff.abs()).max())
+        verdict = "ok" if seconds / floor <= TARGETS["deeplift"] else "MISS"
+        print(f"{batch:6d}{seconds:12.2f}{floor:9.2f}{seconds / floor:9.2f}{verdict:>8}{relative:14.1e}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -545,6 +577,7 @@ def main() -> None:
         "--peer-budget", type=float, default=200.0, help="skip a peer estimated to take longer (s)"
     )
     parser.add_argument("--precision", action="store_true", help="compare bf16 with fp32 instead")
+    parser.add_argument("--deeplift", action="store_true", help="DeepLIFT against the gradient floor")
     parser.add_argument("--images", type=int, default=5, help="sample photos for --precision")
     parser.add_argument(
         "--defaults",
@@ -560,6 +593,9 @@ def main() -> None:
     print(f"CPU: {capabilities.cpu_name()}; {capabilities.summary()}")
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     for model_name in [m.strip() for m in args.models.split(",") if m.strip()]:
+        if args.deeplift:
+            bench_deeplift(model_name, args)
+            continue
         (bench_precision if args.precision else bench_model)(model_name, methods, args)
 
 

@@ -117,7 +117,7 @@ def test_rules_leave_the_tiny_cnn_unchanged(images: torch.Tensor) -> None:
 def test_hooks_exist_only_inside_the_block() -> None:
     model = HandNet(shared=True, inplace=True)
     with backprop_rule(model, "guided") as calls:
-        assert hook_counts(model) == 1  # one forward hook on the shared ReLU
+        assert hook_counts(model) == 2  # a pre-hook (keeps the input) and a hook on the shared ReLU
         model(X)
         assert calls[0] == 2  # ...applied on both of its calls
     assert hook_counts(model) == 0

@@ -1,6 +1,7 @@
 """Invariants after every method on a small zoo of stock models: no hook left, state_dict bit-identical,
 train/eval and requires_grad restored, after a normal call and after a KeyboardInterrupt raised inside a
-hook in the middle of the method's passes."""
+hook in the middle of the method's passes; and the model-zoo matrix (tests/attribution/zoo.py): each
+method on each zoo model works or stops with one clear line, leaving the model as found."""
 
 from __future__ import annotations
 
@@ -9,7 +10,9 @@ import torch
 from torch import nn
 
 from cnnlens.attribution import create, get_method, method_names
+from cnnlens.attribution.methods.gradient import make_baselines
 from cnnlens.models import LoadedModel, load_model
+from tests.attribution import zoo
 from tests.attribution.test_contract import assert_same, small, snapshot
 
 pytestmark = pytest.mark.slow
@@ -17,6 +20,7 @@ pytestmark = pytest.mark.slow
 #: Stock architectures with what the methods must cope with: residual adds and in-place ReLUs used
 #: several times (ResNet-18), Hardswish, squeeze-excitation and a multi-layer head (MobileNetV3).
 ZOO = ("resnet18", "mobilenet_v3_small")
+TRACED = ("deeplift", "deeplift_shap")
 
 
 @pytest.fixture(scope="module", params=ZOO)
@@ -66,17 +70,20 @@ def test_ctrl_c_inside_a_hook_leaves_every_zoo_model_as_found(
 ) -> None:
     module = zoo_model.module.eval()
     layer: nn.Module = dict(module.named_modules())[str(zoo_model.default_layer)]
+    # DeepLIFT runs a traced copy whose leaf modules are the model's own (its containers are not called)
+    leaf = next(m for m in layer.modules() if not list(m.children()))
     interrupted = 0
     for name in applicable(zoo_model):
         before = snapshot(module)
         calls = [0]
+        hooked = leaf if name in TRACED else layer
 
         def press(_m: nn.Module, _i: object, _o: object, calls: list[int] = calls) -> None:
             calls[0] += 1
             if calls[0] == press_at:
                 raise Interrupt
 
-        handle = layer.register_forward_hook(press)
+        handle = hooked.register_forward_hook(press)
         try:
             create(name, zoo_model, **settings(name)).explain(x)
         except Interrupt:
@@ -86,3 +93,40 @@ def test_ctrl_c_inside_a_hook_leaves_every_zoo_model_as_found(
         assert calls[0] <= press_at, name  # no pass through the layer after the interrupt
         assert_same(before, snapshot(module))
     assert interrupted >= (len(applicable(zoo_model)) if press_at == 1 else 10)
+
+
+#: On the large zoo models, one method per mechanism (the whole registry runs on tinycnn here, on
+#: ResNet-18 and MobileNetV3 above, and on every zoo model in bench/method_matrix.py, whose table is in
+#: docs/methods.md): CAM hooks at a layer, a plain gradient pass, hooked backward rules, the traced
+#: functional copy, zennit's composites and canonizers.
+MECHANISMS = ("gradcam", "saliency", "guided_backprop", "deeplift", "lrp")
+#: Networks of operations DeepLIFT's rules are exact for (no layer norm, softmax or division).
+EXACT = ("resnet50", "vgg19_bn", "densenet121", "mobilenet_v3_small", "efficientnet_b0", "tinycnn")
+
+
+@pytest.mark.parametrize("arch", list(zoo.ZOO))
+def test_zoo_matrix(arch: str) -> None:
+    model = zoo.build(arch)
+    module = model.module if isinstance(model, LoadedModel) else model
+    x = zoo.image()
+    names = method_names() if arch == "tinycnn" else MECHANISMS
+    outcome, explanations = {}, {}
+    for name in names:
+        before = snapshot(module)
+        # "ok" or its one line (asserted to be one line)
+        outcome[name], explanations[name] = zoo.run(name, model, x)
+        assert_same(before, snapshot(module))
+    assert outcome["saliency"] == outcome["deeplift"] == "ok"
+    if arch == "vit_tiny":  # zennit has no rule for attention and layer norm: NaN relevance, one line
+        assert "non-finite relevance" in outcome["lrp"]
+    else:
+        assert outcome["lrp"] == "ok"
+    if not any(isinstance(m, (nn.ReLU, nn.ReLU6)) for m in module.modules()):
+        assert "has no nn.ReLU or nn.ReLU6 module" in outcome["guided_backprop"]
+    if arch in EXACT:  # the attributions sum to f(x) - f(black) within 1e-3 of its size
+        exp = explanations["deeplift"]
+        assert exp is not None
+        black = make_baselines(model, "black", x, 1.0, 0)
+        with torch.no_grad():
+            diff = (module(x) - module(black)).gather(1, exp.targets[:, None]).abs()
+        assert (exp.extras["completeness_gap"] <= 1e-3 * diff[:, 0]).all()

@@ -300,6 +300,35 @@ def given_baseline(baseline: torch.Tensor, inputs: torch.Tensor) -> torch.Tensor
     return b.expand_as(inputs)
 
 
+def check_baseline(baseline: str | torch.Tensor) -> None:
+    """Validate a ``baseline=`` argument: one of :data:`BASELINES` or a finite float tensor."""
+    if isinstance(baseline, torch.Tensor):
+        if not baseline.is_floating_point() or not torch.isfinite(baseline).all():
+            raise InputError("a baseline tensor must be a finite float tensor in the model's input space")
+    elif baseline not in BASELINES:
+        raise InputError(f"baseline must be one of {', '.join(BASELINES)} or a tensor, got {baseline!r}")
+
+
+def make_baselines(
+    model: ModelLike, baseline: str | torch.Tensor, inputs: torch.Tensor, blur_sigma: float, seed: int
+) -> torch.Tensor:
+    """The baseline of each input, ``(N, C, H, W)`` (see :class:`IntegratedGradients`)."""
+    if isinstance(baseline, torch.Tensor):
+        return given_baseline(baseline, inputs)
+    lo, hi = pixel_bounds(model, inputs)
+    if baseline == "black":
+        return lo.expand_as(inputs).clone()
+    if baseline == "zero":
+        return torch.zeros_like(inputs)
+    if baseline == "blur":
+        size = min(2 * math.ceil(3 * blur_sigma) + 1, 2 * (min(inputs.shape[-2:]) // 2) - 1)
+        return TF.gaussian_blur(inputs, [max(size, 1)] * 2, [blur_sigma] * 2)
+    draws = [
+        torch.rand(x.shape, generator=seeded(seed, x.device), device=x.device, dtype=x.dtype) for x in inputs
+    ]
+    return lo + (hi - lo) * torch.stack(draws)
+
+
 @register
 class IntegratedGradients(Attribution):
     """Integrated Gradients: ``(x - x') * int_0^1 grad f(x' + a (x - x')) da``, summed over channels.
@@ -349,11 +378,7 @@ class IntegratedGradients(Attribution):
         **settings: str,
     ):
         super().__init__(model, batch_size=batch_size, **settings)
-        if isinstance(baseline, torch.Tensor):
-            if not baseline.is_floating_point() or not torch.isfinite(baseline).all():
-                raise InputError("a baseline tensor must be a finite float tensor in the model's input space")
-        elif baseline not in BASELINES:
-            raise InputError(f"baseline must be one of {', '.join(BASELINES)} or a tensor, got {baseline!r}")
+        check_baseline(baseline)
         check_positive_int("steps", steps)
         if rule not in IG_RULES:
             raise InputError(f"rule must be one of {', '.join(IG_RULES)}, got {rule!r}")
@@ -374,21 +399,7 @@ class IntegratedGradients(Attribution):
 
     def baselines(self, inputs: torch.Tensor) -> torch.Tensor:
         """The baseline of each input, ``(N, C, H, W)``."""
-        if isinstance(self.baseline, torch.Tensor):
-            return given_baseline(self.baseline, inputs)
-        lo, hi = pixel_bounds(self.model, inputs)
-        if self.baseline == "black":
-            return lo.expand_as(inputs).clone()
-        if self.baseline == "zero":
-            return torch.zeros_like(inputs)
-        if self.baseline == "blur":
-            size = min(2 * math.ceil(3 * self.blur_sigma) + 1, 2 * (min(inputs.shape[-2:]) // 2) - 1)
-            return TF.gaussian_blur(inputs, [max(size, 1)] * 2, [self.blur_sigma] * 2)
-        draws = [
-            torch.rand(x.shape, generator=seeded(self.seed, x.device), device=x.device, dtype=x.dtype)
-            for x in inputs
-        ]
-        return lo + (hi - lo) * torch.stack(draws)
+        return make_baselines(self.model, self.baseline, inputs, self.blur_sigma, self.seed)
 
     def _points(self, inputs: torch.Tensor, baselines: torch.Tensor) -> Iterator[Point]:
         alphas, weights = path_nodes(self.rule, self.steps)

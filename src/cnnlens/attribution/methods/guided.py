@@ -1,18 +1,14 @@
 """Modified backpropagation through the rectifiers: Guided Backpropagation, Deconvnet, Guided Grad-CAM.
 
-The rules are applied by :func:`backprop_rule`, a context manager that hooks every ``nn.ReLU`` and
-``nn.ReLU6`` module for the duration of the block only; a module used several times is hooked on
-every call. No module is swapped, no flag (``inplace``) changed, and every hook is removed on exit,
-also after an error.
+Each rule is a :class:`~cnnlens.attribution.engine.rules.Rule` on ``nn.ReLU`` and ``nn.ReLU6``, applied
+by :func:`~cnnlens.attribution.engine.rules.hooked_rules` for the duration of a block: every call of a
+rectifier (a module used several times is ruled on every call) has its output replaced by the same
+values whose backward pass is the rule's. No module is swapped, no flag (``inplace``) changed, and
+every hook is removed on exit, also after an error.
 
-* Guided Backpropagation needs no change of the forward pass: a forward hook puts a gradient hook
-  on the rectifier's output that keeps only the positive part of the signal arriving there, and the
-  rectifier's own backward then applies its forward mask (``0 < x`` for ReLU, ``0 < x < 6`` for
-  ReLU6): ``relu(g) * 1[unit passed]``, the rule of the paper, at the cost of one clamp per call.
-* Deconvnet must ignore the forward mask, so the signal is sent around the rectifier: a forward
-  pre-hook keeps the pre-activation (and hands an in-place rectifier a copy, so it cannot overwrite
-  it), and a forward hook replaces the output by the same values produced by :class:`_Deconvnet`, an
-  autograd function whose backward pass sends ``relu(g)`` straight to the pre-activation.
+* Guided Backpropagation (:class:`Guided`): ``relu(g) * 1[unit passed]`` (``0 < x`` for ReLU,
+  ``0 < x < 6`` for ReLU6), the rule of the paper.
+* Deconvnet (:class:`DeconvnetRule`): ``relu(g)``, whatever the unit did in the forward pass.
 
 Rectifiers called as functions (``F.relu`` inside a ``forward``) cannot be hooked and keep their
 ordinary gradient, and so do other activations (SiLU, GELU, LeakyReLU...) in a network that also
@@ -26,7 +22,6 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -34,30 +29,35 @@ from torch import nn
 
 from cnnlens.attribution.core.base import Attribution, TargetPicker
 from cnnlens.attribution.core.registry import register
+from cnnlens.attribution.engine.rules import Call, Grads, Rule, hooked_rules
 from cnnlens.attribution.methods.cam import GradCAM
 from cnnlens.attribution.methods.gradient import InputGradientMethod, input_gradient, saliency_reduction
 from cnnlens.errors import InputError
-from cnnlens.models.hooks import Handles
 
-RULES = ("guided", "deconvnet")
 RECTIFIERS = (nn.ReLU, nn.ReLU6)
 
 
-class _Deconvnet(torch.autograd.Function):
-    """Identity on the rectifier's output in the forward pass; ``relu(g)`` to the pre-activation in the
-    backward pass (the forward mask is ignored)."""
+class Guided(Rule):
+    """Guided Backpropagation: only positive signals pass, and only where the unit passed its input."""
 
-    @staticmethod
-    def forward(ctx: Any, pre: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
-        return out.detach().clone()
+    kinds = RECTIFIERS
 
-    @staticmethod
-    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
-        return grad.clamp(min=0), None
+    def backward(self, grad: torch.Tensor, call: Call) -> Grads:
+        x = call.inputs[0]
+        passed = (x > 0) & (x < 6) if isinstance(call.op, nn.ReLU6) else x > 0
+        return (torch.where(passed, grad.clamp(min=0), torch.zeros_like(grad)),)
 
 
-def _positive_part(grad: torch.Tensor) -> torch.Tensor:
-    return grad.clamp(min=0)
+class DeconvnetRule(Rule):
+    """Deconvnet: the signal is rectified, the forward mask ignored."""
+
+    kinds = RECTIFIERS
+
+    def backward(self, grad: torch.Tensor, call: Call) -> Grads:
+        return (grad.clamp(min=0),)
+
+
+RULES: dict[str, Rule] = {"guided": Guided(), "deconvnet": DeconvnetRule()}
 
 
 def rectifiers(model: nn.Module) -> list[nn.Module]:
@@ -99,34 +99,8 @@ def backprop_rule(model: nn.Module, rule: str) -> Iterator[list[int]]:
             f"nn.ReLU or nn.ReLU6 module (activations: {found}); use saliency, smoothgrad, "
             "integrated_gradients or gradcam for this model"
         )
-    calls = [0]
-    pending: dict[int, list[torch.Tensor]] = {}
-    handles = Handles()
-
-    def guide(_module: nn.Module, _args: Any, out: torch.Tensor) -> None:
-        calls[0] += 1
-        if isinstance(out, torch.Tensor) and out.requires_grad:
-            out.register_hook(_positive_part)  # then the rectifier's own backward applies its mask
-
-    def keep_input(module: nn.Module, args: tuple[Any, ...]) -> tuple[Any, ...]:
-        pending.setdefault(id(module), []).append(args[0])
-        return (args[0].clone(), *args[1:]) if getattr(module, "inplace", False) else args
-
-    def deconvnet(module: nn.Module, _args: Any, out: torch.Tensor) -> torch.Tensor:
-        calls[0] += 1
-        return _Deconvnet.apply(pending[id(module)].pop(), out)
-
-    try:
-        for m in modules:
-            if rule == "guided":
-                handles.add(m.register_forward_hook(guide))
-            else:
-                handles.add(m.register_forward_pre_hook(keep_input))
-                handles.add(m.register_forward_hook(deconvnet))
+    with hooked_rules(model, (RULES[rule],)) as calls:
         yield calls
-    finally:
-        handles.remove()
-        pending.clear()
 
 
 def rule_gradient(

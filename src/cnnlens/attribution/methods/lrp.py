@@ -1,0 +1,195 @@
+"""Layer-wise Relevance Propagation through zennit's composites, under the cnnlens contract.
+
+zennit (Anders et al.) is the field's LRP library: its ``Composite`` maps module kinds to rules and its
+canonizers make a model rule-ready (batch norm merged into the preceding convolution, the residual
+add of a torchvision ResNet block made a module the rules can see). Both are applied for the duration
+of one ``explain`` call only and undone on exit, also after an error (zennit's ``with`` blocks); the
+model's parameters are restored bit for bit (checked by the contract and zoo tests).
+
+Composites (``composite=``):
+
+* ``"epsilon_plus_flat"``: flat rule on the first layer, z+ on the other convolutions, epsilon on
+  linear layers (the recommended default of Kohlbrenner et al. 2020);
+* ``"epsilon_gamma_box"``: z^B (box) rule on the first layer with the pixel range of the model's
+  preprocessing, gamma on the other convolutions, epsilon on linear layers (Montavon et al. 2019);
+* ``"alpha_beta"``: alpha2-beta1 on convolutions, epsilon on linear layers;
+* ``"epsilon"``: the epsilon rule everywhere (LRP-0 as ``epsilon -> 0``: then relevance equals
+  gradient x input, and on a bias-free ReLU network it sums to the output exactly).
+
+The output relevance is the target's logit, so conservative rules give relevance maps that sum to it.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+from torchvision.models.resnet import BasicBlock, Bottleneck
+from zennit.attribution import Gradient
+from zennit.canonizers import Canonizer, CompositeCanonizer, SequentialMergeBatchNorm
+from zennit.composites import (
+    Composite,
+    EpsilonAlpha2Beta1,
+    EpsilonGammaBox,
+    EpsilonPlusFlat,
+    LayerMapComposite,
+)
+from zennit.core import collect_leaves
+from zennit.rules import Epsilon, Norm, Pass
+from zennit.torchvision import ResNetBasicBlockCanonizer, ResNetBottleneckCanonizer
+from zennit.types import Activation, AvgPool, Convolution
+
+from cnnlens.attribution.core.base import Attributed, ModelLike, OnePass, TargetPicker
+from cnnlens.attribution.core.registry import register
+from cnnlens.attribution.methods.gradient import pixel_bounds
+from cnnlens.errors import InputError
+
+COMPOSITES = ("epsilon_plus_flat", "epsilon_gamma_box", "alpha_beta", "epsilon")
+
+
+class CheckedMergeBatchNorm(SequentialMergeBatchNorm):
+    """zennit's merge of a batch norm into the linear layer registered right before it, only where the
+    channels agree.
+
+    zennit pairs modules by registration order, which is not always the forward order: DenseNet's
+    final ``norm5`` (1024 channels, after a concatenation) follows a 32-channel convolution, and
+    zennit's merge then fails half-way with the earlier merges applied and no handle to undo them.
+    Here a pair whose channels differ is left alone, and merges made before any error are undone.
+    """
+
+    def apply(self, root_module: nn.Module) -> list[Any]:
+        instances: list[Any] = []
+        last = None
+        try:
+            for leaf in collect_leaves(root_module):
+                width = getattr(last, "out_channels", getattr(last, "out_features", None))
+                if (
+                    isinstance(last, self.linear_type)
+                    and isinstance(leaf, self.batch_norm_type)
+                    and width == getattr(leaf, "num_features", None)
+                ):
+                    instance = self.copy()
+                    instance.register((last,), leaf)
+                    instances.append(instance)
+                last = leaf
+        except Exception:
+            for instance in instances:
+                instance.remove()
+            raise
+        return instances
+
+
+def canonizers(module: nn.Module) -> list[Canonizer]:
+    """Batch norms merged into the preceding convolution; for torchvision ResNets also the residual add
+    made a module the rules see (zennit's ResNet canonizers)."""
+    if any(isinstance(m, (BasicBlock, Bottleneck)) for m in module.modules()):
+        return [
+            CompositeCanonizer(
+                (CheckedMergeBatchNorm(), ResNetBottleneckCanonizer(), ResNetBasicBlockCanonizer())
+            )
+        ]
+    return [CheckedMergeBatchNorm()]
+
+
+def composite(
+    name: str, module: nn.Module, inputs: torch.Tensor, model: ModelLike, epsilon: float, gamma: float
+) -> Composite:
+    """The zennit composite ``name``, with the canonizers ``module`` needs."""
+    canons = canonizers(module)
+    if name == "epsilon_plus_flat":
+        return EpsilonPlusFlat(epsilon=epsilon, canonizers=canons)
+    if name == "epsilon_gamma_box":
+        low, high = pixel_bounds(model, inputs)
+        return EpsilonGammaBox(low=low, high=high, epsilon=epsilon, gamma=gamma, canonizers=canons)
+    if name == "alpha_beta":
+        return EpsilonAlpha2Beta1(epsilon=epsilon, canonizers=canons)
+    layer_map: list[tuple[Any, Any]] = [
+        (Activation, Pass()),
+        (AvgPool, Norm()),
+        (Convolution, Epsilon(epsilon=epsilon)),
+        (nn.Linear, Epsilon(epsilon=epsilon)),
+    ]
+    return LayerMapComposite(layer_map=layer_map, canonizers=canons)
+
+
+@register
+class LRP(OnePass):
+    """Layer-wise Relevance Propagation with a zennit composite and the canonizers the model needs.
+
+    Args:
+        composite: ``"epsilon_plus_flat"``, ``"epsilon_gamma_box"``, ``"alpha_beta"`` or ``"epsilon"``.
+        epsilon: Stabiliser of the epsilon rule.
+        gamma: Weight of the positive parameters in the gamma rule (``epsilon_gamma_box``).
+
+    Shape:
+        A ``(N, H, W)`` signed map: input relevance summed over the channels.
+
+    References:
+        Bach, Binder, Montavon, Klauschen, Müller, Samek. On Pixel-Wise Explanations for Non-Linear
+        Classifier Decisions by Layer-Wise Relevance Propagation. PLoS ONE 2015. Anders, Neumann,
+        Samek, Müller, Lapuschkin. Software for Dataset-wide XAI: From Local Explanations to Global
+        Insights with Zennit, CoRelAy, and ViRelAy. arXiv:2106.13200, 2021.
+    """
+
+    name = "lrp"
+    family = "gradient"
+    summary = "relevance propagated by LRP rules (zennit composites, batch norm merged, residuals split)"
+    reference = "Bach et al. 2015"
+    needs_gradients = True
+    signed = True
+    explains_functions = False  # the output relevance is one class's logit
+
+    def __init__(
+        self,
+        model: ModelLike,
+        *,
+        composite: str = "epsilon_plus_flat",
+        epsilon: float = 1e-6,
+        gamma: float = 0.25,
+        batch_size: int | None = None,
+    ):
+        super().__init__(model, batch_size=batch_size)
+        if composite not in COMPOSITES:
+            raise InputError(f"composite must be one of {', '.join(COMPOSITES)}, got {composite!r}")
+        if not epsilon >= 0:
+            raise InputError(f"epsilon must be >= 0, got {epsilon}")
+        if not gamma >= 0:
+            raise InputError(f"gamma must be >= 0, got {gamma}")
+        self.composite = composite
+        self.epsilon = epsilon
+        self.gamma = gamma
+
+    def _attribute_picking(self, inputs: torch.Tensor, picker: TargetPicker, batch_size: int) -> Attributed:
+        rules = composite(self.composite, self.module, inputs, self.model, self.epsilon, self.gamma)
+        maps, totals = [], []
+        with torch.no_grad():
+            plain = self.module(inputs[:1])
+        with Gradient(model=self.module, composite=rules) as attributor, torch.enable_grad():
+            with torch.no_grad():  # canonizing must not change the function
+                merged = self.module(inputs[:1])
+            if float((merged - plain).abs().max()) > 1e-3 * float(plain.abs().max()) + 1e-5:
+                raise InputError(
+                    f"LRP's canonizers changed the output of {type(self.module).__name__} (by up to "
+                    f"{float((merged - plain).abs().max()):.3g}): a batch norm it merged does not follow "
+                    "the layer it was merged into; use deeplift or integrated_gradients"
+                )
+            for start in range(0, len(inputs), batch_size):
+                x = inputs[start : start + batch_size].detach().clone()
+
+                def relevance(logits: torch.Tensor, start: int = start) -> torch.Tensor:
+                    logits = logits.detach().float()
+                    targets = picker.take(logits, start)
+                    one_hot = torch.zeros_like(logits).scatter_(1, targets[:, None], 1.0)
+                    return one_hot * logits  # the output relevance: the target's logit
+
+                _, rel = attributor(x, relevance)
+                if not bool(torch.isfinite(rel).all()):
+                    raise InputError(
+                        f"LRP ({self.composite}) gave non-finite relevance on {type(self.module).__name__}: "
+                        "zennit's rules cover convolutions, linear layers and pooling, not its other "
+                        "layers (attention, layer norm?); use deeplift or integrated_gradients"
+                    )
+                maps.append(rel.sum(dim=1))
+                totals.append(rel.double().sum(dim=(1, 2, 3)))
+        return Attributed(torch.cat(maps), {"relevance_sum": torch.cat(totals).float().cpu()})
