@@ -209,6 +209,7 @@ LAY = "layers --model tinycnn -o {out}"
 CH = "channels --model tinycnn --samples 2 -o {out}"
 BEN = "benchmark --model tinycnn --methods saliency --metrics sparseness --no-references -o {out}"
 TINY = " --model tinycnn --no-pretrained"
+XDS = "explain-dataset --model tinycnn --no-pretrained -m saliency -o {out}"
 SRV = "serve --model tinycnn --no-pretrained"
 TR = "train --model tinycnn --no-pretrained --freeze none --epochs 1 --image-size 24 -o {out}"
 EV = "evaluate -o {out}"
@@ -415,6 +416,13 @@ CASES = [
         "hypothesis shape-bias --model tinycnn --no-pretrained --n 0 -o {out}",
         says=("0",),
     ),
+    # explain-dataset
+    Case("xds-missing-data", XDS + " {out}/nodata", says=("nodata",)),
+    Case("xds-empty-folder", XDS + " {empty_dir}", says=("empty",)),
+    Case("xds-method-unknown", "explain-dataset" + TINY + " -m nomethod -o {out} {good}", says=("nomethod",)),
+    Case("xds-batch-size-zero", XDS + " --batch-size 0 {good}", says=("batch", "0")),
+    Case("xds-target-unknown", XDS + " --target zebra {good}", says=("zebra",)),
+    Case("xds-over-a-foreign-folder", XDS.replace("{out}", "{foreign}") + " {good}", says=("foreign",)),
     # the run report and the explorer
     Case("report-missing-folder", "report {out}/norun -o {out}/r.html", says=("norun",)),
     Case("report-bad-config", "report {run_badconfig} -o {out}/r.html", says=("config.json",)),
