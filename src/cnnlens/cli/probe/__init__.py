@@ -12,7 +12,7 @@ import importlib
 
 from cnnlens.cli.common import add_command
 
-TOOLS: tuple[str, ...] = ()
+TOOLS: tuple[str, ...] = ("filters", "activations", "patches", "neighbors", "embed")
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
