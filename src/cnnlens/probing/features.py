@@ -119,6 +119,11 @@ def extract_features(
     )
 
 
+def _distance(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """``(N, M)`` Euclidean distances, computed exactly (0 between equal rows, unlike the matmul form)."""
+    return torch.cdist(a, b, compute_mode="donot_use_mm_for_euclid_dist")
+
+
 @dataclass
 class Neighbours:
     """The dataset images nearest to a query, in feature space and in pixel space.
@@ -194,12 +199,12 @@ def nearest_neighbours(
             f = pooled(outputs(batch.inputs), pool)
             if f.shape[1] != q.shape[1]:
                 raise InputError(f"the dataset images give {f.shape[1]} features, the query {q.shape[1]}")
-            score = F.normalize(f, dim=1) @ qn.T if metric == "cosine" else -torch.cdist(f, q)
+            score = F.normalize(f, dim=1) @ qn.T if metric == "cosine" else -_distance(f, q)
             feat_top.update(score, batch.indices)
             pix = pixels(batch.inputs)
             if pix.shape[1] != qp.shape[1]:
                 raise InputError("the dataset images and the query differ in size after preprocessing")
-            pix_top.update(-torch.cdist(pix, qp), batch.indices)
+            pix_top.update(-_distance(pix, qp), batch.indices)
             labels.update(zip(batch.indices.tolist(), batch.labels.tolist()))
             seen += len(batch)
     if not seen:

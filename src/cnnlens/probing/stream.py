@@ -104,7 +104,8 @@ class RunningTopK:
     and its position: ``3 * units * k`` numbers, whatever the number of images streamed.
 
     Attributes:
-        values: ``(units, k)`` float32, decreasing along a row (``-inf`` where fewer were seen).
+        values: ``(units, k)`` float32, decreasing along a row (``-inf`` where fewer were seen);
+            equal values in increasing image order.
         images: ``(units, k)`` image indices (``-1`` where none).
         positions: ``(units, k)`` flat positions in the feature map (``-1`` where none).
     """
@@ -131,10 +132,11 @@ class RunningTopK:
         imgs = torch.cat([self.images, images.long().expand(values.shape[1], -1)], dim=1)
         pos = torch.zeros_like(values, dtype=torch.long) if positions is None else positions.long()
         poss = torch.cat([self.positions, pos.T], dim=1)
-        top = torch.topk(vals, self.k, dim=1)  # sorted, largest first
-        self.values = top.values
-        self.images = torch.gather(imgs, 1, top.indices)
-        self.positions = torch.gather(poss, 1, top.indices)
+        # largest first; ties go to the lower image index, so the result does not depend on batching
+        by_image = torch.argsort(imgs, dim=1, stable=True)
+        vals, imgs, poss = (torch.gather(t, 1, by_image) for t in (vals, imgs, poss))
+        keep = torch.argsort(vals, dim=1, descending=True, stable=True)[:, : self.k]
+        self.values, self.images, self.positions = (torch.gather(t, 1, keep) for t in (vals, imgs, poss))
 
     @property
     def nbytes(self) -> int:
