@@ -78,6 +78,14 @@ def check_layer(model: LoadedModel, layer: str, maps: bool = True) -> str:
     return name
 
 
+def layer_channels(model: LoadedModel, name: str) -> int:
+    """Channels of a layer's output (from the model's layer table: one dummy pass, cached)."""
+    shape = {info.name: info.output_shape for info in model.layer_table}.get(name)
+    if not shape:
+        raise InputError(f"--layer {name}: the layer does not run in the forward pass")
+    return int(shape[0])
+
+
 @contextmanager
 def data_pass(
     model: LoadedModel, data: ImageSet, args: argparse.Namespace, what: str

@@ -12,12 +12,14 @@ from cnnlens.cli.probe.common import (
     check_layer,
     data_pass,
     fetch_images,
+    layer_channels,
     parse_units,
     pictures,
     read_samples,
 )
 from cnnlens.errors import InputError
 from cnnlens.probing.patches import PATCH_MASS
+from cnnlens.probing.stream import check_units
 from cnnlens.probing.top_patches import crop_patches, top_activations
 from cnnlens.report.sections import Figure, Section, Table
 from cnnlens.validation import check_positive_int
@@ -56,6 +58,7 @@ def run(args: argparse.Namespace) -> int:
     data = read_samples(args)
     model = model_from_args(args)
     layer = check_layer(model, args.layer)
+    check_units(units, layer_channels(model, layer), layer)  # before the pass, not after it
     with data_pass(model, data, args, f"top activations of {layer}") as (batches, progress):
         found = top_activations(model, batches(), layer, units=units, k=args.top, progress=progress)
     shown = units if units is not None else found.strongest(args.show)
