@@ -27,6 +27,9 @@ COMMANDS = (
     "benchmark",
     "experiment",
     "probe",
+    "hypothesis",
+    "report",
+    "serve",
 )
 
 

@@ -20,6 +20,7 @@ from cnnlens.cli.common import (
     progress_bar,
     split_list,
 )
+from cnnlens.cli.train import shown_warnings
 from cnnlens.data.folders import SPLITS
 from cnnlens.errors import InputError
 from cnnlens.evaluation.benchmark import REFERENCES, BenchmarkRun, load_dataset, run_benchmark
@@ -31,6 +32,7 @@ from cnnlens.evaluation.metrics import (
     metric_names,
     metric_of,
 )
+from cnnlens.outputs import check_output_folder, output_lock
 from cnnlens.report.benchmark import benchmark_report, best_rows, format_cell
 
 HELP = "score attribution methods with faithfulness, localisation, sanity and other metrics"
@@ -127,9 +129,13 @@ def print_table(summary: dict[str, Any]) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    check_output_folder(args.out)
+    if args.cache is not None:
+        check_output_folder(args.cache, "--cache")
     metrics = build_metrics(selected_metrics(args.metrics), parse_params(args.metric_param))
     names = selected(args.methods, method_names())
-    images = load_dataset(args.data, split=args.split)
+    with shown_warnings():  # an unreadable image or mask: one yellow line each
+        images = load_dataset(args.data, split=args.split)
     model = model_from_args(args)
     every = not split_list(args.methods) or split_list(args.methods) == ["all"]
     methods = build_methods(
@@ -139,9 +145,12 @@ def run(args: argparse.Namespace) -> int:
     bench = BenchmarkRun(
         model, methods, metrics, args.out, args.cache or args.out / "cache", references, args.seed
     )
-    with progress_bar("benchmark", len(images) * (len(methods) + len(references)), transient=True) as advance:
+    with (
+        output_lock(args.out),
+        progress_bar("benchmark", len(images) * (len(methods) + len(references)), transient=True) as advance,
+    ):
         summary = run_benchmark(bench, images, advance)
+        report = benchmark_report(summary, args.out)
     print_table(summary)
-    report = benchmark_report(summary, args.out)
     console.print(f"wrote {report}, {args.out / 'benchmark.json'} and {args.out / 'benchmark.csv'}")
     return 0

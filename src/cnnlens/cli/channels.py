@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 import csv
-import json
+import io
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +19,7 @@ from cnnlens.data.folders import read_data
 from cnnlens.data.images import load_image
 from cnnlens.errors import InputError
 from cnnlens.models.loaded import LoadedModel
+from cnnlens.outputs import check_output_folder, output_lock, write_json, write_text, write_with
 from cnnlens.pipeline import check_targets, load_images
 from cnnlens.probing.channels import ChannelShapley, channel_shapley, mean_activation
 from cnnlens.probing.patches import PATCH_MASS, Patch, channel_patches
@@ -183,12 +184,13 @@ def top_channels(result: ChannelShapley, probes: Probes, k: int) -> list[dict[st
 
 def write_tables(result: ChannelShapley, out: Path, extra: dict[str, Any]) -> None:
     rows = result.ranking()
-    with (out / "channels.csv").open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
+    text = io.StringIO(newline="")
+    writer = csv.DictWriter(text, fieldnames=list(rows[0]))
+    writer.writeheader()
+    writer.writerows(rows)
+    write_text(out / "channels.csv", text.getvalue())
     body = {**result.summary(), **extra, "channels": rows}
-    (out / "channels.json").write_text(json.dumps(json_safe(body), indent=2, allow_nan=False))
+    write_json(out / "channels.json", json_safe(body), indent=2)
 
 
 def json_safe(value: Any) -> Any:
@@ -223,6 +225,7 @@ def print_top(result: ChannelShapley, k: int) -> None:
 def run(args: argparse.Namespace) -> int:
     check_positive_int("--top", args.top)
     check_positive_int("--patches", args.patches)
+    check_output_folder(args.out)
     if not 0 < args.patch_mass <= 1:
         raise InputError(f"--patch-mass is a share in (0, 1], got {args.patch_mass}")
     image = load_image(args.image)
@@ -249,13 +252,11 @@ def run(args: argparse.Namespace) -> int:
         )
     with console.status("patches where the top channels fire most"):
         probes = find_patches(args, model, result, x, probe_images)
-    args.out.mkdir(parents=True, exist_ok=True)
     extra = {
         "mean_images": len(mean_images[0]) if args.baseline == "mean" else 0,
         "probe_images": probes.paths,
         "top_channels": top_channels(result, probes, args.top),
     }
-    write_tables(result, args.out, extra)
     from cnnlens.probing.figures import channels_figure
 
     names = [Path(p).stem for p in probes.paths]
@@ -268,7 +269,9 @@ def run(args: argparse.Namespace) -> int:
         probe_views=probes.views,
         probe_names=names,
     )
-    figure.savefig(args.out / "channels.png", dpi=110)
+    with output_lock(args.out):
+        write_tables(result, args.out, extra)
+        write_with(args.out / "channels.png", lambda f: figure.savefig(f, format="png", dpi=110))
     print_top(result, args.top)
     console.print(f"wrote {args.out / 'channels.csv'}, channels.json and channels.png")
     return 0

@@ -30,11 +30,54 @@ from cnnlens.errors import InputError
 from cnnlens.models import DEFAULT_MODEL, LoadedModel, load_model
 from cnnlens.models.layers import trace_layers
 from cnnlens.runtime import tune_allocator
+from cnnlens.validation import describe, is_int, is_real
+
+
+def printable(text: str, encoding: str = "utf-8") -> str:
+    """``text`` as ``encoding`` can write it: a file name that is not valid UTF-8 (which Python keeps
+    as surrogate escapes, ``caf\udce9.png``) shows its bytes as ``caf\\xe9.png``, and a character
+    the encoding lacks shows as a backslash escape."""
+    try:
+        text = text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    except UnicodeEncodeError:  # a surrogate that no byte escapes to
+        text = text.encode("utf-8", "backslashreplace").decode("utf-8")
+    return text.encode(encoding, "backslashreplace").decode(encoding)
+
+
+class PrintableStream:
+    """``sys.stdout`` or ``sys.stderr``, looked up at each use (so redirection and capture work), that
+    writes text the stream cannot encode through :func:`printable` instead of raising
+    :class:`UnicodeEncodeError` (which also left rich's buffer holding the text, so every later
+    print failed too)."""
+
+    def __init__(self, name: Literal["stdout", "stderr"]) -> None:
+        self._name = name
+
+    @property
+    def stream(self) -> Any:
+        # while a progress bar redirects sys.stdout to its proxy, write where the proxy writes
+        stream = getattr(sys, self._name)
+        return getattr(stream, "rich_proxied_file", stream)
+
+    def write(self, text: str) -> int:
+        try:
+            return int(self.stream.write(text))
+        except UnicodeEncodeError:
+            return int(self.stream.write(printable(text, getattr(self.stream, "encoding", None) or "utf-8")))
+
+    def __getattr__(self, name: str) -> Any:  # isatty, flush, encoding, fileno, ...
+        if name == "rich_proxied_file":  # rich would write around this class
+            raise AttributeError(name)
+        return getattr(self.stream, name)
+
 
 #: Wide tables stay readable when the output goes to a file or a pipe (rich assumes 80 columns there);
 #: a terminal keeps its own width, and ``COLUMNS`` still wins.
-console = Console(width=None if sys.stdout.isatty() or "COLUMNS" in os.environ else 200)
-error_console = Console(stderr=True, soft_wrap=True)
+console = Console(
+    file=PrintableStream("stdout"),  # type: ignore[arg-type]
+    width=None if sys.stdout.isatty() or "COLUMNS" in os.environ else 200,
+)
+error_console = Console(file=PrintableStream("stderr"), soft_wrap=True)  # type: ignore[arg-type]
 
 
 class RateColumn(ProgressColumn):
@@ -163,7 +206,7 @@ def parse_params(pairs: list[str] | None) -> dict[str, Any]:
             raise InputError(f"--param expects KEY=VALUE, got {pair!r}")
         try:
             value: Any = ast.literal_eval(raw)
-        except (ValueError, SyntaxError):
+        except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):  # {[]: 1}: unhashable
             value = raw
         params[key.strip()] = value
     return params
@@ -201,6 +244,7 @@ def build_methods(
         preset |= {k: v for k, v in settings.items() if v is not None and k in accepted}
         given = {k: v for k, v in params.items() if k in accepted}
         used |= set(given)
+        check_param_types(cls, given)
         check_pixel_params(cls, given, model)
         kwargs = preset | given
         if layer is not None and cls.uses_layer:
@@ -217,6 +261,35 @@ def build_methods(
     if layer is not None:
         check_feature_map_layer(model, layer)  # fail early, not once per image
     return methods
+
+
+def check_param_types(cls: type[Attribution], given: dict[str, Any]) -> None:
+    """Refuse a ``-p`` value whose type differs from the type of the parameter's default (a text
+    such as ``noise=nan`` or ``steps=ten`` for a number, a number for a flag): the method would
+    otherwise fail deep inside with a type error. An integer is accepted for a float."""
+    accepted = cls.hyperparameters()
+    for key, value in given.items():
+        default = accepted[key].default
+        if str(accepted[key].annotation) not in ("bool", "int", "float"):  # int | Sequence[int] ...
+            if isinstance(value, str) and isinstance(default, (int, float)):
+                raise InputError(
+                    f"-p {key}={value!r}: {cls.name}'s {key} must be a number (default {default!r}), "
+                    f"got {describe(value)}"
+                )
+            continue
+        if isinstance(default, bool):
+            ok, expected = isinstance(value, bool), "True or False"
+        elif isinstance(default, int):
+            ok, expected = is_int(value), "an integer"
+        elif isinstance(default, float):
+            ok, expected = is_real(value), "a number"
+        else:  # no default, None, a text, a tuple: the method checks it
+            continue
+        if not ok:
+            raise InputError(
+                f"-p {key}={value!r}: {cls.name}'s {key} must be {expected} (default {default!r}), "
+                f"got {describe(value)}"
+            )
 
 
 def check_pixel_params(cls: type[Attribution], given: dict[str, Any], model: LoadedModel) -> None:

@@ -10,7 +10,7 @@ from cnnlens.cli.common import add_command, build_methods, console, error_consol
 from cnnlens.cli.explain import print_results
 from cnnlens.data.samples import SAMPLE_NAMES, load_sample
 from cnnlens.models import DEFAULT_MODEL, load_model
-from cnnlens.outputs import check_output_folder, output_folder
+from cnnlens.outputs import check_output_folder, output_lock
 from cnnlens.pipeline import explain_images, summarize, write_summary
 from cnnlens.report import demo_report
 
@@ -52,24 +52,24 @@ def run(args: argparse.Namespace) -> int:
         per_method=None if args.full else DEMO_SETTINGS,
         skip_unsupported=True,
     )
-    output_folder(args.out)
-    with progress_bar("explaining", len(images) * len(methods)) as advance:
-        results = explain_images(model, images, methods, args.out, progress=advance)
-    print_results(results, 5)
-    for r in results:
-        for msg in r.errors:
-            error_console.print(f"[red]error:[/] {msg}", highlight=False)
-    summary = summarize(model, results, [], args.out)
-    write_summary(summary, args.out)
-    settings = {m.name: _settings_text(m) for m in methods}
-    report = demo_report(
-        results,
-        summary,
-        [m.name for m in methods],
-        args.out,
-        settings=settings,
-        preprocessing=model.preprocessing,
-    )
+    with output_lock(args.out):
+        with progress_bar("explaining", len(images) * len(methods)) as advance:
+            results = explain_images(model, images, methods, args.out, progress=advance)
+        print_results(results, 5)
+        for r in results:
+            for msg in r.errors:
+                error_console.print(f"[red]error:[/] {msg}", highlight=False)
+        summary = summarize(model, results, [], args.out)
+        write_summary(summary, args.out)
+        settings = {m.name: _settings_text(m) for m in methods}
+        report = demo_report(
+            results,
+            summary,
+            [m.name for m in methods],
+            args.out,
+            settings=settings,
+            preprocessing=model.preprocessing,
+        )
     console.print(f"wrote {report} and {args.out / 'summary.json'}")
     return 1 if any(r.errors for r in results) else 0
 

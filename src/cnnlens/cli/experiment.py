@@ -10,8 +10,11 @@ from rich import box
 from rich.table import Table
 
 from cnnlens.cli.common import add_command, console, split_list
+from cnnlens.data.folders import read_data
 from cnnlens.errors import InputError
+from cnnlens.models.registry import check_architecture
 from cnnlens.models.saliency_net import LOC_LOSSES
+from cnnlens.outputs import check_output_folder
 from cnnlens.training.experiment import (
     Backbone,
     ExperimentConfig,
@@ -151,6 +154,11 @@ def results_tables(rows: list[dict[str, Any]]) -> list[Table]:
 
 def run(args: argparse.Namespace) -> int:
     cfg = config_from_args(args)
+    check_output_folder(args.out)
+    for backbone in cfg.backbones:  # before any run folder is made
+        if not Path(backbone.name).exists():
+            check_architecture(backbone.name)
+    read_data(cfg.data, masks=cfg.masks)  # a missing or malformed dataset: refused before any output
 
     def progress(i: int, n: int, spec: RunSpec, scores: dict[str, Any] | None) -> None:
         where = f"[{i + 1}/{n}] {spec.backbone.label} {spec.config_label} seed {spec.seed}"

@@ -23,7 +23,7 @@ from cnnlens.cli.common import (
 )
 from cnnlens.data.images import MAX_PIXELS
 from cnnlens.errors import InputError
-from cnnlens.outputs import check_output_folder, output_folder
+from cnnlens.outputs import check_output_folder, output_lock
 from cnnlens.pipeline import (
     ImageResult,
     check_targets,
@@ -139,27 +139,29 @@ def run(args: argparse.Namespace) -> int:
     )
     targets = check_targets(model, split_list(args.target))
     images, errors = load_images(args.images, max_pixels=args.max_pixels)
+    if not images and len(errors) == 1:  # nothing explained: an earlier summary.json stays as it is
+        raise InputError(f"no image could be read: {errors[0]['error']}")
     for e in errors:
         error_console.print(f"[red]error:[/] {e['error']}", highlight=False)
-    if not images:  # nothing explained: an earlier run's summary.json stays as it is
-        error_console.print("[red]error:[/] no image could be read")
+    if not images:
+        error_console.print(f"[red]error:[/] no image could be read (none of {len(errors)})")
         return 2
-    output_folder(args.out)
-    with console.status("explaining") as status:
-        results = explain_images(
-            model,
-            images,
-            methods,
-            args.out,
-            targets=targets,
-            top=args.top,
-            progress=lambda what: status.update(f"explaining {what}"),
-        )
-    print_results(results, args.top)
-    for r in results:
-        for msg in r.errors:
-            error_console.print(f"[red]error:[/] {msg}", highlight=False)
-    summary = summarize(model, results, errors, args.out)
-    console.print(f"wrote {write_summary(summary, args.out)}")
+    with output_lock(args.out):
+        with console.status("explaining") as status:
+            results = explain_images(
+                model,
+                images,
+                methods,
+                args.out,
+                targets=targets,
+                top=args.top,
+                progress=lambda what: status.update(f"explaining {what}"),
+            )
+        print_results(results, args.top)
+        for r in results:
+            for msg in r.errors:
+                error_console.print(f"[red]error:[/] {msg}", highlight=False)
+        summary = summarize(model, results, errors, args.out)
+        console.print(f"wrote {write_summary(summary, args.out)}")
     failed = bool(errors) or any(r.errors for r in results)
     return 1 if failed else 0

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 from rich.table import Table
@@ -11,6 +10,7 @@ from rich.table import Table
 from cnnlens.cli.common import add_command, console, model_from_args, split_list
 from cnnlens.data.images import load_image
 from cnnlens.models.loaded import LoadedModel
+from cnnlens.outputs import check_output_folder, output_lock, write_json, write_with
 from cnnlens.pipeline import check_targets
 from cnnlens.probing.atlas import ATLAS_METHODS, LayerAtlas, layer_atlas
 from cnnlens.validation import check_positive_int
@@ -73,6 +73,9 @@ def print_atlas(atlas: LayerAtlas) -> None:
 
 def run(args: argparse.Namespace) -> int:
     check_positive_int("--batch-size", args.batch_size)
+    if args.columns is not None:
+        check_positive_int("--columns", args.columns)
+    check_output_folder(args.out)
     image = load_image(args.image)
     model = model_from_args(args)
     target = check_targets(model, [args.target])[0] if args.target is not None else None
@@ -87,15 +90,14 @@ def run(args: argparse.Namespace) -> int:
             batch_size=args.batch_size,
             **method_params(args, model),
         )
-    args.out.mkdir(parents=True, exist_ok=True)
-    atlas.save(args.out / "layers")
     from cnnlens.probing.figures import atlas_figure
 
-    atlas_figure(atlas, model.preprocessing.view(image), columns=args.columns).savefig(
-        args.out / "atlas.png", dpi=110
-    )
-    summary = {"image": str(args.image), "model": model.name, **atlas.summary()}
-    (args.out / "atlas.json").write_text(json.dumps(summary, indent=2))
+    fig = atlas_figure(atlas, model.preprocessing.view(image), columns=args.columns)
+    with output_lock(args.out) as out:
+        atlas.save(out / "layers")
+        write_with(out / "atlas.png", lambda f: fig.savefig(f, format="png", dpi=110))
+        summary = {"image": str(args.image), "model": model.name, **atlas.summary()}
+        write_json(out / "atlas.json", summary, indent=2)
     print_atlas(atlas)
     console.print(f"wrote {args.out / 'atlas.png'}, {len(atlas.layers)} layer files in {args.out / 'layers'}")
     return 0

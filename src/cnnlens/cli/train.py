@@ -17,6 +17,7 @@ from cnnlens.cli.common import add_command, console, error_console, progress_col
 from cnnlens.data.dataset import AUGMENTATIONS
 from cnnlens.errors import DataWarning, InputError
 from cnnlens.models.saliency_net import LOC_LOSSES
+from cnnlens.outputs import output_lock
 from cnnlens.training import FREEZE_POLICIES, Listener, TrainConfig, Trainer, TrainingWarning
 
 
@@ -234,6 +235,14 @@ def summary_table(trainer: Trainer, seconds: float) -> Table:
 
 
 def run(args: argparse.Namespace) -> int:
+    folder = args.out if args.resume is None or args.resume is True else Path(args.resume)
+    if folder is None:
+        return _run(args)  # _start says what is missing
+    with output_lock(folder, "--out" if args.resume is None else "--resume"):
+        return _run(args)
+
+
+def _run(args: argparse.Namespace) -> int:
     start = time.perf_counter()
     with shown_warnings():
         trainer = _start(args)

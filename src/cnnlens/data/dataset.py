@@ -88,6 +88,12 @@ def eval_transform(pre: Preprocessing) -> JointTransform:
     return apply
 
 
+def eval_mask_transform(pre: Preprocessing) -> Callable[[Image.Image], torch.Tensor]:
+    """The model's resize and crop (nearest) for a mask alone: a ``(1, H, W)`` float tensor in {0, 1}."""
+    geometry = v2.Compose(_geometry(pre, "none"))
+    return lambda mask: geometry(tv_tensors.Mask(_mask_array(mask))).float()
+
+
 def _mask_array(mask: Image.Image) -> torch.Tensor:
     """A mask image as a ``(1, H, W)`` uint8 tensor in {0, 1} (any non-zero pixel is foreground)."""
     arr = np.asarray(mask.convert("L")) > 0

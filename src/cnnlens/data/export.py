@@ -21,7 +21,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from cnnlens.data.synthetic import write_png
 from cnnlens.errors import InputError, unknown
+from cnnlens.outputs import subfolder
 
 Loader = Callable[[], tuple[np.ndarray, list[str], list[str]]]
 
@@ -75,10 +77,8 @@ def export_dataset(name: str, out: str | os.PathLike[str]) -> dict[str, int]:
         raise InputError(f"{root} exists and is not empty; choose a new folder")
     images, labels, classes = EXPORTS[name]()
     counts = dict.fromkeys(classes, 0)
-    for c in classes:
-        (root / c).mkdir(parents=True, exist_ok=True)
     pixels = np.clip(images * 255.0 + 0.5, 0, 255).astype(np.uint8)
     for i, (img, label) in enumerate(zip(pixels, labels)):
-        Image.fromarray(img).save(root / label / f"{name}_{i:05d}.png")
+        write_png(subfolder(root, label) / f"{name}_{i:05d}.png", Image.fromarray(img))
         counts[label] += 1
     return counts

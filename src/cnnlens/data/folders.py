@@ -138,7 +138,7 @@ def scan_dataset(
         dataset = verify_images(dataset)
     for item in dataset.skipped:
         _skip_or_raise(item, strict)
-    _check_classes(dataset)
+    _check_classes(dataset, root)
     dataset = drop_empty_classes(dataset)
     warn_imbalance(dataset.counts())
     return dataset
@@ -452,12 +452,12 @@ def drop_empty_classes(dataset: ImageSet) -> ImageSet:
     return dataset
 
 
-def _check_classes(dataset: ImageSet) -> None:
+def _check_classes(dataset: ImageSet, where: Path) -> None:
     present = [n for n, c in dataset.counts().items() if c > 0]
     if len(present) < 2:
         found = ", ".join(f"{n} ({c})" for n, c in dataset.counts().items()) or "none"
         raise InputError(
-            f"{dataset.root}: a classifier needs at least two classes with readable images; found {found}"
+            f"{where}: a classifier needs at least two classes with readable images; found {found}"
         )
 
 

@@ -8,7 +8,6 @@ later on exactly the same images.
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 
@@ -16,6 +15,7 @@ import numpy as np
 
 from cnnlens.data.folders import SPLITS, ImageSet, Sample, scan_dataset
 from cnnlens.errors import InputError
+from cnnlens.outputs import write_json
 from cnnlens.validation import read_json
 
 DEFAULT_FRACTIONS = (0.8, 0.1, 0.1)
@@ -89,10 +89,8 @@ def split_dataset(
 
 def save_split(parts: dict[str, list[Sample]], dataset: ImageSet, path: str | os.PathLike[str]) -> Path:
     """Write the split as JSON: each split's relative paths."""
-    target = Path(path)
     body = {k: [dataset.relative(s.path) for s in v] for k, v in parts.items()}
-    target.write_text(json.dumps(body, indent=1))
-    return target
+    return write_json(path, body)
 
 
 def load_split(dataset: ImageSet, path: str | os.PathLike[str]) -> dict[str, list[Sample]]:
@@ -102,6 +100,13 @@ def load_split(dataset: ImageSet, path: str | os.PathLike[str]) -> dict[str, lis
         ValueError: The split names an image the dataset no longer has.
     """
     body = read_json(path, "split file written by cnnlens train (split.json)")
+    if not isinstance(body, dict) or not all(
+        isinstance(body.get(k, []), list) and all(isinstance(p, str) for p in body.get(k, [])) for k in SPLITS
+    ):
+        raise InputError(
+            f"{path}: not a split written by cnnlens train (expected lists of image paths under "
+            f"{', '.join(SPLITS)}); train a new run"
+        )
     by_path = {dataset.relative(s.path): s for s in dataset.samples}
     missing = [p for k in SPLITS for p in body.get(k, []) if p not in by_path]
     if missing:

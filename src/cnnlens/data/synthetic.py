@@ -30,7 +30,7 @@ References:
 from __future__ import annotations
 
 import csv
-import json
+import io
 import os
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -42,6 +42,7 @@ from skimage.draw import disk, line_aa, polygon
 
 from cnnlens.data.split import DEFAULT_FRACTIONS, stratified_split
 from cnnlens.errors import InputError
+from cnnlens.outputs import write_json, write_text, write_with
 
 
 def _polygon_mask(size: int, radii: np.ndarray, centre: tuple[float, float], angle: float) -> np.ndarray:
@@ -221,16 +222,20 @@ def generate(out: str | os.PathLike[str], cfg: SynthConfig) -> Path:
         image, mask = render(names[label], CUE_TINTS[cue], cfg.size, rng, cfg.clutter)
         stem = f"{names[label]}_{i:05d}"
         path = root / "images" / names[label] / f"{stem}.png"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        Image.fromarray(image).save(path)
-        Image.fromarray(mask.astype(np.uint8) * 255).save(root / "masks" / f"{stem}.png")
+        write_png(path, Image.fromarray(image))
+        write_png(root / "masks" / f"{stem}.png", Image.fromarray(mask.astype(np.uint8) * 255))
         rows.append(
             [path.relative_to(root).as_posix(), names[label], f"masks/{stem}.png", split_of[i], names[cue]]
         )
-    manifest = root / "manifest.csv"
-    with manifest.open("w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(["path", "label", "mask", "split", "cue"])
-        writer.writerows(rows)
-    (root / "synth.json").write_text(json.dumps({**asdict(cfg), "class_names": names}, indent=1))
+    text = io.StringIO(newline="")
+    writer = csv.writer(text)
+    writer.writerow(["path", "label", "mask", "split", "cue"])
+    writer.writerows(rows)
+    manifest = write_text(root / "manifest.csv", text.getvalue())
+    write_json(root / "synth.json", {**asdict(cfg), "class_names": names})
     return manifest
+
+
+def write_png(path: Path, image: Image.Image) -> Path:
+    """Write ``image`` as a PNG file atomically (see :mod:`cnnlens.outputs`)."""
+    return write_with(path, lambda f: image.save(f, format="PNG"))

@@ -45,6 +45,7 @@ from cnnlens.data.samples import SAMPLE_NAMES, load_sample
 from cnnlens.errors import CnnlensError, DataWarning, ImageLoadError, InputError
 from cnnlens.evaluation.metrics import ExplainFn, Metric, MetricResult, Sample, nan_result
 from cnnlens.models.loaded import LoadedModel
+from cnnlens.outputs import appender, write_json, write_text
 
 log = logging.getLogger(__name__)
 
@@ -298,8 +299,7 @@ class ResultsFile:
         if not records:
             return
         text = "".join(json.dumps(r, default=float) + "\n" for r in records)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        with open(self.path, "a+b") as f:
+        with appender(self.path) as f:
             f.seek(0, os.SEEK_END)
             if f.tell() > 0:
                 f.seek(-1, os.SEEK_END)
@@ -547,9 +547,7 @@ def _mean_curve(curves: list[list[list[float]]]) -> list[list[float]] | None:
 
 def write_summary(summary: dict[str, Any], out: Path) -> tuple[Path, Path]:
     """Write ``benchmark.json`` and ``benchmark.csv`` (one line per row and metric)."""
-    out.mkdir(parents=True, exist_ok=True)
-    json_path = out / "benchmark.json"
-    json_path.write_text(json.dumps(summary, indent=2, default=str, allow_nan=True) + "\n")
+    json_path = write_json(out / "benchmark.json", summary, indent=2, default=str)
     lines = ["row,metric,category,higher_is_better,mean,ci95,n"]
     meta = {m["name"]: m for m in summary["metrics"]}
     for row in summary["table"]:
@@ -558,6 +556,5 @@ def write_summary(summary: dict[str, Any], out: Path) -> tuple[Path, Path]:
                 f"{row['row']},{name},{meta[name]['category']},{meta[name]['higher_is_better']},"
                 f"{cell['mean']:.6g},{cell['ci95']:.6g},{cell['n']}"
             )
-    csv_path = out / "benchmark.csv"
-    csv_path.write_text("\n".join(lines) + "\n")
+    csv_path = write_text(out / "benchmark.csv", "\n".join(lines) + "\n")
     return json_path, csv_path

@@ -294,6 +294,19 @@ def _timm_preprocessing(module: nn.Module) -> Preprocessing:
     )
 
 
+def check_architecture(arch: str) -> None:
+    """Raise :class:`UnknownNameError` (closest names suggested) unless ``arch`` is a registered,
+    torchvision or timm architecture name; builds nothing, so a command can check its models before
+    it writes anything."""
+    import timm
+
+    registered = {v[0] for v in _REGISTERED.values()}
+    if arch in _REGISTERED or arch in registered or arch in torchvision_names() or timm.is_model(arch):
+        return
+    candidates = [*_REGISTERED, *torchvision_names(), *timm_names()]
+    raise unknown("model", arch, candidates, "See `cnnlens models` for what is available")
+
+
 def build_architecture(
     arch: str, *, pretrained: bool, arch_source: str | None = None
 ) -> tuple[nn.Module, Preprocessing, list[str], str, str]:

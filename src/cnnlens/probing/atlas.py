@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import numpy as np
 import torch
@@ -31,6 +32,7 @@ from cnnlens.attribution.methods.layer import (
     select_layers,
 )
 from cnnlens.errors import InputError, unknown
+from cnnlens.outputs import write_with
 from cnnlens.probing.common import probing
 
 #: The atlas's method names (``cnnlens layers --method``) and their classes.
@@ -115,8 +117,7 @@ class LayerAtlas:
         paths = []
         for i, layer in enumerate(self.layers, 1):
             path = root / layer_file(i, layer.name)
-            np.savez_compressed(
-                path,
+            arrays: dict[str, Any] = dict(
                 map=layer.map.numpy().astype(np.float32),
                 upsampled=layer.upsampled.numpy().astype(np.float32),
                 channel_totals=layer.channel_totals.numpy().astype(np.float32),
@@ -127,8 +128,14 @@ class LayerAtlas:
                 target=np.asarray(self.target),
                 target_name=np.asarray(self.target_name),
             )
+            write_with(path, _savez(arrays))
             paths.append(path)
         return paths
+
+
+def _savez(arrays: dict[str, Any]) -> Callable[[IO[bytes]], None]:
+    """A writer for :func:`cnnlens.outputs.write_with` of ``arrays`` as a compressed ``.npz``."""
+    return lambda f: np.savez_compressed(f, **arrays)
 
 
 def layer_file(index: int, name: str) -> str:

@@ -26,7 +26,7 @@ def _grid(count: int, columns: int | None) -> tuple[int, int]:
 
 
 def _panels(
-    view: Image.Image, maps: Sequence[np.ndarray], titles: Sequence[str], *, signed: bool, columns: int | None
+    view: Image.Image, maps: Sequence[np.ndarray], titles: Sequence[str], *, columns: int | None
 ) -> Figure:
     from matplotlib.figure import Figure
 
@@ -37,7 +37,7 @@ def _panels(
     axes[0].imshow(view)
     axes[0].set_title(titles[0], fontsize=8)
     for ax, m, title in zip(axes[1:], maps, titles[1:]):
-        ax.imshow(overlay(view, m, signed=signed, alpha=0.55))
+        ax.imshow(overlay(view, m, alpha=0.55))
         ax.set_title(title, fontsize=7)
     for ax in axes:
         ax.set_axis_off()
@@ -62,7 +62,7 @@ def atlas_figure(atlas: LayerAtlas, view: Image.Image, *, columns: int | None = 
         for i, layer in enumerate(atlas.layers, 1)
     ]
     maps = [layer.upsampled.numpy() for layer in atlas.layers]
-    return _panels(view, maps, titles, signed=atlas.signed, columns=columns)
+    return _panels(view, maps, titles, columns=columns)
 
 
 def channels_figure(

@@ -14,8 +14,10 @@ from PIL import Image
 
 from cnnlens.attribution.core.explanation import Explanation
 from cnnlens.data.transforms import Preprocessing
+from cnnlens.errors import CnnlensError
 from cnnlens.outputs import write_text
 from cnnlens.pipeline import ImageResult
+from cnnlens.viz.overlay import ColorScale
 
 
 def _env() -> Environment:
@@ -55,16 +57,30 @@ def extra_notes(exp: Explanation) -> list[str]:
     ]
 
 
+def color_bar(scale: ColorScale) -> dict[str, Any]:
+    """What a template needs to draw ``scale`` as a colour bar: CSS gradient, tick labels, a line."""
+    return {
+        "gradient": scale.css_gradient(),
+        "ticks": [f"{t:.3g}" for t in scale.ticks()],
+        "kind": scale.kind,
+        "describe": scale.describe(),
+    }
+
+
 def _cell(
-    exp: Explanation, png: Path, image: Image.Image, preprocessing: Preprocessing | None
+    exp: Explanation,
+    image: Image.Image,
+    preprocessing: Preprocessing | None,
+    scale: ColorScale,
 ) -> dict[str, Any]:
     cell: dict[str, Any] = {
-        "uri": image_data_uri(Image.open(png)),
+        "uri": image_data_uri(exp.render(image, preprocessing=preprocessing, scale=scale)),
         "seconds": exp.seconds,
         "target": exp.target_name(),
         "layer": exp.layer,
         "notes": extra_notes(exp),
         "mask_uri": None,
+        "bar": color_bar(scale),
     }
     if preprocessing is not None and "top_mask" in exp.extras:  # LIME's top-k superpixels
         cell["mask_uri"] = image_data_uri(exp.render_mask(image, "top_mask", preprocessing=preprocessing))
@@ -83,39 +99,53 @@ def demo_report(
     settings: Mapping[str, str] | None = None,
     preprocessing: Preprocessing | None = None,
 ) -> Path:
-    """Write ``index.html``: predictions, an image x method grid of overlays, the timings and each
-    method's settings.
+    """Write ``index.html``: the images with their predictions, then one row per method (grouped by
+    family) of its overlays on every image, the timings and each method's settings.
 
-    Under each overlay go the method's telling scalar results (:data:`EXTRA_NOTES`, e.g. Integrated
-    Gradients' completeness gap); with ``preprocessing`` (the model's, to place masks on the photo)
-    LIME's cell also shows its top-k superpixels, the rest of the photo darkened.
+    Each overlay is drawn on the colour scale chosen by its values (:func:`~cnnlens.viz.choose_scale`:
+    sequential over their range when all of one sign, diverging around zero otherwise), stated by a
+    colour bar under it; maps of different photos keep their own range, so a weak map is not washed
+    out by a strong one beside it. Under each overlay go the method's telling
+    scalar results (:data:`EXTRA_NOTES`, e.g. Integrated Gradients' completeness gap); with
+    ``preprocessing`` (the model's, to place maps and masks on the photo) LIME's cell also shows its
+    top-k superpixels, the rest of the photo darkened.
     """
-    rows: list[dict[str, Any]] = []
+    from cnnlens.attribution.core.registry import get_method
+
+    images = [
+        {
+            "stem": r.stem,
+            "original": image_data_uri(r.image),
+            "predictions": r.predictions,
+            "errors": r.errors,
+        }
+        for r in results
+    ]
     totals = dict.fromkeys(methods, 0.0)
-    for r in results:
-        by_method = {e.method: (e, png) for e, png, _ in r.explanations}
-        cells: list[dict[str, Any] | None] = []
-        for m in methods:
-            if m in by_method:
-                e, png = by_method[m]
-                totals[m] += e.seconds
-                cells.append(_cell(e, png, r.image, preprocessing))
-            else:
-                cells.append(None)
-        rows.append(
-            {
-                "stem": r.stem,
-                "original": image_data_uri(r.image),
-                "predictions": r.predictions,
-                "cells": cells,
-                "errors": r.errors,
-            }
-        )
+    families: dict[str, list[dict[str, Any]]] = {}
+    for m in methods:
+        cells: list[list[dict[str, Any]]] = []
+        for r in results:
+            mine = [e for e, _, _ in r.explanations if e.method == m]
+            totals[m] += sum(e.seconds for e in mine)
+            cells.append([_cell(e, r.image, preprocessing, e.color_scale()) for e in mine])
+        kinds = sorted({c["bar"]["kind"] for cs in cells for c in cs})
+        try:
+            family = get_method(m).family
+        except CnnlensError:
+            family = "other"
+        families.setdefault(family, []).append({"name": m, "cells": cells, "kinds": kinds})
     html = (
         _env()
         .get_template("demo.html.j2")
         .render(
-            title=title, rows=rows, methods=methods, totals=totals, summary=summary, settings=settings or {}
+            title=title,
+            images=images,
+            families=families,
+            methods=methods,
+            totals=totals,
+            summary=summary,
+            settings=settings or {},
         )
     )
     path = Path(out) / "index.html"

@@ -51,7 +51,7 @@ from cnnlens.errors import InputError
 from cnnlens.evaluation.classification import evaluate
 from cnnlens.evaluation.localisation import energy_in_mask, iou_at, pointing_game, soft_dice
 from cnnlens.models.saliency_net import LOC_LOSSES
-from cnnlens.outputs import write_text, write_with
+from cnnlens.outputs import safe_name, write_text, write_with
 from cnnlens.training.config import TrainConfig, write_json
 from cnnlens.training.trainer import Trainer, absolute_paths
 from cnnlens.validation import read_json
@@ -170,7 +170,7 @@ class RunSpec:
     @property
     def folder(self) -> Path:
         name = "baseline" if self.ratio == 0 else f"r{self.ratio:g}-{self.loc_loss}"
-        return Path(self.backbone.label.replace(":", "-")) / name / f"seed{self.seed}"
+        return Path(safe_name(self.backbone.label.replace(":", "-"))) / name / f"seed{self.seed}"
 
 
 def grid(cfg: ExperimentConfig) -> list[RunSpec]:

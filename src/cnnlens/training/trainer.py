@@ -55,7 +55,7 @@ from cnnlens.models.heads import attach_head, head_names
 from cnnlens.models.loaded import LoadedModel
 from cnnlens.models.registry import load_model
 from cnnlens.models.saliency_net import localisation_loss
-from cnnlens.outputs import TMP_SUFFIX, check_output_folder, clean_stale_tmp, tmp_prefix
+from cnnlens.outputs import LOCK_FILE, TMP_SUFFIX, check_output_folder, clean_stale_tmp, tmp_prefix
 from cnnlens.training.config import TrainConfig, write_json
 from cnnlens.training.freeze import apply_freeze, frozen_units, set_train_mode
 
@@ -93,7 +93,7 @@ def foreign_entries(folder: Path) -> list[str]:
     :data:`~cnnlens.evaluation.classification.EVALUATION_FILES`."""
     foreign: list[str] = []
     for entry in sorted(folder.iterdir()):
-        if _written(entry, RUN_FILES):
+        if _written(entry, RUN_FILES) or entry.name == LOCK_FILE:  # the lock of the command running
             continue
         if entry.name.startswith(EVAL_PREFIX) and entry.is_dir() and not entry.is_symlink():
             inside = sorted(entry.iterdir())
@@ -112,7 +112,7 @@ def is_run_folder(folder: Path) -> bool:
     """Whether ``folder`` holds a training run (its config.json, or only files a run writes)."""
     if (folder / "config.json").is_file():
         return True
-    entries = list(folder.iterdir())
+    entries = [e for e in folder.iterdir() if e.name != LOCK_FILE]
     return bool(entries) and all(is_run_file(e) for e in entries)
 
 
@@ -299,7 +299,7 @@ class Trainer:
         """
         folder = check_output_folder(run)
         existed = folder.exists()
-        if existed and any(folder.iterdir()):
+        if existed and any(e.name != LOCK_FILE for e in folder.iterdir()):
             if not force:
                 raise InputError(
                     f"{folder} already exists; use --resume {folder} to continue it or --force to replace it"

@@ -6,7 +6,7 @@ import json
 import os
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -15,6 +15,9 @@ from PIL import Image
 from cnnlens.data.transforms import Preprocessing
 from cnnlens.errors import InputError
 from cnnlens.outputs import write_with
+
+if TYPE_CHECKING:
+    from cnnlens.viz.overlay import ColorScale
 
 #: Prefix of the ``.npz`` keys that hold :attr:`Explanation.extras`.
 EXTRA_PREFIX = "extra_"
@@ -37,7 +40,8 @@ class Explanation:
             ``computed_in``: ``"fp32"`` or ``"bf16"``, what the passes ran at (``"auto"`` resolved);
             with bf16, ``bf16_kernels``: ``"native"`` or ``"emulated"`` (no bf16 kernels on the device).
         class_names: The model's class names, if known.
-        signed: Whether negative values are meaningful (rendered with a diverging colour map).
+        signed: Whether the method's values can be negative (its colour scale is chosen by the
+            values themselves: see :meth:`color_scale`).
         extras: Method-specific results (per-input lists or tensors).
         preprocessing: The model's preprocessing (set by ``explain`` for a
             :class:`~cnnlens.models.LoadedModel`, ``None`` for a bare ``nn.Module``): :meth:`render`
@@ -205,7 +209,7 @@ class Explanation:
         *,
         preprocessing: Preprocessing | None = None,
         alpha: float = 0.5,
-        cmap: str | None = None,
+        scale: ColorScale | None = None,
         max_side: int = 512,
     ) -> Image.Image:
         """Overlay one map on its image.
@@ -219,13 +223,23 @@ class Explanation:
             index: Which input of the batch.
             preprocessing: Overrides :attr:`preprocessing` (the model's, set by ``explain``).
             alpha: Opacity of the heat map.
-            cmap: A matplotlib colour map (default ``jet``, or ``bwr`` for signed maps).
+            scale: The colour scale (default :meth:`color_scale`: chosen by this map's values,
+                sequential when they are all of one sign, diverging around zero otherwise); pass
+                one scale to draw maps that are compared side by side alike.
             max_side: Longest side of the returned image, in pixels.
         """
         from cnnlens.viz.overlay import overlay
 
         view = _view(image, self._preprocessing(preprocessing), max_side)
-        return overlay(view, self.numpy(index), signed=self.signed, alpha=alpha, cmap=cmap)
+        return overlay(view, self.numpy(index), alpha=alpha, scale=scale or self.color_scale(index))
+
+    def color_scale(self, index: int | None = None) -> ColorScale:
+        """The colour scale chosen by the values (:func:`~cnnlens.viz.choose_scale`) of map ``index``,
+        or of all maps of the batch when ``index`` is ``None`` (one scale to compare them by)."""
+        from cnnlens.viz.overlay import choose_scale
+
+        indices = range(len(self)) if index is None else [index]
+        return choose_scale(*(self.numpy(i) for i in indices))
 
     def render_mask(
         self,
