@@ -114,14 +114,72 @@ def channel_patches(
         for k, c in enumerate(channels):
             for n in torch.topk(peaks[:, k], min(per_channel, len(x))).indices.tolist():
                 i, j = divmod(int(where[n, k]), width)
-                units.append((n, c, i, j, float(peaks[n, k])))
-        gradients = _unit_gradients(module, name, target, x, units, batch_size)
+                units.append(Unit(n, c, i, j, float(peaks[n, k])))
+        found = _locate(module, name, target, x, units, mass, batch_size)
     out: dict[int, list[Patch]] = {c: [] for c in channels}
-    for (n, c, i, j, value), (grad, fmap) in zip(units, gradients):
-        field = _support_box(grad) or _cell((i, j), fmap, grad.shape)
-        box = _intersection(_mass_box(grad, mass) or field, field)
-        out[c].append(Patch(c, n, value, (i, j), box, field))
+    for patch in found:
+        out[patch.channel].append(patch)
     return out
+
+
+@dataclass(frozen=True)
+class Unit:
+    """One unit of a layer in one image: image index, channel, feature-map row and column, its value."""
+
+    image: int
+    channel: int
+    row: int
+    col: int
+    value: float
+
+
+def unit_patches(
+    model: ModelLike,
+    images: torch.Tensor,
+    layer: str | nn.Module,
+    units: list[Unit],
+    *,
+    mass: float = PATCH_MASS,
+    batch_size: int = 32,
+) -> list[Patch]:
+    """The patch and receptive field of each given unit (see :func:`channel_patches`): one backward
+    pass from each unit to its image, batched.
+
+    Args:
+        model: The classifier.
+        images: ``(N, C, H, W)`` preprocessed images; :attr:`Unit.image` indexes them.
+        layer: Dotted name or module of the units' layer.
+        units: The units, e.g. the winners of a pass over a dataset.
+        mass: Share of the unit's input-gradient magnitude inside its patch, in ``(0, 1]``.
+        batch_size: Units per backward pass.
+
+    Returns:
+        One :class:`Patch` per unit, in order.
+    """
+    check_positive_int("batch_size", batch_size)
+    if not 0 < mass <= 1:
+        raise InputError(f"mass is a share of the gradient in (0, 1], got {mass}")
+    with probing(model, images) as probe:
+        name, target = probe.layer(layer)
+        return _locate(probe.module, name, target, probe.inputs, units, mass, batch_size)
+
+
+def _locate(
+    module: nn.Module,
+    name: str,
+    target: nn.Module,
+    x: torch.Tensor,
+    units: list[Unit],
+    mass: float,
+    batch_size: int,
+) -> list[Patch]:
+    gradients = _unit_gradients(module, name, target, x, units, batch_size)
+    found = []
+    for u, (grad, fmap) in zip(units, gradients):
+        field = _support_box(grad) or _cell((u.row, u.col), fmap, grad.shape)
+        box = _intersection(_mass_box(grad, mass) or field, field)
+        found.append(Patch(u.channel, u.image, u.value, (u.row, u.col), box, field))
+    return found
 
 
 def _peaks(
@@ -149,7 +207,7 @@ def _unit_gradients(
     name: str,
     layer: nn.Module,
     x: torch.Tensor,
-    units: list[tuple[int, int, int, int, float]],
+    units: list[Unit],
     batch_size: int,
 ) -> list[tuple[torch.Tensor, tuple[int, int]]]:
     """Each unit's ``(H, W)`` input-gradient magnitude (summed over colours) and the map's ``(h, w)``."""
@@ -157,7 +215,9 @@ def _unit_gradients(
     found: list[tuple[torch.Tensor, tuple[int, int]]] = []
     for start in range(0, len(units), batch_size):
         chunk = units[start : start + batch_size]
-        n, c, i, j = (torch.tensor([u[k] for u in chunk]) for k in range(4))
+        n, c, i, j = (
+            torch.tensor([getattr(u, f) for u in chunk]) for f in ("image", "channel", "row", "col")
+        )
         unit = partial(_unit_value, name, c, i, j)
         passes = runner.gradient_passes(
             x[n.to(x.device)], unit, len(chunk), layers={name: layer}, purpose="channel patches"

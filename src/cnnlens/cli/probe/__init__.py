@@ -12,7 +12,16 @@ import importlib
 
 from cnnlens.cli.common import add_command
 
-TOOLS: tuple[str, ...] = ("dissect", "visualize", "deconv")
+TOOLS: tuple[str, ...] = (
+    "filters",
+    "activations",
+    "patches",
+    "neighbors",
+    "embed",
+    "dissect",
+    "visualize",
+    "deconv",
+)
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
