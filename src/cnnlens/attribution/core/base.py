@@ -276,11 +276,15 @@ class Attribution(ABC):
         return params
 
     def get_params(self) -> dict[str, Any]:
-        """Current values of the hyper-parameters (layers shown by name)."""
+        """Current values of the hyper-parameters (layers shown by name, tensors by their shape)."""
         out: dict[str, Any] = {}
         for key in self.hyperparameters():
             value = getattr(self, key, None)
-            out[key] = type(value).__name__ if isinstance(value, nn.Module) else value
+            if isinstance(value, nn.Module):
+                value = type(value).__name__
+            elif isinstance(value, torch.Tensor):
+                value = f"tensor{tuple(value.shape)}"
+            out[key] = value
         return out
 
     # -- the shared template -----------------------------------------------------------------------

@@ -237,12 +237,6 @@ class DeepLift(OnePass):
         self.blur_sigma = blur_sigma
         self.seed = seed
 
-    def get_params(self) -> dict[str, Any]:
-        params = super().get_params()
-        if isinstance(self.baseline, torch.Tensor):
-            params["baseline"] = f"tensor{tuple(self.baseline.shape)}"
-        return params
-
     def _shared(self) -> bool:
         if isinstance(self.baseline, torch.Tensor):
             return self.baseline.ndim == 3 or self.baseline.shape[0] == 1
@@ -326,12 +320,6 @@ class DeepLiftShap(OnePass):
         self.n_baselines = n_baselines
         self.blur_sigma = blur_sigma
         self.seed = seed
-
-    def get_params(self) -> dict[str, Any]:
-        params = super().get_params()
-        if isinstance(self.baselines, torch.Tensor):
-            params["baselines"] = f"tensor{tuple(self.baselines.shape)}"
-        return params
 
     def _baseline_set(self, x: torch.Tensor) -> torch.Tensor:
         """The ``(K, C, H, W)`` baselines of one input ``(C, H, W)``."""

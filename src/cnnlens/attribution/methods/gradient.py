@@ -391,12 +391,6 @@ class IntegratedGradients(Attribution):
         self.blur_sigma = blur_sigma
         self.seed = seed
 
-    def get_params(self) -> dict[str, Any]:
-        params = super().get_params()
-        if isinstance(self.baseline, torch.Tensor):
-            params["baseline"] = f"tensor{tuple(self.baseline.shape)}"
-        return params
-
     def baselines(self, inputs: torch.Tensor) -> torch.Tensor:
         """The baseline of each input, ``(N, C, H, W)``."""
         return make_baselines(self.model, self.baseline, inputs, self.blur_sigma, self.seed)
