@@ -3,11 +3,12 @@ figure files and the page."""
 
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from cnnlens.cli.common import check_feature_map_layer
+from cnnlens.cli.probe.common import PAGE_TITLE, check_layer, layer_channels
+from cnnlens.cli.probe.common import add_out_argument as add_out
+from cnnlens.cli.probe.common import parse_units as parse_unit_list
 from cnnlens.errors import InputError
 from cnnlens.models.loaded import LoadedModel
 from cnnlens.outputs import subfolder, write_with
@@ -16,36 +17,18 @@ from cnnlens.report.sections import Section, render_sections, write_section
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
-#: Title of the page ``OUT/index.html`` the probe tools add their sections to.
-PAGE_TITLE = "cnnlens probe"
-
-
-def add_out(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "-o", "--out", required=True, type=Path, help="output folder (OUT/<tool>/ and OUT/index.html)"
-    )
+__all__ = ["add_out", "feature_layer", "parse_units", "publish", "save_png", "tool_folder"]
 
 
 def feature_layer(model: LoadedModel, layer: str) -> tuple[str, int]:
     """The dotted name and the unit (channel) count of ``layer``, which must output ``(N, C, h, w)``."""
-    check_feature_map_layer(model, layer)
-    name, _ = model.layer(layer)
-    info = {i.name: i.output_shape for i in model.layer_table}
-    shape = info[name]
-    assert shape is not None  # check_feature_map_layer made sure
-    return name, int(shape[0])
+    name = check_layer(model, layer)
+    return name, layer_channels(model, name)
 
 
 def parse_units(text: str, units: int, layer: str) -> list[int]:
     """``"3"``, ``"3,7"`` or ``"0-5"`` as unit indices, each checked against the layer's ``units``."""
-    out: list[int] = []
-    for part in (p.strip() for p in text.split(",") if p.strip()):
-        lo, sep, hi = part.partition("-")
-        try:
-            values = list(range(int(lo), int(hi) + 1)) if sep and lo else [int(part)]
-        except ValueError:
-            raise InputError(f"--unit expects indices like 3, 3,7 or 0-5, got {text!r}") from None
-        out += values
+    out = parse_unit_list([text])
     if not out:
         raise InputError(f"--unit expects indices like 3, 3,7 or 0-5, got {text!r}")
     for u in out:
