@@ -3,17 +3,13 @@ do not grow resident memory, and the check does see a leak when one is planted."
 
 from __future__ import annotations
 
-import importlib.util
+import json
+import subprocess
 import sys
 from pathlib import Path
-from types import ModuleType
+from typing import Any
 
 import pytest
-import torch
-
-from cnnlens.data.transforms import Preprocessing
-from cnnlens.models import LoadedModel
-from tests.conftest import tiny_loaded
 
 pytestmark = [
     pytest.mark.slow,  # ~150 explanations
@@ -26,39 +22,49 @@ TOLERANCE_MB = 12.0
 CALLS = 60
 
 
-def bench_module() -> ModuleType:
-    path = Path(__file__).resolve().parents[1] / "bench" / "memory_soak.py"
-    spec = importlib.util.spec_from_file_location("memory_soak", path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up
-    spec.loader.exec_module(module)
-    return module
+#: Runs one soak in a fresh interpreter and prints its RSS samples as JSON. A fresh process matters:
+#: a long-lived pytest worker has hundreds of MiB of freed heap that a leak would fill first, without
+#: RSS growing (seen in CI: 3253 MiB flat with the planted leak).
+SCRIPT = """
+import importlib.util, json, sys
+import torch
+sys.path.insert(0, ROOT)
+from cnnlens.data.transforms import Preprocessing
+from tests.conftest import tiny_loaded
+spec = importlib.util.spec_from_file_location("memory_soak", ROOT + "/bench/memory_soak.py")
+bench = importlib.util.module_from_spec(spec)
+sys.modules["memory_soak"] = bench
+spec.loader.exec_module(bench)
+torch.set_num_threads(1)
+model = tiny_loaded()
+model.preprocessing = Preprocessing(resize=None, crop=256, mean=(0.5,) * 3, std=(0.25,) * 3)
+kept = []
+leak = (lambda e: kept.append(torch.randn(3, 256, 256))) if LEAK else None
+run = bench.soak(model, METHOD, CALLS, every=5, warmup=0.2, on_call=leak, **PARAMS)
+print(json.dumps({"warm": run.warm_rss, "end": run.end_rss, "samples": run.samples}))
+"""
 
 
-@pytest.fixture(scope="module")
-def model() -> LoadedModel:
-    """The tiny CNN on 256 px inputs, so that one leaked input per call is visible in RSS."""
-    tiny = tiny_loaded()
-    tiny.preprocessing = Preprocessing(resize=None, crop=256, mean=(0.5,) * 3, std=(0.25,) * 3)
-    return tiny
+def soak(method: str, calls: int, params: dict[str, int], leak: bool = False) -> dict[str, Any]:
+    root = str(Path(__file__).resolve().parents[1])
+    code = (
+        f"ROOT = {root!r}; METHOD = {method!r}; CALLS = {calls}; PARAMS = {params!r}; LEAK = {leak}\n"
+        + SCRIPT
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=root, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    return dict(json.loads(done.stdout.strip().splitlines()[-1]))
 
 
 @pytest.mark.parametrize(
     ("method", "params", "calls"), [("gradcam", {}, 60), ("occlusion", {"window": 128, "stride": 128}, 30)]
 )
-def test_repeated_explanations_keep_memory_flat(
-    method: str, params: dict[str, int], calls: int, model: LoadedModel
-) -> None:
-    run = bench_module().soak(model, method, calls, every=5, warmup=0.2, **params)
-    assert run.end_rss - run.warm_rss < TOLERANCE_MB, run.samples
+def test_repeated_explanations_keep_memory_flat(method: str, params: dict[str, int], calls: int) -> None:
+    run = soak(method, calls, params)
+    assert run["end"] - run["warm"] < TOLERANCE_MB, run["samples"]
 
 
-def test_a_planted_leak_is_seen(model: LoadedModel) -> None:
-    kept: list[torch.Tensor] = []
-
-    def leak(explanation: object) -> None:
-        kept.append(torch.randn(3, 256, 256))  # what a hook that kept its input would hold
-
-    run = bench_module().soak(model, "gradcam", CALLS, every=5, warmup=0.2, on_call=leak)
-    assert run.end_rss - run.warm_rss > TOLERANCE_MB, run.samples
+def test_a_planted_leak_is_seen() -> None:
+    """One 256 px input kept per call (what a hook that kept its input would hold)."""
+    run = soak("gradcam", CALLS, {}, leak=True)
+    assert run["end"] - run["warm"] > TOLERANCE_MB, run["samples"]

@@ -244,7 +244,7 @@ def test_several_sizes_and_sweep_batch_equals_items(name: str, params: dict[str,
 
 def test_window_sizes_larger_than_the_image_are_left_out() -> None:
     """(16, 48) on a 32-pixel image slides 16 only (48 would hide everything: a constant map); when
-    every size is too large the smallest is kept, clipped to the image."""
+    every size is too large, one window of a quarter of the side slides by an eighth."""
     torch.manual_seed(0)
     model = PatchAdditive()
     x = torch.randn(1, 3, 32, 32)
@@ -253,7 +253,8 @@ def test_window_sizes_larger_than_the_image_are_left_out() -> None:
     one = create("occlusion", model, window=16, precision="fp32").explain(x, target=0)
     assert torch.allclose(exp.attributions, one.attributions, atol=1e-6)
     small = create("occlusion", model, window=(64, 48), precision="fp32").explain(x, target=0)
-    assert small.extras["scales"][0].tolist() == [[48, 24]]
+    assert small.extras["scales"][0].tolist() == [[8, 4]]
+    assert small.attributions.std() > 0  # not the constant map of a window hiding everything
 
 
 def test_occlusion_with_one_size_is_unchanged() -> None:

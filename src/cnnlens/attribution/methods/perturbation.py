@@ -136,8 +136,10 @@ class Occlusion(Attribution):
         """The ``(window, stride)`` pairs this method slides, one per window size.
 
         Given the image ``size``, a list of several sizes leaves out those larger than the image
-        (such a window would hide the whole image: a constant map that only flattens the mean),
-        keeping at least the smallest; one size is always kept (it is clipped to the image).
+        (such a window would hide the whole image: a constant map that only flattens the mean); when
+        none fits (the default (48, 96) on a 32-pixel input), one window of a quarter of the image's
+        side slides by an eighth. One size given alone is always kept (clipped to the image; the
+        command line refuses a window larger than the input up front).
         """
         windows = _as_tuple(self.window)
         if self.stride is None:
@@ -148,8 +150,9 @@ class Occlusion(Attribution):
             strides = (self.stride,) * len(windows)
         pairs = list(zip(windows, strides))
         if size is not None and len(pairs) > 1:
-            fitting = [p for p in pairs if p[0] <= min(size)]
-            pairs = fitting or [min(pairs)]
+            side = min(size)
+            fitting = [p for p in pairs if p[0] <= side]
+            pairs = fitting or [(max(2, side // 4), max(1, side // 8))]
         return pairs
 
     def windows(
