@@ -150,3 +150,48 @@ def test_an_experiment_backbone_given_as_a_path_stays_under_runs() -> None:
     for label in ("/abs/model.pt", "../up/model.pt:random"):
         spec = RunSpec(Backbone.parse(label), 0.0, None, 0)
         assert not spec.folder.is_absolute() and ".." not in spec.folder.parts
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["probe", "filters", "--model", "tinycnn", "--no-pretrained", "-o", "{out}"],
+        [
+            "hypothesis",
+            "parts",
+            "--model",
+            "tinycnn",
+            "--no-pretrained",
+            "--grid",
+            "2",
+            "-o",
+            "{out}",
+            "{image}",
+        ],
+        [
+            "explain-dataset",
+            "--model",
+            "tinycnn",
+            "--no-pretrained",
+            "-m",
+            "saliency",
+            "-o",
+            "{out}",
+            "{data}",
+        ],
+    ],
+    ids=["probe", "hypothesis", "explain-dataset"],
+)
+def test_the_group_commands_hold_their_out_folder_too(
+    argv: list[str], image: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out, data = tmp_path / "out", tmp_path / "data"
+    for label in ("a", "b"):
+        (data / label).mkdir(parents=True)
+        (data / label / "x.png").write_bytes(image.read_bytes())
+    words = [w.format(out=out, image=image, data=data) for w in argv]
+    with output_lock(out):
+        assert main(words) == 2
+        assert "being written by another cnnlens run" in capsys.readouterr().err
+        assert sorted(p.name for p in out.iterdir()) == [LOCK_FILE]
+    assert main(words) == 0 and not (out / LOCK_FILE).exists()

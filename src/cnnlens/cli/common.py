@@ -29,6 +29,7 @@ from cnnlens.attribution.core.registry import create, get_method, method_names
 from cnnlens.errors import InputError
 from cnnlens.models import DEFAULT_MODEL, LoadedModel, load_model
 from cnnlens.models.layers import trace_layers
+from cnnlens.outputs import output_lock
 from cnnlens.runtime import tune_allocator
 from cnnlens.validation import describe, is_int, is_real
 
@@ -123,6 +124,25 @@ def progress_bar(
             bar.update(task, advance=n, description=what or description, **extra)
 
         yield advance
+
+
+def hold_out(parser: argparse.ArgumentParser) -> None:
+    """Make the command of ``parser`` hold its ``--out`` folder for the whole run
+    (:func:`~cnnlens.outputs.output_lock`): a second cnnlens run into the same folder is refused with
+    one line instead of both writing into it at once."""
+    run = parser.get_default("func")
+
+    def locked(args: argparse.Namespace) -> int:
+        with output_lock(args.out):
+            return int(run(args) or 0)
+
+    parser.set_defaults(func=locked)
+
+
+def hold_every_out(subparsers: argparse._SubParsersAction) -> None:
+    """:func:`hold_out` for every command of a group (``cnnlens probe``, ``cnnlens hypothesis``)."""
+    for parser in dict.fromkeys(subparsers.choices.values()):
+        hold_out(parser)
 
 
 def setup_runtime() -> None:

@@ -13,6 +13,7 @@ from cnnlens.cli.common import (
     add_command,
     build_methods,
     console,
+    hold_out,
     method_choices_help,
     model_from_args,
     parse_params,
@@ -38,6 +39,7 @@ DESCRIPTION = (
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = add_command(sub, "explain-dataset", run, model=True, help=HELP, description=DESCRIPTION)
+    hold_out(p)
     p.add_argument("data", metavar="DATA", help="class-folder dataset, manifest (.csv) or exported set")
     p.add_argument("-m", "--methods", action="append", required=True, help=method_choices_help())
     p.add_argument("-o", "--out", type=Path, required=True, help="the store (a new folder, or one to resume)")

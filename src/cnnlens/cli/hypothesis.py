@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 from rich.table import Table as RichTable
 
-from cnnlens.cli.common import add_command, console, model_from_args, progress_bar, split_list
+from cnnlens.cli.common import add_command, console, hold_every_out, model_from_args, progress_bar, split_list
 from cnnlens.data.images import load_image
 from cnnlens.data.masks import sample_mask
 from cnnlens.errors import InputError
@@ -98,6 +98,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "shape / (shape + texture) decisions with a Wilson 95%% interval.",
     )
     bias.add_argument("--n", type=int, default=200, help="cue-conflict images (default 200)")
+    hold_every_out(tools)
     bias.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     bias.add_argument(
         "--sources",

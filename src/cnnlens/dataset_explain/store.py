@@ -37,7 +37,7 @@ import zarr
 
 from cnnlens.dataset_explain.summaries import MAP_NUMBERS
 from cnnlens.errors import CnnlensError, InputError
-from cnnlens.outputs import output_folder, write_json, write_with
+from cnnlens.outputs import LOCK_FILE, output_folder, write_json, write_with
 
 log = logging.getLogger(__name__)
 
@@ -124,10 +124,10 @@ class Store:
         """
         folder = Path(root)
         settings = _plain({**settings, "layout": layout.__dict__})
-        if folder.is_dir() and any(folder.iterdir()):
+        if folder.is_dir() and any(p.name != LOCK_FILE for p in folder.iterdir()):  # the run's own lock
             old = read_settings(folder)
             if old is None:
-                foreign = sorted(p.name for p in folder.iterdir() if p.name not in OWNED)
+                foreign = sorted(p.name for p in folder.iterdir() if p.name not in (*OWNED, LOCK_FILE))
                 shown = ", ".join(foreign[:3]) + ("..." if len(foreign) > 3 else "")
                 raise InputError(
                     f"--out {folder} is not an explain-dataset store (it holds {shown or 'files'}); "

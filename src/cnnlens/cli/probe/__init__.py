@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 import importlib
 
-from cnnlens.cli.common import add_command
+from cnnlens.cli.common import add_command, hold_every_out
 
 TOOLS: tuple[str, ...] = (
     "filters",
@@ -35,3 +35,4 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     tools = p.add_subparsers(dest="tool", metavar="TOOL", required=True)
     for name in TOOLS:
         importlib.import_module(f"cnnlens.cli.probe.{name}").add_parser(tools)
+    hold_every_out(tools)
