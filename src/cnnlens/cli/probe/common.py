@@ -151,6 +151,17 @@ def parse_units(values: list[str] | None) -> list[int] | None:
     return units
 
 
+def save_png(folder: Path, name: str, fig: Figure, dpi: int = 120) -> Path:
+    """``fig`` as ``folder/name`` (PNG, written atomically)."""
+    return write_with(folder / name, lambda f: fig.savefig(f, format="png", dpi=dpi))
+
+
+def publish(out: Path, section: Section) -> Path:
+    """Write the tool's section and (re)render ``OUT/index.html``; return the page's path."""
+    write_section(out, section)
+    return render_sections(out, PAGE_TITLE)
+
+
 class ToolOutput:
     """Where one tool writes: ``OUT/<key>/`` for its files, then its section and the page."""
 
@@ -163,7 +174,7 @@ class ToolOutput:
         return subfolder(output_folder(self.out), self.key)
 
     def figure(self, name: str, fig: Figure, dpi: int = 120) -> str:
-        write_with(self.folder / name, lambda f: fig.savefig(f, format="png", dpi=dpi))
+        save_png(self.folder, name, fig, dpi)
         return name
 
     def json(self, name: str, obj: Any) -> Path:
@@ -171,7 +182,6 @@ class ToolOutput:
 
     def section(self, section: Section) -> Path:
         """Write the section and (re)render ``OUT/index.html``; return the page's path."""
-        write_section(self.out, section)
-        page = render_sections(self.out, PAGE_TITLE)
+        page = publish(self.out, section)
         console.print(f"wrote {self.out / self.key}/ and {page}")
         return page

@@ -5,9 +5,9 @@ from __future__ import annotations
 import argparse
 
 from cnnlens.cli.common import add_command, console, model_from_args
-from cnnlens.cli.probe._units import add_out, feature_layer, parse_units, publish, save_png, tool_folder
+from cnnlens.cli.probe._units import add_out, feature_layer, parse_units, publish, save_png
 from cnnlens.data.images import load_image
-from cnnlens.outputs import check_output_folder, output_folder, write_json
+from cnnlens.outputs import check_output_folder, output_folder, subfolder, write_json
 from cnnlens.probing.deconv import deconv_projection
 from cnnlens.probing.unit_figures import deconv_figure
 from cnnlens.report.sections import Figure, Section
@@ -38,11 +38,11 @@ def run(args: argparse.Namespace) -> int:
     view = model.preprocessing.view(image)
     x = model.preprocessing(image)[None]
     projections = [deconv_projection(model, x, name, u) for u in chosen]
-    folder = tool_folder(output_folder(args.out), "deconv")
+    folder = subfolder(output_folder(args.out), "deconv")
     figures = []
     for p in projections:
         file = f"deconv_{p.unit}.png"
-        save_png(folder, file, deconv_figure(view, p))
+        save_png(folder, file, deconv_figure(view, p), dpi=110)
         figures.append(Figure(file, f"{name} unit {p.unit}: activation {p.activation:.3g} at {p.position}"))
         console.print(
             f"{name} unit {p.unit}: peak {p.activation:.3g} at {p.position} of {p.feature_size}, projected "

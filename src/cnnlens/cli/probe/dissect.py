@@ -5,10 +5,10 @@ from __future__ import annotations
 import argparse
 
 from cnnlens.cli.common import add_command, console, model_from_args, progress_bar
-from cnnlens.cli.probe._units import add_out, feature_layer, publish, save_png, tool_folder
+from cnnlens.cli.probe._units import add_out, feature_layer, publish, save_png
 from cnnlens.data.concepts import ConceptSet, label_concepts, read_concepts
 from cnnlens.data.folders import ImageSet, read_data
-from cnnlens.outputs import check_output_folder, output_folder, write_json
+from cnnlens.outputs import check_output_folder, output_folder, subfolder, write_json
 from cnnlens.probing.dissection import (
     DETECTOR_IOU,
     TOP_QUANTILE,
@@ -80,8 +80,8 @@ def run(args: argparse.Namespace) -> int:
             workers=args.workers,
             progress=lambda what, k: advance(what, k),
         )
-    folder = tool_folder(output_folder(args.out), "dissect")
-    save_png(folder, "dissect.png", dissection_figure(result))
+    folder = subfolder(output_folder(args.out), "dissect")
+    save_png(folder, "dissect.png", dissection_figure(result), dpi=110)
     write_json(folder / "dissect.json", {"model": model.name, "data": str(args.data), **result.to_dict()})
     page = publish(args.out, section(result, model.name, args.top))
     console.print(

@@ -12,10 +12,10 @@ from PIL import Image
 
 from cnnlens.attribution.core.targets import class_index
 from cnnlens.cli.common import add_command, console, model_from_args, progress_bar
-from cnnlens.cli.probe._units import add_out, feature_layer, parse_units, publish, save_png, tool_folder
+from cnnlens.cli.probe._units import add_out, feature_layer, parse_units, publish, save_png
 from cnnlens.errors import InputError
 from cnnlens.models.loaded import LoadedModel
-from cnnlens.outputs import check_output_folder, output_folder, write_json, write_with
+from cnnlens.outputs import check_output_folder, output_folder, subfolder, write_json, write_with
 from cnnlens.probing.unit_figures import visualization_figure
 from cnnlens.probing.visualization import Visualization, visualize
 from cnnlens.report.sections import Figure, Section
@@ -108,14 +108,14 @@ def run(args: argparse.Namespace) -> int:
                     progress=partial(_step, advance, job.label),
                 )
             )
-    folder = tool_folder(output_folder(args.out), "visualize")
+    folder = subfolder(output_folder(args.out), "visualize")
     names = []
     for i, r in enumerate(results):
         arr = (r.image.clamp(0, 1) * 255 + 0.5).byte()
         img = Image.fromarray(arr[0].numpy() if arr.shape[0] == 1 else arr.permute(1, 2, 0).numpy())
         names.append(file_name(r, i))
         write_with(folder / names[-1], partial(img.save, format="PNG"))
-    save_png(folder, "visualize.png", visualization_figure(results))
+    save_png(folder, "visualize.png", visualization_figure(results), dpi=110)
     write_json(
         folder / "visualize.json",
         {
