@@ -15,6 +15,7 @@ from torch import nn
 from torch.utils.hooks import RemovableHandle
 
 from cnnlens.errors import InputTypeError
+from cnnlens.models.tokens import TokenLayout
 
 
 @contextmanager
@@ -63,13 +64,20 @@ class Handles:
 
 
 @contextmanager
-def capture_outputs(modules: dict[str, nn.Module]) -> Iterator[dict[str, torch.Tensor]]:
+def capture_outputs(
+    modules: dict[str, nn.Module], *, tokens: TokenLayout | None = None
+) -> Iterator[dict[str, torch.Tensor]]:
     """Record the output of each module (by name) during forward passes inside the block.
 
     The recorded tensor stays part of the autograd graph, so ``torch.autograd.grad(score, output)``
     gives the gradient at that layer. The module passes a copy downstream, so a later in-place
     operation (``ReLU(inplace=True)``) cannot overwrite what was recorded. A module called several
     times keeps the output of its last call.
+
+    With ``tokens`` (the model's :class:`~cnnlens.models.tokens.TokenLayout`), a ``(N, T, C)`` output
+    of a vision transformer's token layer is recorded as its ``(N, C, h, w)`` grid of patch tokens
+    (prefix tokens dropped), and the network continues from the tokens rebuilt from that grid (the same
+    values): the gradient with respect to the recorded grid is the gradient at the patch tokens.
     """
     store: dict[str, torch.Tensor] = {}
     handles = Handles()
@@ -81,6 +89,10 @@ def capture_outputs(modules: dict[str, nn.Module]) -> Iterator[dict[str, torch.T
                     f"layer {name!r} returns {type(out).__name__}, not a tensor; "
                     "choose a layer whose output is a single feature map"
                 )
+            grid = tokens.grid(out) if tokens is not None else None
+            if grid is not None:
+                store[name], prefix = grid.to_map(out)
+                return grid.to_tokens(store[name], prefix)
             store[name] = out
             return out.clone() if out.requires_grad else out
 

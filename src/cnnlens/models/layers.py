@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 import torch
@@ -96,6 +97,10 @@ def trace_layers(model: nn.Module, input_size: tuple[int, int], channels: int = 
     ]
 
 
+#: The first norm of a transformer block (timm's ViT, DeiT, BEiT, EVA: ``blocks.11.norm1``).
+_TOKEN_NORM = re.compile(r"^(.*\.)?blocks\.\d+\.norm1$")
+
+
 def default_cam_layer(model: nn.Module, input_size: tuple[int, int], channels: int = 3) -> str | None:
     """The last layer, in execution order, that outputs a spatial feature map (N, C, H, W with H, W > 1).
 
@@ -103,9 +108,19 @@ def default_cam_layer(model: nn.Module, input_size: tuple[int, int], channels: i
     ``avgpool`` turns 7x7 into 7x7, or a smaller input's map into 7x7). For ResNets this is
     ``layer4``, for VGG ``features``, for EfficientNets the final conv block: the map Grad-CAM and CAM
     are usually computed on.
+
+    A vision transformer (blocks of ``(N, T, C)`` tokens) gets the first norm of its last block
+    (``blocks.11.norm1``), whose patch tokens the CAM methods read as a grid
+    (:mod:`cnnlens.models.tokens`): the last block's output reaches a class-token head only through
+    its class token, so its patch tokens have no gradient, while at ``norm1`` they still feed the
+    last attention (docs/decisions.md, issue 20).
     """
     best: str | None = None
-    for info in trace_layers(model, input_size, channels):
+    table = trace_layers(model, input_size, channels)
+    tokens = [i.name for i in table if _TOKEN_NORM.match(i.name) and i.output_shape and len(i.output_shape) == 2]
+    if tokens:
+        return tokens[-1]
+    for info in table:
         shape = info.output_shape
         if info.kind.startswith("Adaptive"):
             continue

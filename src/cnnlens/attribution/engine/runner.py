@@ -35,6 +35,7 @@ from cnnlens.attribution.engine.precision import (
 )
 from cnnlens.errors import BackendError, InputError
 from cnnlens.models.hooks import capture_outputs
+from cnnlens.models.tokens import TokenLayout
 
 BACKENDS = ("auto", "eager", "fused")
 
@@ -78,12 +79,21 @@ def objective_scores(objective: Objective, logits: torch.Tensor) -> torch.Tensor
 def feature_map(store: dict[str, torch.Tensor], name: str, purpose: str = "this method") -> torch.Tensor:
     """The recorded ``(N, C, h, w)`` output of layer ``name``, or a clear error.
 
+    A vision transformer's token layer is recorded as its grid of patch tokens when the capture was
+    given the model's :class:`~cnnlens.models.tokens.TokenLayout` (``capture_outputs(..., tokens=)``).
+
     Raises:
         ValueError: The layer did not run, or its output is not a 4-d feature map.
     """
     if name not in store:
         raise InputError(f"layer {name!r} did not run in the forward pass; choose a layer the model calls")
     a = store[name]
+    if a.ndim == 3:
+        raise InputError(
+            f"layer {name!r} outputs {a.shape[1]} tokens of {a.shape[2]} channels that do not form a grid "
+            f"of image patches after the prefix tokens (needed by {purpose}); choose a layer of the "
+            "transformer's blocks"
+        )
     if a.ndim != 4:
         raise InputError(
             f"layer {name!r} outputs shape {tuple(a.shape)}, not a (N, C, h, w) feature map (needed by "
@@ -267,7 +277,8 @@ class PassRunner:
         One forward and one ``torch.autograd.grad`` call per chunk: only the gradients asked for are
         computed (the caller has switched parameter gradients off). ``score(logits, store, start)``
         returns the ``(B,)`` scores whose sum is back-propagated; ``store`` holds the recorded layer
-        outputs, each checked to be a 4-d feature map (``purpose`` names the method in that error).
+        outputs, each checked to be a 4-d feature map (``purpose`` names the method in that error); a
+        vision transformer's token layer is recorded, and differentiated, as its grid of patch tokens.
         ``weights`` (one per input) scale each score in the back-propagated sum (0: no gradient needed).
 
         Yields:
@@ -278,7 +289,8 @@ class PassRunner:
         for start in range(0, len(inputs), batch_size):
             # the input always requires grad: with frozen parameters nothing else starts the graph
             x = inputs[start : start + batch_size].detach().requires_grad_(True)
-            with capture_outputs(layers) as store, torch.enable_grad(), self.context():
+            tokens = TokenLayout.of(self.module, (x.shape[2], x.shape[3]))
+            with capture_outputs(layers, tokens=tokens) as store, torch.enable_grad(), self.context():
                 logits = self.module(to_memory_format(x, layout)).float()
                 names = [n for n in store if n in layers] + [n for n in layers if n not in store]
                 acts = [feature_map(store, n, purpose) for n in names]

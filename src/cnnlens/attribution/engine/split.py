@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
 import logging
 from dataclasses import dataclass, field
 from typing import Any
@@ -12,6 +14,7 @@ from torch import fx, nn
 from cnnlens.attribution.engine.tracing import LeafTracer, timm_notrace_modules
 from cnnlens.errors import InputError, InputTypeError
 from cnnlens.models.hooks import Handles
+from cnnlens.models.tokens import TokenGrid, TokenLayout
 
 logger = logging.getLogger(__name__)
 
@@ -75,6 +78,11 @@ def _split_graph(
     return fx.GraphModule(module, head), fx.GraphModule(module, tail), [n in dependent for n in frontier]
 
 
+def _first_line(error: BaseException) -> str:
+    lines = str(error).strip().splitlines()
+    return lines[0] if lines else type(error).__name__
+
+
 def _logits(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
     with torch.inference_mode():
         out = module(x)
@@ -85,10 +93,16 @@ def _logits(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
 
 @dataclass
 class Head:
-    """What :meth:`LayerSplit.head` computed for one image: the layer's activation and the context."""
+    """What :meth:`LayerSplit.head` computed for one image: the layer's activation and the context.
+
+    For a token layer read as a grid, ``activation`` is the ``(1, C, h, w)`` grid of patch tokens,
+    ``grid`` its layout and ``prefix`` the ``(1, k, C)`` prefix tokens the tail puts back.
+    """
 
     activation: torch.Tensor
     context: list[Any] = field(default_factory=list)
+    grid: TokenGrid | None = None
+    prefix: torch.Tensor | None = None
 
 
 SPLIT_MODES = ("auto", "fx", "hook", "full")
@@ -124,6 +138,8 @@ class LayerSplit:
             which also catches recorded values it modifies in place); without it the traced split
             is trusted.
         mode: One of :data:`SPLIT_MODES`.
+        tokens: The model's token layout: a vision transformer's ``(1, T, C)`` token layer is then
+            given (:meth:`head`) and taken (:meth:`tail`) as its ``(B, C, h, w)`` grid of patch tokens.
 
     Attributes:
         mode: The mode in use (``"fx"``, ``"hook"`` or ``"full"``).
@@ -143,12 +159,14 @@ class LayerSplit:
         check: torch.Tensor | None = None,
         *,
         mode: str = "auto",
+        tokens: TokenLayout | None = None,
     ) -> None:
         if mode not in SPLIT_MODES:
             raise InputError(f"unknown split mode {mode!r}; expected one of {', '.join(SPLIT_MODES)}")
         self.module = module
         self.name = name
         self.layer = layer
+        self.tokens = tokens
         if mode != "auto":
             tries: tuple[str, ...] = (mode,)
         else:
@@ -157,18 +175,20 @@ class LayerSplit:
         errors = []
         for self.mode in tries:
             try:
-                if self.mode == "fx":
-                    self._head, self._tail, self._expand = _split_graph(module, name, layer)
-                if check is not None and reference is not None:
-                    self._verify(check[:1], reference)
+                # torch.fx prints the traced code of a failing call to stderr; a failed try is one line
+                with contextlib.redirect_stderr(io.StringIO()):
+                    if self.mode == "fx":
+                        self._head, self._tail, self._expand = _split_graph(module, name, layer)
+                    if check is not None and reference is not None:
+                        self._verify(check[:1], reference)
                 break
             except ValueError as err:
                 if self.mode != "fx":
                     raise  # the layer does not run in the forward pass: no mode can help
-                errors.append(f"fx: {err}")
+                errors.append(f"fx: {_first_line(err)}")
             except Exception as err:  # fx raises many kinds (TraceError, TypeError, NotImplementedError...)
-                logger.info("split mode %s failed for layer %s: %s", self.mode, name, err)
-                errors.append(f"{self.mode}: {err}")
+                logger.debug("split mode %s failed for layer %s: %s", self.mode, name, err)
+                errors.append(f"{self.mode}: {_first_line(err)}")
         else:
             raise SplitError(f"cannot run the network after layer {name!r} on its own ({'; '.join(errors)})")
         if errors:
@@ -205,7 +225,7 @@ class LayerSplit:
             raise InputError(f"head() takes one image, got a batch of {x.shape[0]}")
         if self.split:
             values = self._head(x)
-            return Head(values[0], list(values[1:]))
+            return self._as_grid(Head(values[0], list(values[1:])))
         seen: list[torch.Tensor] = []
 
         def record(_m: nn.Module, _i: Any, out: Any) -> None:
@@ -223,12 +243,22 @@ class LayerSplit:
             raise InputError(
                 f"layer {self.name!r} did not run in the forward pass; choose a layer the model calls"
             )
-        return Head(seen[-1], [x, len(seen)])
+        return self._as_grid(Head(seen[-1], [x, len(seen)]))
+
+    def _as_grid(self, head: Head) -> Head:
+        grid = self.tokens.grid(head.activation) if self.tokens is not None else None
+        if grid is not None:
+            head.activation, head.prefix = grid.to_map(head.activation)
+            head.grid = grid
+        return head
 
     def tail(self, activations: torch.Tensor, head: Head) -> torch.Tensor:
         """The network's output when the layer's output is ``activations`` (``(B, ...)``) for the
-        image that ``head`` came from. The tail may modify ``activations`` in place."""
+        image that ``head`` came from (grids of patch tokens where the head gave one). The tail may
+        modify ``activations`` in place."""
         size = len(activations)
+        if head.grid is not None and head.prefix is not None:
+            activations = head.grid.to_tokens(activations, head.prefix)
         if not self.split:
             x, calls = head.context[0], head.context[1]
             count = [0]

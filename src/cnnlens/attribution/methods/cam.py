@@ -24,6 +24,7 @@ from cnnlens.attribution.core.registry import register
 from cnnlens.attribution.engine.runner import feature_map
 from cnnlens.errors import InputError
 from cnnlens.models.hooks import capture_outputs
+from cnnlens.models.tokens import TokenLayout
 
 
 def layer_gradient(
@@ -176,6 +177,11 @@ class CAM(OnePass):
     raises a ``ValueError``. As in the paper the map is not rectified: its mean plus the bias is the
     target logit, and on such networks ``ReLU(CAM)`` is ``h * w`` times Grad-CAM.
 
+    On a vision transformer the layer's patch tokens are the feature maps (on their grid, see
+    :mod:`cnnlens.models.tokens`): CAM applies to a head that is one linear layer over the mean of
+    the patch tokens (timm's ``global_pool="avg"`` without ``fc_norm``, at layer ``norm``), not to one
+    that reads the class token (``global_pool="token"``, the default), which stops at once.
+
     Shape:
         A ``(N, H, W)`` signed map, computed at the layer's resolution and upsampled.
 
@@ -196,7 +202,13 @@ class CAM(OnePass):
     def unsupported(cls, module: nn.Module) -> str | None:
         """Models whose classifier ends in two or more linear layers in a row (VGG, an MLP head,
         the C-Net of Fan et al.'s saliency-aware network) have no single linear layer after the
-        pooling, so CAM does not apply."""
+        pooling, so CAM does not apply; nor does a vision transformer whose head reads the class
+        token."""
+        if getattr(module, "global_pool", None) == "token" and getattr(module, "num_prefix_tokens", 0):
+            return (
+                "its head reads the class token (global_pool='token'), not the mean of the patch tokens "
+                "after one linear layer; use gradcam"
+            )
         for parent in module.modules():
             linears = [m for m in parent.children() if isinstance(m, nn.Linear)]
             if isinstance(parent, nn.Sequential) and len(linears) > 1:
@@ -215,7 +227,8 @@ class CAM(OnePass):
         name, layer = self.target_layer(inputs)
         maps = []
         for start in range(0, len(inputs), batch_size):
-            with capture_outputs({name: layer}) as store, torch.inference_mode():
+            tokens = TokenLayout.of(self.module, (inputs.shape[2], inputs.shape[3]))
+            with capture_outputs({name: layer}, tokens=tokens) as store, torch.inference_mode():
                 logits = self.module(inputs[start : start + batch_size]).float()
                 acts = feature_map(store, name, "CAM methods").float()
             t = picker.take(logits, start)
@@ -249,5 +262,5 @@ class CAM(OnePass):
                 f"CAM needs logits = W @ global_average_pool(A) + b for the output A of layer {name!r}, "
                 f"but {type(self.module).__name__}'s logits differ from that by up to {float(error):.3g} "
                 "(a multi-layer head, or more layers between A and the classifier); use gradcam, or "
-                "pass layer= the last feature map before the global pooling"
+                "pass layer= the last feature map (a transformer's last norm) before the global pooling"
             )

@@ -12,39 +12,29 @@ from cnnlens.attribution.core.base import Attributed, Attribution, LayerSpec, Mo
 from cnnlens.attribution.core.registry import register
 from cnnlens.attribution.engine.runner import feature_map
 from cnnlens.attribution.engine.split import LayerSplit
-from cnnlens.errors import InputError, InputTypeError
-from cnnlens.models.hooks import Handles
+from cnnlens.errors import InputError
+from cnnlens.models.hooks import capture_outputs
 from cnnlens.models.layers import LayerInfo, resolve_layer, trace_layers
 from cnnlens.models.loaded import LoadedModel
+from cnnlens.models.tokens import TokenLayout
 from cnnlens.validation import check_positive_int, check_real, check_score
 
 
 def _layer_activations(method: Attribution, inputs: torch.Tensor, batch_size: int) -> torch.Tensor:
-    """The method's target layer output for ``inputs``, without autograd: ``(N, C, h, w)``.
+    """The method's target layer output for ``inputs``, without autograd: ``(N, C, h, w)`` (a vision
+    transformer's patch tokens on their grid).
 
     The output is copied when the layer returns it, so a later in-place operation cannot change it.
     """
     name, layer = method.target_layer(inputs)
+    tokens = TokenLayout.of(method.module, (inputs.shape[2], inputs.shape[3]))
     out: list[torch.Tensor] = []
-    handles = Handles()
-
-    def keep(_m: nn.Module, _i: object, a: object) -> None:
-        if not isinstance(a, torch.Tensor):
-            raise InputTypeError(
-                f"layer {name!r} returns {type(a).__name__}, not a tensor; choose a conv layer"
-            )
-        out.append(a.clone())
-
-    try:
-        handles.add(layer.register_forward_hook(keep))
-        with torch.inference_mode():
-            for chunk in inputs.split(batch_size):
+    with torch.inference_mode():
+        for chunk in inputs.split(batch_size):
+            with capture_outputs({name: layer}, tokens=tokens) as store:
                 method.module(chunk)
-    finally:
-        handles.remove()
-    if len(out) != len(inputs.split(batch_size)):
-        raise RuntimeError(f"layer {name!r} did not run exactly once per forward pass")
-    return feature_map({name: torch.cat(out)}, name, "CAM methods").float()
+            out.append(feature_map(store, name, "CAM methods").clone())
+    return torch.cat(out).float()
 
 
 #: How Score-CAM turns the masked inputs' scores into channel weights: the scores themselves (the
@@ -219,7 +209,8 @@ class AblationCAM(_ForwardCAM):
     def _attribute(self, inputs: torch.Tensor, targets: torch.Tensor, batch_size: int) -> Attributed:
         name, layer = self.target_layer(inputs)
         with torch.inference_mode():
-            split = LayerSplit(self.module, name, layer, check=inputs[:1])
+            tokens = TokenLayout.of(self.module, (inputs.shape[2], inputs.shape[3]))
+            split = LayerSplit(self.module, name, layer, check=inputs[:1], tokens=tokens)
         maps = []
         for image, t in zip(inputs, targets.tolist()):
             with torch.inference_mode():
