@@ -100,6 +100,12 @@ def test_ctrl_c_inside_a_hook_leaves_every_zoo_model_as_found(
 #: docs/methods.md): CAM hooks at a layer, a plain gradient pass, hooked backward rules, the traced
 #: functional copy, zennit's composites and canonizers.
 MECHANISMS = ("gradcam", "saliency", "guided_backprop", "deeplift", "lrp")
+#: On the ViT, every method that reads a layer's feature maps: they read the patch tokens of the last
+#: block's first norm as a grid (cnnlens.models.tokens).
+VIT_LAYER_METHODS = (
+    "gradcam", "gradcampp", "layercam", "cam", "scorecam", "ablationcam", "guided_gradcam",
+    "layer_gradxact", "layer_ig", "layer_gradshap",
+)  # fmt: skip
 #: Networks of operations DeepLIFT's rules are exact for (no layer norm, softmax or division).
 EXACT = ("resnet50", "vgg19_bn", "densenet121", "mobilenet_v3_small", "efficientnet_b0", "tinycnn")
 
@@ -110,6 +116,8 @@ def test_zoo_matrix(arch: str) -> None:
     module = model.module if isinstance(model, LoadedModel) else model
     x = zoo.image()
     names = method_names() if arch == "tinycnn" else MECHANISMS
+    if arch == "vit_tiny":
+        names = tuple(dict.fromkeys(MECHANISMS + VIT_LAYER_METHODS))
     outcome, explanations = {}, {}
     for name in names:
         before = snapshot(module)
@@ -119,6 +127,10 @@ def test_zoo_matrix(arch: str) -> None:
     assert outcome["saliency"] == outcome["deeplift"] == "ok"
     if arch == "vit_tiny":  # zennit has no rule for attention and layer norm: NaN relevance, one line
         assert "non-finite relevance" in outcome["lrp"]
+        assert "reads the class token" in outcome["cam"]
+        for name in set(VIT_LAYER_METHODS) - {"cam", "guided_gradcam"}:
+            exp = explanations[name]
+            assert outcome[name] == "ok" and exp is not None and exp.layer == "blocks.11.norm1", name
     else:
         assert outcome["lrp"] == "ok"
     if not any(isinstance(m, (nn.ReLU, nn.ReLU6)) for m in module.modules()):

@@ -117,7 +117,9 @@ def default_cam_layer(model: nn.Module, input_size: tuple[int, int], channels: i
     """
     best: str | None = None
     table = trace_layers(model, input_size, channels)
-    tokens = [i.name for i in table if _TOKEN_NORM.match(i.name) and i.output_shape and len(i.output_shape) == 2]
+    tokens = [
+        i.name for i in table if _TOKEN_NORM.match(i.name) and i.output_shape and len(i.output_shape) == 2
+    ]
     if tokens:
         return tokens[-1]
     for info in table:

@@ -6,8 +6,8 @@ distillation) and then one token per image patch, row by row. The CAM-family met
 on their grid (and back, for the methods that run the network on modified feature maps).
 
 ``k`` is timm's ``num_prefix_tokens`` when the model has it (a layer before the class token is added,
-such as ``patch_embed``, has none: then ``k = 0`` is tried), else the smallest ``k`` that leaves a grid
-of the input's aspect ratio (a square for a square input).
+such as ``patch_embed``, has none: then ``k = 0`` is tried), else the smallest ``k`` (at most
+:data:`MAX_PREFIX`) that leaves a grid of the input's aspect ratio (a square for a square input).
 """
 
 from __future__ import annotations
@@ -17,6 +17,10 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
+
+#: The most prefix tokens assumed when the model does not say (timm: class, distillation and up to
+#: eight register tokens).
+MAX_PREFIX = 10
 
 
 def prefix_tokens(model: nn.Module) -> int | None:
@@ -56,8 +60,9 @@ class TokenGrid:
         cls, tokens: int, *, prefix: int | None = None, input_size: tuple[int, int] | None = None
     ) -> TokenGrid | None:
         """The grid of ``tokens`` tokens: with ``prefix`` (the model's count) tried first, then no
-        prefix, then the smallest count that leaves a grid; ``None`` when nothing does."""
-        candidates = ([prefix, 0] if prefix is not None else []) + list(range(tokens))
+        prefix, then the smallest count up to :data:`MAX_PREFIX` that leaves a grid; ``None`` when
+        nothing does."""
+        candidates = ([prefix, 0] if prefix is not None else []) + list(range(min(tokens, MAX_PREFIX + 1)))
         for k in dict.fromkeys(candidates):
             shape = grid_shape(tokens - k, input_size) if 0 <= k < tokens else None
             if shape is not None:
@@ -87,7 +92,9 @@ class TokenLayout:
 
     @classmethod
     def of(cls, model: nn.Module, input_size: tuple[int, int] | None = None) -> TokenLayout:
-        return cls(prefix_tokens(model), None if input_size is None else (int(input_size[0]), int(input_size[1])))
+        return cls(
+            prefix_tokens(model), None if input_size is None else (int(input_size[0]), int(input_size[1]))
+        )
 
     def grid(self, tokens: torch.Tensor) -> TokenGrid | None:
         """The grid of a ``(N, T, C)`` token tensor, or ``None`` when it is not one."""
