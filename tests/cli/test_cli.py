@@ -320,3 +320,21 @@ def test_a_bad_parameter_is_one_line_but_a_bug_shows_its_traceback(
     monkeypatch.setattr(methods_cmd, "run", broken)
     with pytest.raises(ValueError, match="from a bug"):
         main(["methods"])
+
+
+@pytest.mark.slow
+def test_explain_prints_deeplift_and_lrp_checks(
+    chelsea: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "out"
+    args = ["explain", str(chelsea), "--model", "tinycnn", "-m", "deeplift,lrp,saliency", "--out", str(out)]
+    assert main(args) == 0
+    printed = capsys.readouterr().out
+    by_method = {
+        e["method"]: e for e in json.loads((out / "summary.json").read_text())["images"][0]["explanations"]
+    }
+    gap = by_method["deeplift"]["extras"]["completeness_gap"]
+    lrp = by_method["lrp"]["extras"]
+    assert "notes" in printed and f"completeness gap {gap:.3g}" in printed
+    assert f"relevance sum {lrp['relevance_sum']:.4g}, of logit {lrp['target_logit']:.4g}" in printed
+    assert by_method["saliency"]["extras"] == {}

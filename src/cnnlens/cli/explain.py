@@ -32,6 +32,7 @@ from cnnlens.pipeline import (
     summarize,
     write_summary,
 )
+from cnnlens.report.html import extra_notes
 from cnnlens.validation import check_positive_int
 
 HELP = "explain the model's decision on image files"
@@ -106,11 +107,14 @@ def print_results(results: list[ImageResult], top: int) -> None:
             table.add_row(name, f"{prob:.3f}")
         console.print(table)
     timing = Table(title="explanations", title_justify="left")
-    for col in ("image", "method", "target", "layer", "seconds"):
+    notes = {id(e): ", ".join(extra_notes(e)) for r in results for e, _, _ in r.explanations}
+    columns = ("image", "method", "target", "layer", "seconds") + (("notes",) if any(notes.values()) else ())
+    for col in columns:
         timing.add_column(col)
     for r in results:
         for e, _, _ in r.explanations:
-            timing.add_row(r.stem, e.method, e.target_name(), e.layer or "", f"{e.seconds:.2f}")
+            row = (r.stem, e.method, e.target_name(), e.layer or "", f"{e.seconds:.2f}", notes[id(e)])
+            timing.add_row(*row[: len(columns)])
     console.print(timing)
 
 

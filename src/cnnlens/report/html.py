@@ -41,9 +41,11 @@ def image_data_uri(image: Image.Image, max_side: int = 320, fmt: str = "JPEG") -
 
 #: Scalar extras worth a line under a method's overlay: extra name -> label and number format.
 EXTRA_NOTES: dict[str, tuple[str, str]] = {
-    "completeness_gap": ("completeness gap", "{:.3g}"),  # Integrated Gradients
+    "completeness_gap": ("completeness gap", "{:.3g}"),  # Integrated Gradients, DeepLIFT(-SHAP)
     "sum_gap": ("Shapley sum gap", "{:.2g}"),  # KernelSHAP
     "r2": ("surrogate R\u00b2", "{:.2f}"),  # LIME
+    "relevance_sum": ("relevance sum", "{:.4g}"),  # LRP: the input relevance...
+    "target_logit": ("of logit", "{:.4g}"),  # ...and the output relevance it started from
 }
 
 

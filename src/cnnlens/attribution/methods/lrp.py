@@ -125,6 +125,9 @@ class LRP(OnePass):
     Shape:
         A ``(N, H, W)`` signed map: input relevance summed over the channels.
 
+    ``extras["relevance_sum"]`` is the total input relevance and ``extras["target_logit"]`` the output
+    relevance it started from: a conservative composite keeps them equal, others say how far they are.
+
     References:
         Bach, Binder, Montavon, Klauschen, Müller, Samek. On Pixel-Wise Explanations for Non-Linear
         Classifier Decisions by Layer-Wise Relevance Propagation. PLoS ONE 2015. Anders, Neumann,
@@ -162,7 +165,7 @@ class LRP(OnePass):
 
     def _attribute_picking(self, inputs: torch.Tensor, picker: TargetPicker, batch_size: int) -> Attributed:
         rules = composite(self.composite, self.module, inputs, self.model, self.epsilon, self.gamma)
-        maps, totals = [], []
+        maps, totals, outputs = [], [], []
         with torch.no_grad():
             plain = self.module(inputs[:1])
         with Gradient(model=self.module, composite=rules) as attributor, torch.enable_grad():
@@ -181,6 +184,7 @@ class LRP(OnePass):
                     logits = logits.detach().float()
                     targets = picker.take(logits, start)
                     one_hot = torch.zeros_like(logits).scatter_(1, targets[:, None], 1.0)
+                    outputs.append(logits.gather(1, targets[:, None])[:, 0].cpu())
                     return one_hot * logits  # the output relevance: the target's logit
 
                 _, rel = attributor(x, relevance)
@@ -192,4 +196,5 @@ class LRP(OnePass):
                     )
                 maps.append(rel.sum(dim=1))
                 totals.append(rel.double().sum(dim=(1, 2, 3)))
-        return Attributed(torch.cat(maps), {"relevance_sum": torch.cat(totals).float().cpu()})
+        extras = {"relevance_sum": torch.cat(totals).float().cpu(), "target_logit": torch.cat(outputs)}
+        return Attributed(torch.cat(maps), extras)
