@@ -88,12 +88,6 @@ def feature_map(store: dict[str, torch.Tensor], name: str, purpose: str = "this 
     if name not in store:
         raise InputError(f"layer {name!r} did not run in the forward pass; choose a layer the model calls")
     a = store[name]
-    if a.ndim == 3:
-        raise InputError(
-            f"layer {name!r} outputs {a.shape[1]} tokens of {a.shape[2]} channels that do not form a grid "
-            f"of image patches after the prefix tokens (needed by {purpose}); choose a layer of the "
-            "transformer's blocks"
-        )
     if a.ndim != 4:
         raise InputError(
             f"layer {name!r} outputs shape {tuple(a.shape)}, not a (N, C, h, w) feature map (needed by "
