@@ -24,7 +24,7 @@ from cnnlens.attribution.core.registry import register
 from cnnlens.attribution.engine.runner import feature_map
 from cnnlens.errors import InputError
 from cnnlens.models.hooks import capture_outputs
-from cnnlens.models.tokens import TokenLayout
+from cnnlens.models.tokens import TokenLayout, prefix_tokens
 
 
 def layer_gradient(
@@ -257,10 +257,11 @@ class CAM(OnePass):
         predicted = cam.mean(dim=(1, 2)) + bias
         actual = logits.gather(1, targets.view(-1, 1)).squeeze(1)
         error = (predicted - actual).abs().max()
+        where = " (on a transformer, its last norm)" if prefix_tokens(self.module) is not None else ""
         if error > 1e-4 + 1e-3 * actual.abs().max():
             raise InputError(
                 f"CAM needs logits = W @ global_average_pool(A) + b for the output A of layer {name!r}, "
                 f"but {type(self.module).__name__}'s logits differ from that by up to {float(error):.3g} "
                 "(a multi-layer head, or more layers between A and the classifier); use gradcam, or "
-                "pass layer= the last feature map (a transformer's last norm) before the global pooling"
+                f"pass layer= the last feature map{where} before the global pooling"
             )
