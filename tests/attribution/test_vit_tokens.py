@@ -236,3 +236,17 @@ def test_a_failed_split_logs_one_line_and_no_fx_traceback(
     assert "Traceback" not in captured.err + captured.out and "FX-traced" not in captured.err
     records = [r.getMessage() for r in caplog.records]
     assert len(records) == 1 and "\n" not in records[0] and "cannot split" in records[0]
+
+
+def test_the_command_line_accepts_a_token_layer_and_refuses_the_head() -> None:
+    from cnnlens.cli.common import check_feature_map_layer
+    from cnnlens.models import load_model
+
+    model = load_model("vit_tiny_patch16_224", pretrained=False)
+    assert model.default_layer == "blocks.11.norm1"
+    check_feature_map_layer(model, "blocks.3.norm1", tokens=True)  # class token + 14 x 14 patches
+    check_feature_map_layer(model, "blocks.3", tokens=True)
+    with pytest.raises(CnnlensError, match="not a .N, C, h, w. feature map or tokens on a grid"):
+        check_feature_map_layer(model, "head", tokens=True)
+    with pytest.raises(CnnlensError, match="not a .N, C, h, w. feature map"):  # the probing tools
+        check_feature_map_layer(model, "blocks.3")

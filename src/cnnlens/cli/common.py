@@ -29,6 +29,7 @@ from cnnlens.attribution.core.registry import create, get_method, method_names
 from cnnlens.errors import InputError
 from cnnlens.models import DEFAULT_MODEL, LoadedModel, load_model
 from cnnlens.models.layers import trace_layers
+from cnnlens.models.tokens import TokenLayout
 from cnnlens.outputs import output_lock
 from cnnlens.runtime import tune_allocator
 from cnnlens.validation import describe, is_int, is_real
@@ -279,7 +280,7 @@ def build_methods(
     if layer is not None and not any(c.uses_layer for c in classes):
         raise InputError(f"--layer {layer} given, but none of {', '.join(names)} uses a layer")
     if layer is not None:
-        check_feature_map_layer(model, layer)  # fail early, not once per image
+        check_feature_map_layer(model, layer, tokens=True)  # fail early, not once per image
     return methods
 
 
@@ -326,19 +327,26 @@ def check_pixel_params(cls: type[Attribution], given: dict[str, Any], model: Loa
                 )
 
 
-def check_feature_map_layer(model: LoadedModel, layer: str) -> None:
+def check_feature_map_layer(model: LoadedModel, layer: str, *, tokens: bool = False) -> None:
     """Raise :class:`InputError` unless ``layer`` exists and outputs an ``(N, C, h, w)`` feature map
-    (what every method with a layer needs), found with one dummy forward pass."""
+    (what every method with a layer needs), found with one dummy forward pass. With ``tokens``, a
+    vision transformer's token layer whose patch tokens form a grid is accepted too (the attribution
+    methods read it as that grid; the probing tools do not)."""
     name, _ = model.layer(layer)  # an unknown name: the closest names suggested
     pre = model.preprocessing
     shapes = {i.name: i.output_shape for i in trace_layers(model.module, pre.input_size, pre.channels)}
     shape = shapes.get(name)
     if shape is None:
         raise InputError(f"--layer {name}: the layer does not run in the forward pass; choose one that does")
+    layout = TokenLayout.of(model.module, pre.input_size)
+    if tokens and len(shape) == 2 and layout.grid_for(shape[0]) is not None:
+        return  # a vision transformer's tokens, read as their grid of patches
     if len(shape) != 3:
+        accepted = " or tokens on a grid of patches" if tokens else ""
+        choices = ", or a transformer block's layer" if tokens else ""
         raise InputError(
-            f"--layer {name}: outputs shape {(1, *shape)}, not a (N, C, h, w) feature map; choose a "
-            "convolutional layer or block (`cnnlens layers` lists them with their shapes)"
+            f"--layer {name}: outputs shape {(1, *shape)}, not a (N, C, h, w) feature map{accepted}; "
+            f"choose a convolutional layer or block{choices} (`cnnlens layers` lists them with their shapes)"
         )
 
 

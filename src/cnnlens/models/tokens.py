@@ -98,6 +98,8 @@ class TokenLayout:
 
     def grid(self, tokens: torch.Tensor) -> TokenGrid | None:
         """The grid of a ``(N, T, C)`` token tensor, or ``None`` when it is not one."""
-        if tokens.ndim != 3:
-            return None
-        return TokenGrid.find(tokens.shape[1], prefix=self.prefix, input_size=self.input_size)
+        return self.grid_for(tokens.shape[1]) if tokens.ndim == 3 else None
+
+    def grid_for(self, count: int) -> TokenGrid | None:
+        """The grid of ``count`` tokens, or ``None`` when they do not form one."""
+        return TokenGrid.find(count, prefix=self.prefix, input_size=self.input_size)
