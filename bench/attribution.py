@@ -540,27 +540,45 @@ def bench_precision(model_name: str, methods: list[str], args: argparse.Namespac
 
 
 def bench_deeplift(model_name: str, args: argparse.Namespace) -> None:
-    """DeepLIFT's wall time against the gradient floor (forward + backward of the same batch)."""
+    """DeepLIFT's wall time against the gradient floor (forward + backward of the same batch).
+
+    The first call of a method object traces the model and runs the reference pass (``first s``);
+    later calls with the same model and baseline reuse both, so they cost one forward and one backward
+    pass. DeepLIFT's later calls and the floor are timed alternately, ``max(repeats, 3)`` times each,
+    and the best of each is kept (the machine is shared: its speed drifts within a run).
+    """
     torch.manual_seed(0)
     model = load_model(model_name, pretrained=model_name == "efficientnet_lite0")
     module, x = model.module.eval(), model.prepare(load_sample("chelsea"))
-    floors = Floor(module, x, max(args.repeats, 3))
+    floors = Floor(module, x, 1)
     print(f"\n## DeepLIFT on {model_name} (224 px), wall / (forward + backward to the input of the batch)")
-    print(f"{'batch':>6}{'deeplift s':>12}{'floor s':>9}{'x floor':>9}{'target':>8}{'gap / |diff|':>14}")
+    print(
+        f"{'batch':>6}{'first s':>9}{'x floor':>9}{'deeplift s':>12}{'floor s':>9}{'x floor':>9}"
+        f"{'target':>8}{'':>6}{'gap / |diff|':>14}"
+    )
     for batch in (1, 8):
         xb = x.expand(batch, -1, -1, -1).contiguous()
         method = create("deeplift", model, batch_size=batch)
-        counter = Counter(module, last_leaf(module, x))
-        seconds, _, exp = timed(
-            lambda method=method, xb=xb: method.explain(xb), counter, max(args.repeats, 3)
-        )
-        floor = floors.time(batch, "grad")
+        start = time.perf_counter()
+        exp = method.explain(xb)
+        first = time.perf_counter() - start
+        seconds = floor = float("inf")
+        for _ in range(max(args.repeats, 3)):
+            start = time.perf_counter()
+            exp = method.explain(xb)
+            seconds = min(seconds, time.perf_counter() - start)
+            floors.seconds.clear()
+            floor = min(floor, floors.time(batch, "grad"))
         with torch.inference_mode():
             black = make_baselines(model, "black", xb, 1.0, 0)
             diff = (module(xb) - module(black)).gather(1, exp.targets[:, None])[:, 0]
         relative = float((exp.extras["completeness_gap"] / diff.abs()).max())
-        verdict = "ok" if seconds / floor <= TARGETS["deeplift"] else "MISS"
-        print(f"{batch:6d}{seconds:12.2f}{floor:9.2f}{seconds / floor:9.2f}{verdict:>8}{relative:14.1e}")
+        bound = TARGETS["deeplift"]
+        verdict = "ok" if seconds / floor <= bound else "MISS"
+        print(
+            f"{batch:6d}{first:9.2f}{first / floor:9.2f}{seconds:12.2f}{floor:9.2f}{seconds / floor:9.2f}"
+            f"{bound:8.2f}{verdict:>6}{relative:14.1e}"
+        )
 
 
 def main() -> None:

@@ -31,6 +31,7 @@ only approximately, and ``extras["completeness_gap"]`` says by how much.
 
 from __future__ import annotations
 
+import math
 from typing import Any, ClassVar
 
 import torch
@@ -97,16 +98,26 @@ class Rescale(Rule):
     kinds = ACTIVATIONS + _norm_act_kinds()
     needs_reference = True
 
-    def backward(self, grad: torch.Tensor, call: Call) -> Grads:
+    def multiplier(self, call: Call) -> torch.Tensor:
+        """``(y - y') / (x - x')``, and the local gradient where ``|x - x'| <= TINY``.
+
+        Computed in the forward pass (the backward pass is then one product): two differences and a
+        division, each into a fresh tensor updated in place, and a read-only check for small
+        differences (the smallest ``|x - x'|``), which are rare and only then pay for a mask.
+        """
         (x0,), y0 = _reference(call)
         x = call.inputs[0]
         dx = x - x0
-        ratio = (call.output - y0).div_(dx)  # fresh tensors, updated in place: activations are large
-        flat = dx.abs_() <= TINY
-        if bool(flat.any()):
-            local = (x > 0).to(grad.dtype) * grad if call.kind is nn.ReLU else _vjp(call.compute, x, grad)
-            return (torch.where(flat, local, ratio.mul_(grad)),)
-        return (ratio.mul_(grad),)
+        m = (call.output - y0).div_(dx)
+        if float(torch.linalg.vector_norm(dx, ord=-math.inf)) > TINY:
+            return m
+        # elementwise: the vector-Jacobian product with ones is the derivative
+        relu = call.kind is nn.ReLU
+        local = (x > 0).to(m.dtype) if relu else _vjp(call.compute, x, torch.ones_like(x))
+        return torch.where(dx.abs_() <= TINY, local, m)
+
+    def backward(self, grad: torch.Tensor, call: Call) -> Grads:
+        return (grad * self.multiplier(call),)
 
 
 class MaxPoolSplit(Rule):
@@ -184,6 +195,68 @@ def reference_pass(graph: RuledGraph, base: torch.Tensor) -> tuple[torch.Tensor,
     return base, graph.reference(base)
 
 
+def model_signature(model: nn.Module) -> tuple[Any, ...]:
+    """What a traced copy and its reference values depend on: every module (identity, kind, mode) and
+    every parameter's and buffer's storage, shape and version counter, which every in-place update
+    bumps (an optimiser step, ``load_state_dict``, ``reset_parameters``, a running-statistics update).
+    Not seen: writes through ``tensor.data``, which bypass the version counter."""
+    modules = tuple((id(m), type(m), m.training) for m in model.modules())
+    tensors = tuple(
+        (t.data_ptr(), t._version, t.dtype, t.shape) for t in (*model.parameters(), *model.buffers())
+    )
+    return modules, tensors
+
+
+class ReferenceCache:
+    """A traced copy of a model with the values of one shared reference, kept between calls.
+
+    The reference does not depend on the input, so a second call with the same model (same
+    :func:`model_signature`) and the same reference image skips both the trace and the reference pass:
+    DeepLIFT then costs one forward and one backward pass. Holds about one forward pass of one image in
+    memory (every rule site's input and output) for the life of the method object.
+    """
+
+    def __init__(self) -> None:
+        self.signature: tuple[Any, ...] | None = None
+        self.graph: RuledGraph | None = None
+        self.base: torch.Tensor | None = None
+        self.logits: torch.Tensor | None = None
+
+    def graph_of(self, model: nn.Module) -> RuledGraph:
+        """The traced copy of ``model``, traced again when the model changed since the last call."""
+        signature = model_signature(model)
+        if self.graph is None or signature != self.signature:
+            self.clear()
+            self.graph, self.signature = RuledGraph(model, DEEPLIFT_RULES), signature
+        return self.graph
+
+    def reference(self, base: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """:func:`reference_pass` of ``base`` through the current graph, or its kept result."""
+        assert self.graph is not None, "graph_of runs first"
+        kept = self.base
+        if (
+            kept is None
+            or self.logits is None
+            or (kept.shape, kept.dtype, kept.device) != (base.shape, base.dtype, base.device)
+            or not torch.equal(kept, base)
+        ):
+            self.base = None  # the site values are overwritten now: valid again only once complete
+            _, self.logits = reference_pass(self.graph, base)
+            self.base = kept = base
+        assert self.logits is not None
+        return kept, self.logits
+
+    def forget_reference(self) -> None:
+        """The site values are about to be overwritten by another reference."""
+        self.base = self.logits = None
+
+    def clear(self) -> None:
+        """Drop the graph and the reference values."""
+        if self.graph is not None:
+            self.graph.clear()
+        self.signature = self.graph = self.base = self.logits = None
+
+
 def _result(total: torch.Tensor, difference: torch.Tensor) -> Attributed:
     maps = total.sum(dim=1)
     gap = (maps.sum(dim=(1, 2)) - difference).abs()
@@ -236,28 +309,38 @@ class DeepLift(OnePass):
         self.baseline = baseline
         self.blur_sigma = blur_sigma
         self.seed = seed
+        self._cache = ReferenceCache()
 
     def _shared(self) -> bool:
         if isinstance(self.baseline, torch.Tensor):
             return self.baseline.ndim == 3 or self.baseline.shape[0] == 1
         return self.baseline in ("black", "zero")
 
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        state["_cache"] = ReferenceCache()  # a copy traces its own model
+        return state
+
     def _attribute_picking(self, inputs: torch.Tensor, picker: TargetPicker, batch_size: int) -> Attributed:
-        graph = RuledGraph(self.module, DEEPLIFT_RULES)
+        cache = self._cache
+        graph = cache.graph_of(self.module)
         shared = self._shared()
         source = inputs[:1] if shared else inputs
         baselines = make_baselines(self.model, self.baseline, source, self.blur_sigma, self.seed)
+        if not shared:
+            cache.forget_reference()
         maps, differences = [], []
-        reference = reference_pass(graph, baselines) if shared else None  # once for every chunk
         for start in range(0, len(inputs), batch_size):
             x = inputs[start : start + batch_size]
-            if not shared:
+            if shared:  # one reference pass for every chunk, and every later call with the same model
+                reference = cache.reference(baselines)
+            else:
                 reference = reference_pass(graph, baselines[start : start + len(x)])
-            assert reference is not None
             contributions, difference = deeplift_pass(graph, self, x, reference, picker, start)
             maps.append(contributions.double())
             differences.append(difference)
-        graph.clear()
+        if not shared:
+            graph.clear()
         return _result(torch.cat(maps), torch.cat(differences))
 
 
