@@ -37,6 +37,7 @@ from typing import Any, ClassVar
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.modules.utils import _pair
 
 from cnnlens.attribution.core.base import Attributed, ModelLike, OnePass, TargetPicker
 from cnnlens.attribution.core.registry import register
@@ -67,6 +68,9 @@ ACTIVATIONS: tuple[type[nn.Module], ...] = (
     nn.Sigmoid,
     nn.Tanh,
 )
+
+#: Activations whose output is their input or a constant on each piece.
+CLAMPS: tuple[type[nn.Module], ...] = (nn.ReLU, nn.ReLU6, nn.Hardtanh)
 
 
 def _norm_act_kinds() -> tuple[type[nn.Module], ...]:
@@ -102,19 +106,29 @@ class Rescale(Rule):
         """``(y - y') / (x - x')``, and the local gradient where ``|x - x'| <= TINY``.
 
         Computed in the forward pass (the backward pass is then one product): two differences and a
-        division, each into a fresh tensor updated in place, and a read-only check for small
-        differences (the smallest ``|x - x'|``), which are rare and only then pay for a mask.
+        division into fresh tensors updated in place, then one read-only check; only a layer that has
+        a small difference pays for a mask. A clamp (ReLU, ReLU6, Hardtanh) needs no threshold: its
+        output is its input or a constant, so ``y - y'`` is ``x - x'`` or 0 to the bit when ``x`` and
+        ``x'`` are on the same piece, and a ratio in [0, 1] otherwise; only ``x == x'`` (0 / 0) takes the
+        local gradient. Other activations cancel in ``y - y'`` as ``x - x'`` shrinks: below TINY
+        they take the local gradient.
         """
         (x0,), y0 = _reference(call)
         x = call.inputs[0]
         dx = x - x0
         m = (call.output - y0).div_(dx)
-        if float(torch.linalg.vector_norm(dx, ord=-math.inf)) > TINY:
+        if issubclass(call.kind, CLAMPS):
+            if not bool(m.sum().isnan()):  # m is in [0, 1] or NaN: the sum cannot overflow
+                return m
+            flat = dx == 0
+        elif float(torch.linalg.vector_norm(dx, ord=-math.inf)) > TINY:
             return m
+        else:
+            flat = dx.abs_() <= TINY
         # elementwise: the vector-Jacobian product with ones is the derivative
         relu = call.kind is nn.ReLU
         local = (x > 0).to(m.dtype) if relu else _vjp(call.compute, x, torch.ones_like(x))
-        return torch.where(dx.abs_() <= TINY, local, m)
+        return torch.where(flat, local, m)
 
     def backward(self, grad: torch.Tensor, call: Call) -> Grads:
         return (grad * self.multiplier(call),)
@@ -133,15 +147,12 @@ class MaxPoolSplit(Rule):
         if not isinstance(pool, nn.MaxPool2d) or pool.dilation not in (1, (1, 1)):
             return (_vjp(call.compute, x, grad),)  # not exact: the gap will say so
         dx, dy = x - x0, call.output - y0
-
-        def window_sum(t: torch.Tensor) -> torch.Tensor:
-            return F.avg_pool2d(
-                t, pool.kernel_size, pool.stride, pool.padding, pool.ceil_mode, True, divisor_override=1
-            )
-
-        norm = window_sum(dx * dx)
-        share = torch.where(norm > 1e-30, grad * dy / norm.clamp(min=1e-30), torch.zeros_like(norm))
-        return (dx * _vjp(window_sum, torch.zeros_like(x), share),)
+        kernel, stride, padding = (_pair(v) for v in (pool.kernel_size, pool.stride, pool.padding))
+        norm = F.avg_pool2d(dx.square(), kernel, stride, padding, pool.ceil_mode, True, divisor_override=1)
+        share = torch.where(norm > 1e-30, (grad * dy).div_(norm.clamp(min=1e-30)), 0.0)
+        # the gradient of the window sum: each input gets the sum of its windows' shares
+        back = torch.ops.aten.avg_pool2d_backward(share, x, kernel, stride, padding, pool.ceil_mode, True, 1)
+        return (back.mul_(dx),)
 
 
 class BilinearSplit(Rule):
