@@ -3,8 +3,9 @@
 DeepLIFT explains ``f(x) - f(x')`` for a reference ``x'``: each operation passes back multipliers
 whose contributions sum to its own output difference, so the attributions ``(x - x') * m`` sum to
 ``f(x) - f(x')`` (completeness). Written as a modified gradient (Ancona et al. 2018), it is one
-reference pass (no autograd; one image when the reference is shared, as ``"black"`` is), one forward
-and one backward pass, run on the traced functional copy of
+reference pass (no autograd; one image when the reference is shared, as ``"black"`` is, and kept by the
+method object for its later calls: :class:`ReferenceCache`), one forward and one backward pass, run on
+the traced functional copy of
 :class:`~cnnlens.attribution.engine.ruled_graph.RuledGraph`: the user's model is never hooked or
 changed, and in-place, reused activations (ResNet's Bottleneck calls one ReLU three times), in-place
 residual adds and concatenations need nothing special. The rules, each a
@@ -287,6 +288,11 @@ class DeepLift(OnePass):
             :class:`~cnnlens.attribution.methods.gradient.IntegratedGradients`.
         blur_sigma: Standard deviation in pixels of the ``"blur"`` baseline.
         seed: Seed of the ``"noise"`` baseline.
+
+    A shared reference (``"black"``, ``"zero"``, one image) is run once: the object keeps the traced copy
+    and the reference values (about one forward pass of one image in memory) for its later calls, until
+    the model's modules, parameters or buffers change (see :func:`model_signature`) or the reference
+    does; a later call then costs one forward and one backward pass.
 
     Shape:
         A ``(N, H, W)`` signed map (contributions summed over the channels).
