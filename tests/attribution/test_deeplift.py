@@ -7,6 +7,9 @@ the attributions sum to ``f(x) - f(x')`` on any network of the supported operati
 
 from __future__ import annotations
 
+import copy
+from typing import Any
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -15,8 +18,14 @@ from torch import nn
 
 from cnnlens.attribution import create
 from cnnlens.attribution.engine.ruled_graph import RuledGraph
-from cnnlens.attribution.engine.rules import Rule
-from cnnlens.attribution.methods.deeplift import DEEPLIFT_RULES, BilinearSplit, MaxPoolSplit, Rescale
+from cnnlens.attribution.engine.rules import Call, Grads, Rule
+from cnnlens.attribution.methods.deeplift import (
+    DEEPLIFT_RULES,
+    TINY,
+    BilinearSplit,
+    MaxPoolSplit,
+    Rescale,
+)
 from cnnlens.errors import InputError
 from tests.attribution.test_contract import assert_same, snapshot
 
@@ -132,6 +141,82 @@ def test_deeplift_shap_is_the_mean_of_deeplift_over_the_baselines() -> None:
     shap = create("deeplift_shap", model, baselines=baselines).explain(x, target=1)
     each = [create("deeplift", model, baseline=b).explain(x, target=1).attributions for b in baselines]
     assert torch.allclose(shap.attributions, torch.stack(each).mean(0), atol=1e-5)
+
+
+class DefinitionRescale(Rescale):
+    """The rescale rule as defined, in the backward pass: ``dy / dx``, or autograd's local gradient
+    where ``|dx| <= TINY`` (what :meth:`Rescale.multiplier` computes in the forward pass)."""
+
+    def multiplier(self, call: Call) -> None:
+        return None
+
+    def backward(self, grad: torch.Tensor, call: Call) -> Grads:
+        assert call.reference is not None
+        (x0,), y0 = call.reference
+        x = call.inputs[0]
+        with torch.enable_grad():
+            point = x.detach().requires_grad_(True)
+            (local,) = torch.autograd.grad(call.compute(point), point, grad)
+        ratio = (call.output - y0) / (x - x0) * grad
+        return (torch.where((x - x0).abs() <= TINY, local, ratio),)
+
+
+def test_the_multiplier_kept_from_the_forward_pass_is_the_rescale_rule() -> None:
+    """Half of each input equals the baseline, so many units have ``dx == 0`` (the local gradient)."""
+    model = Mixed()
+    base = torch.randn(1, 3, 20, 20, generator=torch.Generator().manual_seed(6))
+    x = base.repeat(3, 1, 1, 1)
+    x[:, :, :, 10:] += torch.randn(3, 3, 20, 10, generator=torch.Generator().manual_seed(7))
+    grads = []
+    for rescale in (Rescale(), DefinitionRescale()):
+        graph = RuledGraph(model, (rescale, MaxPoolSplit(), BilinearSplit()))
+        graph.reference(base)
+        point = x.clone().requires_grad_(True)
+        (g,) = torch.autograd.grad(graph(point)[:, 0].sum(), point)
+        grads.append(g)
+    assert grads[0].abs().max() > 0
+    assert torch.allclose(grads[0], grads[1], atol=1e-6, rtol=1e-5)
+
+
+def test_later_calls_reuse_the_trace_and_reference_until_the_model_or_baseline_changes() -> None:
+    model = Mixed()
+    x = torch.randn(3, 3, 20, 20, generator=torch.Generator().manual_seed(8))
+    images: list[int] = []
+    handle = model.conv1.register_forward_pre_hook(lambda _m, args: images.append(len(args[0])))
+    traces = []
+    method = create("deeplift", model, baseline="zero")
+    original = RuledGraph.__init__
+
+    def counting(self: RuledGraph, *args: Any) -> None:
+        traces.append(1)
+        original(self, *args)
+
+    def run(m: Any = method) -> torch.Tensor:
+        images.clear()
+        return m.explain(x, target=0).attributions
+
+    try:
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(RuledGraph, "__init__", counting)
+            first = run()
+            assert images == [1, 3] and len(traces) == 1  # the reference image, then the inputs
+            assert torch.equal(run(), first) and images == [3] and len(traces) == 1
+            with torch.no_grad():  # an in-place update (what an optimiser step does)
+                model.conv2.weight.mul_(-1.5)
+            changed = run()
+            assert images == [1, 3] and len(traces) == 2  # traced and referenced again
+            assert not torch.allclose(changed, first, atol=1e-3)
+            assert torch.allclose(changed, run(create("deeplift", model, baseline="zero")), atol=1e-6)
+            model.act = nn.ReLU()  # another module
+            swapped = run()
+            assert images == [1, 3] and len(traces) == 4  # the fresh method's trace, then this one
+            assert torch.allclose(swapped, run(create("deeplift", model, baseline="zero")), atol=1e-6)
+            method.baseline = torch.full((3, 20, 20), 0.5)  # another reference image
+            assert torch.allclose(run(), run(create("deeplift", model, baseline=method.baseline)), atol=1e-6)
+            assert images == [1, 3]
+            assert torch.allclose(run(copy.deepcopy(method)), run(), atol=1e-6)  # copies trace their own
+    finally:
+        handle.remove()
 
 
 class Branchy(nn.Module):

@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import fx, nn
 
-from cnnlens.attribution.engine.rules import Call, Rule, rule_for, ruled
+from cnnlens.attribution.engine.rules import Call, Rule, rule_for, ruled, scaled
 from cnnlens.attribution.engine.tracing import LeafTracer, timm_notrace_modules
 from cnnlens.errors import InputError
 
@@ -104,7 +104,10 @@ class _Site(nn.Module):
                 given[i] = x
             return self.op(*given, **kwargs)
 
-        return ruled(self.rule, Call(self.op, self.kind, inputs, out, self.reference, compute))
+        call = Call(self.op, self.kind, inputs, out, self.reference, compute)
+        with torch.no_grad():
+            m = self.rule.multiplier(call)
+        return ruled(self.rule, call) if m is None else scaled(out, inputs[0], m)
 
 
 def _out_of_place(module: nn.Module) -> nn.Module:

@@ -14,7 +14,10 @@ one small class on it. Two ways apply rules:
   out-of-place; it also carries each node's values on a reference input, which DeepLIFT needs.
 
 Both go through :class:`_Ruled`, an autograd function whose forward is the operation's ordinary output
-and whose backward is the rule's.
+and whose backward is the rule's. An elementwise rule whose backward is ``grad * m`` for a multiplier
+``m`` known in the forward pass (DeepLIFT's rescale rule) may give ``m`` there instead
+(:meth:`Rule.multiplier`): :class:`RuledGraph` then keeps only ``m`` for the backward pass, which is one
+product, like a ReLU's mask, instead of the operation's inputs, output and reference values.
 """
 
 from __future__ import annotations
@@ -70,6 +73,13 @@ class Rule:
         """The gradients sent to ``call.inputs``, given ``grad`` at the output."""
         raise NotImplementedError
 
+    def multiplier(self, call: Call) -> torch.Tensor | None:
+        """The tensor ``m`` (shape of ``call.inputs[0]``) whose product with the output gradient is the
+        gradient of the call's one input, computed in the forward pass (without autograd); ``None``
+        where the rule needs its :meth:`backward` (the default). When a rule gives ``m``, its
+        :meth:`backward` must equal ``(grad * m,)``."""
+        return None
+
 
 class _Ruled(torch.autograd.Function):
     """The operation's output in the forward pass, the rule's gradients in the backward pass."""
@@ -87,6 +97,26 @@ class _Ruled(torch.autograd.Function):
         finally:
             ctx.call = None  # the saved activations go with the graph
         return (None, None, *grads)
+
+
+class _Scaled(torch.autograd.Function):
+    """The precomputed output in the forward pass, ``grad * m`` to the one input in the backward pass."""
+
+    @staticmethod
+    def forward(ctx: Any, kept: list[torch.Tensor], x: torch.Tensor) -> torch.Tensor:
+        output, ctx.m = kept
+        return output
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[Any, ...]:
+        m: torch.Tensor = ctx.m
+        ctx.m = None  # the graph is used once: m becomes the gradient (no new tensor) and goes with it
+        return None, m.mul_(grad)
+
+
+def scaled(output: torch.Tensor, x: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
+    """``output`` (computed from ``x`` without autograd), whose gradient to ``x`` is ``grad * m``."""
+    return _Scaled.apply([output, m], x)
 
 
 def ruled(rule: Rule, call: Call) -> torch.Tensor:

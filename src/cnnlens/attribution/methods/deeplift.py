@@ -3,8 +3,9 @@
 DeepLIFT explains ``f(x) - f(x')`` for a reference ``x'``: each operation passes back multipliers
 whose contributions sum to its own output difference, so the attributions ``(x - x') * m`` sum to
 ``f(x) - f(x')`` (completeness). Written as a modified gradient (Ancona et al. 2018), it is one
-reference pass (no autograd; one image when the reference is shared, as ``"black"`` is), one forward
-and one backward pass, run on the traced functional copy of
+reference pass (no autograd; one image when the reference is shared, as ``"black"`` is, and kept by the
+method object for its later calls: :class:`ReferenceCache`), one forward and one backward pass, run on
+the traced functional copy of
 :class:`~cnnlens.attribution.engine.ruled_graph.RuledGraph`: the user's model is never hooked or
 changed, and in-place, reused activations (ResNet's Bottleneck calls one ReLU three times), in-place
 residual adds and concatenations need nothing special. The rules, each a
@@ -31,11 +32,13 @@ only approximately, and ``extras["completeness_gap"]`` says by how much.
 
 from __future__ import annotations
 
+import math
 from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.modules.utils import _pair
 
 from cnnlens.attribution.core.base import Attributed, ModelLike, OnePass, TargetPicker
 from cnnlens.attribution.core.registry import register
@@ -67,6 +70,9 @@ ACTIVATIONS: tuple[type[nn.Module], ...] = (
     nn.Tanh,
 )
 
+#: Activations whose output is their input or a constant on each piece.
+CLAMPS: tuple[type[nn.Module], ...] = (nn.ReLU, nn.ReLU6, nn.Hardtanh)
+
 
 def _norm_act_kinds() -> tuple[type[nn.Module], ...]:
     """timm's batch norm + activation modules, which timm keeps out of fx traces: in eval mode each is
@@ -97,16 +103,36 @@ class Rescale(Rule):
     kinds = ACTIVATIONS + _norm_act_kinds()
     needs_reference = True
 
-    def backward(self, grad: torch.Tensor, call: Call) -> Grads:
+    def multiplier(self, call: Call) -> torch.Tensor:
+        """``(y - y') / (x - x')``, and the local gradient where ``|x - x'| <= TINY``.
+
+        Computed in the forward pass (the backward pass is then one product): two differences and a
+        division into fresh tensors updated in place, then one read-only check; only a layer that has
+        a small difference pays for a mask. A clamp (ReLU, ReLU6, Hardtanh) needs no threshold: its
+        output is its input or a constant, so ``y - y'`` is ``x - x'`` or 0 to the bit when ``x`` and
+        ``x'`` are on the same piece, and a ratio in [0, 1] otherwise; only ``x == x'`` (0 / 0) takes the
+        local gradient. Other activations cancel in ``y - y'`` as ``x - x'`` shrinks: below TINY
+        they take the local gradient.
+        """
         (x0,), y0 = _reference(call)
         x = call.inputs[0]
         dx = x - x0
-        ratio = (call.output - y0).div_(dx)  # fresh tensors, updated in place: activations are large
-        flat = dx.abs_() <= TINY
-        if bool(flat.any()):
-            local = (x > 0).to(grad.dtype) * grad if call.kind is nn.ReLU else _vjp(call.compute, x, grad)
-            return (torch.where(flat, local, ratio.mul_(grad)),)
-        return (ratio.mul_(grad),)
+        m = (call.output - y0).div_(dx)
+        if issubclass(call.kind, CLAMPS):
+            if not bool(m.sum().isnan()):  # m is in [0, 1] or NaN: the sum cannot overflow
+                return m
+            flat = dx == 0
+        elif float(torch.linalg.vector_norm(dx, ord=-math.inf)) > TINY:
+            return m
+        else:
+            flat = dx.abs_() <= TINY
+        # elementwise: the vector-Jacobian product with ones is the derivative
+        relu = call.kind is nn.ReLU
+        local = (x > 0).to(m.dtype) if relu else _vjp(call.compute, x, torch.ones_like(x))
+        return torch.where(flat, local, m)
+
+    def backward(self, grad: torch.Tensor, call: Call) -> Grads:
+        return (grad * self.multiplier(call),)
 
 
 class MaxPoolSplit(Rule):
@@ -122,15 +148,12 @@ class MaxPoolSplit(Rule):
         if not isinstance(pool, nn.MaxPool2d) or pool.dilation not in (1, (1, 1)):
             return (_vjp(call.compute, x, grad),)  # not exact: the gap will say so
         dx, dy = x - x0, call.output - y0
-
-        def window_sum(t: torch.Tensor) -> torch.Tensor:
-            return F.avg_pool2d(
-                t, pool.kernel_size, pool.stride, pool.padding, pool.ceil_mode, True, divisor_override=1
-            )
-
-        norm = window_sum(dx * dx)
-        share = torch.where(norm > 1e-30, grad * dy / norm.clamp(min=1e-30), torch.zeros_like(norm))
-        return (dx * _vjp(window_sum, torch.zeros_like(x), share),)
+        kernel, stride, padding = (_pair(v) for v in (pool.kernel_size, pool.stride, pool.padding))
+        norm = F.avg_pool2d(dx.square(), kernel, stride, padding, pool.ceil_mode, True, divisor_override=1)
+        share = torch.where(norm > 1e-30, (grad * dy).div_(norm.clamp(min=1e-30)), 0.0)
+        # the gradient of the window sum: each input gets the sum of its windows' shares
+        back = torch.ops.aten.avg_pool2d_backward(share, x, kernel, stride, padding, pool.ceil_mode, True, 1)
+        return (back.mul_(dx),)
 
 
 class BilinearSplit(Rule):
@@ -184,6 +207,68 @@ def reference_pass(graph: RuledGraph, base: torch.Tensor) -> tuple[torch.Tensor,
     return base, graph.reference(base)
 
 
+def model_signature(model: nn.Module) -> tuple[Any, ...]:
+    """What a traced copy and its reference values depend on: every module (identity, kind, mode) and
+    every parameter's and buffer's storage, shape and version counter, which every in-place update
+    bumps (an optimiser step, ``load_state_dict``, ``reset_parameters``, a running-statistics update).
+    Not seen: writes through ``tensor.data``, which bypass the version counter."""
+    modules = tuple((id(m), type(m), m.training) for m in model.modules())
+    tensors = tuple(
+        (t.data_ptr(), t._version, t.dtype, t.shape) for t in (*model.parameters(), *model.buffers())
+    )
+    return modules, tensors
+
+
+class ReferenceCache:
+    """A traced copy of a model with the values of one shared reference, kept between calls.
+
+    The reference does not depend on the input, so a second call with the same model (same
+    :func:`model_signature`) and the same reference image skips both the trace and the reference pass:
+    DeepLIFT then costs one forward and one backward pass. Holds about one forward pass of one image in
+    memory (every rule site's input and output) for the life of the method object.
+    """
+
+    def __init__(self) -> None:
+        self.signature: tuple[Any, ...] | None = None
+        self.graph: RuledGraph | None = None
+        self.base: torch.Tensor | None = None
+        self.logits: torch.Tensor | None = None
+
+    def graph_of(self, model: nn.Module) -> RuledGraph:
+        """The traced copy of ``model``, traced again when the model changed since the last call."""
+        signature = model_signature(model)
+        if self.graph is None or signature != self.signature:
+            self.clear()
+            self.graph, self.signature = RuledGraph(model, DEEPLIFT_RULES), signature
+        return self.graph
+
+    def reference(self, base: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """:func:`reference_pass` of ``base`` through the current graph, or its kept result."""
+        assert self.graph is not None, "graph_of runs first"
+        kept = self.base
+        if (
+            kept is None
+            or self.logits is None
+            or (kept.shape, kept.dtype, kept.device) != (base.shape, base.dtype, base.device)
+            or not torch.equal(kept, base)
+        ):
+            self.base = None  # the site values are overwritten now: valid again only once complete
+            _, self.logits = reference_pass(self.graph, base)
+            self.base = kept = base
+        assert self.logits is not None
+        return kept, self.logits
+
+    def forget_reference(self) -> None:
+        """The site values are about to be overwritten by another reference."""
+        self.base = self.logits = None
+
+    def clear(self) -> None:
+        """Drop the graph and the reference values."""
+        if self.graph is not None:
+            self.graph.clear()
+        self.signature = self.graph = self.base = self.logits = None
+
+
 def _result(total: torch.Tensor, difference: torch.Tensor) -> Attributed:
     maps = total.sum(dim=1)
     gap = (maps.sum(dim=(1, 2)) - difference).abs()
@@ -203,6 +288,11 @@ class DeepLift(OnePass):
             :class:`~cnnlens.attribution.methods.gradient.IntegratedGradients`.
         blur_sigma: Standard deviation in pixels of the ``"blur"`` baseline.
         seed: Seed of the ``"noise"`` baseline.
+
+    A shared reference (``"black"``, ``"zero"``, one image) is run once: the object keeps the traced copy
+    and the reference values (about one forward pass of one image in memory) for its later calls, until
+    the model's modules, parameters or buffers change (see :func:`model_signature`) or the reference
+    does; a later call then costs one forward and one backward pass.
 
     Shape:
         A ``(N, H, W)`` signed map (contributions summed over the channels).
@@ -236,28 +326,38 @@ class DeepLift(OnePass):
         self.baseline = baseline
         self.blur_sigma = blur_sigma
         self.seed = seed
+        self._cache = ReferenceCache()
 
     def _shared(self) -> bool:
         if isinstance(self.baseline, torch.Tensor):
             return self.baseline.ndim == 3 or self.baseline.shape[0] == 1
         return self.baseline in ("black", "zero")
 
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        state["_cache"] = ReferenceCache()  # a copy traces its own model
+        return state
+
     def _attribute_picking(self, inputs: torch.Tensor, picker: TargetPicker, batch_size: int) -> Attributed:
-        graph = RuledGraph(self.module, DEEPLIFT_RULES)
+        cache = self._cache
+        graph = cache.graph_of(self.module)
         shared = self._shared()
         source = inputs[:1] if shared else inputs
         baselines = make_baselines(self.model, self.baseline, source, self.blur_sigma, self.seed)
+        if not shared:
+            cache.forget_reference()
         maps, differences = [], []
-        reference = reference_pass(graph, baselines) if shared else None  # once for every chunk
         for start in range(0, len(inputs), batch_size):
             x = inputs[start : start + batch_size]
-            if not shared:
+            if shared:  # one reference pass for every chunk, and every later call with the same model
+                reference = cache.reference(baselines)
+            else:
                 reference = reference_pass(graph, baselines[start : start + len(x)])
-            assert reference is not None
             contributions, difference = deeplift_pass(graph, self, x, reference, picker, start)
             maps.append(contributions.double())
             differences.append(difference)
-        graph.clear()
+        if not shared:
+            graph.clear()
         return _result(torch.cat(maps), torch.cat(differences))
 
 
