@@ -157,7 +157,8 @@ class ScoreQueue:
                         logits[i] = row
         self.forwards = len(self._rows)
         self._logits = torch.stack([t for t in logits if t is not None]) if self._rows else torch.empty(0, 0)
-        self._rows, self._keep, self._memo = [], [], {}  # the images can go; row indices stay valid
+        # the images and the identity keys go (an id may be reused once its object is freed)
+        self._rows, self._keep, self._memo, self._index = [], [], {}, {}
 
     def _shape(self, i: int) -> tuple[int, ...]:
         row = self._rows[i]
