@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 from cnnlens.attribution import create
+from cnnlens.attribution.engine.runner import PassRunner
 from cnnlens.models import LoadedModel
 from cnnlens.models.hooks import capture_outputs
 from tests.attribution.test_closed_forms import PatchAdditive
@@ -397,3 +398,27 @@ def test_scorecam_on_the_default_model_tells_two_classes_apart(lite0: LoadedMode
     assert paper.layer == "blocks.6"
     r_paper = _correlation(*paper.attributions)
     assert r_paper < 0.85, r_paper
+
+
+def test_rise_runs_an_image_explained_for_several_classes_once(tiny: LoadedModel) -> None:
+    """Equal inputs share their masked passes; each still gets its own target's map, equal to the
+    map of that input explained alone."""
+    x = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(3))
+    inputs = torch.cat([x[:1], x[1:], x[:1], x[:1]])
+    targets = [0, 1, 1, 2]
+    method = create("rise", tiny, n_masks=16, batch_size=8, precision="fp32")
+    calls: list[int] = []
+    original = PassRunner._infer
+
+    def counting(self: PassRunner, batch: torch.Tensor, *args, **kwargs):  # type: ignore[no-untyped-def]
+        calls.append(len(batch))
+        return original(self, batch, *args, **kwargs)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(PassRunner, "_infer", counting)
+        together = method.explain(inputs, targets).attributions
+    assert sum(calls) == 4 + 2 * 16  # the targets' forward, then 16 masks for each distinct image
+    for i, (image, target) in enumerate(zip(inputs, targets, strict=True)):
+        alone = method.explain(image[None], target).attributions[0]
+        torch.testing.assert_close(together[i], alone, rtol=1e-5, atol=1e-7)
+    assert not torch.allclose(together[0], together[2])  # same image, other class: another map

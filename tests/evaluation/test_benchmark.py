@@ -58,7 +58,8 @@ def explain_calls(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     original = Attribution.explain
 
     def counting(self: Attribution, *args, **kwargs):  # type: ignore[no-untyped-def]
-        calls.append(self.name)
+        inputs = args[0]
+        calls.extend([self.name] * (len(inputs) if inputs.ndim == 4 else 1))  # one per image explained
         return original(self, *args, **kwargs)
 
     monkeypatch.setattr(Attribution, "explain", counting)
@@ -126,15 +127,20 @@ def test_rerun_with_a_new_metric_uses_the_cache(data: Path, tmp_path: Path, expl
 def test_interrupted_run_resumes(data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     out = tmp_path / "out"
     calls = {"n": 0}
-    original = Deletion._evaluate
+    original = Deletion.queue
 
-    def interrupting(self: Deletion, sample):  # type: ignore[no-untyped-def]
-        calls["n"] += 1
-        if calls["n"] == 4:
-            raise KeyboardInterrupt
-        return original(self, sample)
+    def interrupting(self: Deletion, sample, queue):  # type: ignore[no-untyped-def]
+        finish = original(self, sample, queue)
 
-    monkeypatch.setattr(Deletion, "_evaluate", interrupting)
+        def done():  # type: ignore[no-untyped-def]
+            calls["n"] += 1  # the deletion result of one (image, row), after the block's passes ran
+            if calls["n"] == 4:
+                raise KeyboardInterrupt
+            return finish()
+
+        return done
+
+    monkeypatch.setattr(Deletion, "queue", interrupting)
     assert bench(data, out, "sparseness,deletion", *SMALL[:2]) == 130
     done = (out / "results.jsonl").read_text().splitlines()
     assert len(done) == 3 * 2  # three (image, row) pairs finished, each with its two metrics

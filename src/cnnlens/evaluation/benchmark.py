@@ -29,9 +29,11 @@ import json
 import logging
 import math
 import os
+import time
 import warnings
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -50,6 +52,7 @@ from cnnlens.data.transforms import Preprocessing
 from cnnlens.errors import CnnlensError, DataWarning, ImageLoadError, InputError
 from cnnlens.evaluation.grid import grid_cells, grid_sources
 from cnnlens.evaluation.metrics import ExplainFn, Metric, MetricResult, Sample, nan_result
+from cnnlens.evaluation.passes import ScoreQueue
 from cnnlens.models.loaded import LoadedModel
 from cnnlens.outputs import appender, write_json, write_text
 
@@ -266,15 +269,37 @@ class AttributionCache:
 
     def get(self, method: Attribution, x: torch.Tensor, target: int) -> torch.Tensor:
         """The cached map, or compute it with ``method.explain`` and store it atomically."""
-        path = self.path(method, x, target)
-        if path.exists():
-            return Explanation.load(path).attributions[0]
-        explanation = method.explain(x, target)
+        return self.get_many(method, [x], [target])[0]
+
+    def get_many(
+        self, method: Attribution, inputs: Sequence[torch.Tensor], targets: Sequence[int], chunk: int = 16
+    ) -> list[torch.Tensor]:
+        """The maps of many ``(1, C, H, W)`` inputs: cached ones read, the missing ones computed by one
+        ``method.explain`` call per ``chunk`` inputs of one size (one batch: a gradient method runs one
+        pass for all of them), each stored atomically in its own file as soon as its batch is done.
+        """
+        paths = [self.path(method, x, t) for x, t in zip(inputs, targets, strict=True)]
+        maps: list[torch.Tensor | None] = [
+            Explanation.load(p).attributions[0] if p.exists() else None for p in paths
+        ]
+        by_shape: dict[tuple[int, ...], list[int]] = {}
+        for i, found in enumerate(maps):
+            if found is None:
+                by_shape.setdefault(tuple(inputs[i].shape), []).append(i)
+        for group in by_shape.values():
+            for start in range(0, len(group), chunk):
+                todo = group[start : start + chunk]
+                explanation = method.explain(torch.cat([inputs[i] for i in todo]), [targets[i] for i in todo])
+                for j, i in enumerate(todo):
+                    self._store(paths[i], explanation[j])
+                    maps[i] = explanation.attributions[j]
+        return [m for m in maps if m is not None]
+
+    def _store(self, path: Path, explanation: Explanation) -> None:
         self.folder.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(path.stem + ".partial.npz")
         explanation.save(tmp)
         os.replace(tmp, path)
-        return explanation.attributions[0]
 
 
 @dataclass(frozen=True)
@@ -448,19 +473,55 @@ class BenchmarkRun:
     seed: int = 0
 
 
+@dataclass
+class Stages:
+    """Where a benchmark run spent its time (for ``bench/benchmark_speed.py``).
+
+    Attributes:
+        seconds: Wall seconds per stage: ``prepare`` (preprocessing and top-1 classes),
+            ``attribution: <method>``, ``perturbation passes`` (the queued forwards of deletion,
+            insertion and top-k drop together) and ``metric: <name>`` (each metric's own work).
+        forwards: Images evaluated by the queued perturbation passes, after sharing.
+    """
+
+    seconds: dict[str, float] = field(default_factory=dict)
+    forwards: int = 0
+
+    @contextmanager
+    def timed(self, stage: str) -> Iterator[None]:
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds[stage] = self.seconds.get(stage, 0.0) + time.perf_counter() - start
+
+
 def run_benchmark(
-    run: BenchmarkRun, images: Sequence[BenchImage], progress: Callable[[str], None] | None = None
+    run: BenchmarkRun,
+    images: Sequence[BenchImage],
+    progress: Callable[[str], None] | None = None,
+    *,
+    block: int = 8,
+    stages: Stages | None = None,
 ) -> dict[str, Any]:
     """Compute every missing (image, row, metric) result, appending to ``out/results.jsonl``.
+
+    The images go ``block`` at a time: each method explains the block's images in one batch (what the
+    cache lacks), then the metrics' perturbation passes of every (image, row) of the block run
+    together in large forward batches (:class:`~cnnlens.evaluation.passes.ScoreQueue`), and the
+    block's results are appended one (image, row) per write, so an interrupted run resumes.
 
     Args:
         run: Model, methods, metrics, output and cache folders, reference rows, seed.
         images: The images, with masks where known.
         progress: Called with a description after each (image, row).
+        block: Images per block.
+        stages: Filled with the time spent per stage, when given.
 
     Returns:
         The summary (see :func:`summarize`), also written as JSON and CSV under ``run.out``.
     """
+    stages = stages if stages is not None else Stages()
     results = ResultsFile(run.out / "results.jsonl")
     cache = AttributionCache(run.cache, run.model)
     if results.models() - {cache.model_id}:
@@ -471,52 +532,170 @@ def run_benchmark(
             run.model.name,
         )
     rows: list[Attribution | str] = [*run.methods, *run.references]
-    keys: list[ImageKey] = []
-    for index, item in enumerate(images):
-        x = run.model.prepare(item.image)
-        target, name, _ = run.model.top_k(x, 1)[0][0]
-        if item.target is not None:
-            target, name = item.target, run.model.class_names[item.target]
-        mask, why = usable_mask(item.mask, run.model.preprocessing)
-        key = ImageKey.of(item.stem, target, name, cache.model_id, x, mask, run.seed + index)
-        key = dataclasses.replace(key, note="" if mask is not None or item.mask is None else why)
-        keys.append(key)
-        for row in rows:
-            todo = [m for m in run.metrics if not results.has(key, row, m)]
-            if todo:
-                sample = _sample(run, row, cache, x, target, mask, key.seed)
-                results.append([_record(key, row, m, evaluate_metric(m, sample, why)) for m in todo])
+    with stages.timed("prepare"):
+        prepared = _prepare(run, images, cache.model_id)
+    for start in range(0, len(images), block):
+        batch = prepared[start : start + block]
+        todo = {
+            (i, r): [m for m in run.metrics if not results.has(p.key, row, m)]
+            for i, p in enumerate(batch)
+            for r, row in enumerate(rows)
+        }
+        samples = _block_samples(run, rows, cache, batch, todo, stages)
+        evaluated = _evaluate_block(run.model.module, samples, todo, [p.why for p in batch], stages)
+        for (i, r), found in evaluated:
+            key, row = batch[i].key, rows[r]
+            if found:
+                results.append([_record(key, row, m, result) for m, result in found])
             if progress is not None:
-                progress(f"{item.stem}: {row if isinstance(row, str) else row.name}")
-    summary = summarize(run, results, keys)
+                progress(f"{images[start + i].stem}: {row if isinstance(row, str) else row.name}")
+    summary = summarize(run, results, [p.key for p in prepared])
     write_summary(summary, run.out)
     return summary
 
 
-def _sample(
+@dataclass
+class _Prepared:
+    """One image of a run: its model input, its key and its usable mask (with the reason if none)."""
+
+    x: torch.Tensor
+    key: ImageKey
+    mask: np.ndarray | None
+    why: str
+
+
+def _prepare(run: BenchmarkRun, images: Sequence[BenchImage], model_id: str) -> list[_Prepared]:
+    """Preprocess every image and find the top-1 class of those without a given target, in one
+    batch per image size."""
+    xs = [run.model.prepare(item.image) for item in images]
+    top: dict[int, tuple[int, str]] = {}
+    by_shape: dict[tuple[int, ...], list[int]] = {}
+    for i, item in enumerate(images):
+        if item.target is None:
+            by_shape.setdefault(tuple(xs[i].shape), []).append(i)
+    for group in by_shape.values():
+        found = run.model.top_k(torch.cat([xs[i] for i in group]), 1)
+        top |= {i: (t[0][0], t[0][1]) for i, t in zip(group, found, strict=True)}
+    prepared = []
+    for index, (item, x) in enumerate(zip(images, xs, strict=True)):
+        if item.target is not None:
+            target, name = item.target, run.model.class_names[item.target]
+        else:
+            target, name = top[index]
+        mask, why = usable_mask(item.mask, run.model.preprocessing)
+        key = ImageKey.of(item.stem, target, name, model_id, x, mask, run.seed + index)
+        key = dataclasses.replace(key, note="" if mask is not None or item.mask is None else why)
+        prepared.append(_Prepared(x, key, mask, why))
+    return prepared
+
+
+def _block_samples(
     run: BenchmarkRun,
-    row: Attribution | str,
+    rows: Sequence[Attribution | str],
     cache: AttributionCache,
-    x: torch.Tensor,
-    target: int,
-    mask: np.ndarray | None,
-    seed: int,
-) -> Sample:
-    if isinstance(row, str):
-        attribution = reference_map(row, tuple(x.shape[-2:]), seed)  # type: ignore[arg-type]
-        explain = constant_explainer(attribution)
-    else:
-        attribution = cache.get(row, x, target)
-        explain = method_explainer(row, run.model, cache, x)
-    return Sample(
-        attribution=attribution,
-        inputs=x,
-        model=run.model.module,
-        target=target,
-        mask=mask,
-        explain=explain,
-        preprocessing=run.model.preprocessing,
-    )
+    batch: Sequence[_Prepared],
+    todo: dict[tuple[int, int], list[Metric]],
+    stages: Stages,
+) -> dict[tuple[int, int], Sample]:
+    """The sample of every (image, row) of a block with results to compute; each method's maps are
+    computed for the block's images in one batch."""
+    samples: dict[tuple[int, int], Sample] = {}
+    for r, row in enumerate(rows):
+        needed = [i for i in range(len(batch)) if todo[i, r]]
+        if not needed:
+            continue
+        if isinstance(row, str):
+            maps = [reference_map(row, tuple(batch[i].x.shape[-2:]), batch[i].key.seed) for i in needed]  # type: ignore[arg-type]
+        else:
+            with stages.timed(f"attribution: {row.name}"):
+                targets = [batch[i].key.target for i in needed]
+                maps = cache.get_many(row, [batch[i].x for i in needed], targets)
+        for i, attribution in zip(needed, maps, strict=True):
+            p = batch[i]
+            explain = (
+                constant_explainer(attribution)
+                if isinstance(row, str)
+                else method_explainer(row, run.model, cache, p.x)
+            )
+            samples[i, r] = Sample(
+                attribution=attribution,
+                inputs=p.x,
+                model=run.model.module,
+                target=p.key.target,
+                mask=p.mask,
+                explain=explain,
+                preprocessing=run.model.preprocessing,
+            )
+    return samples
+
+
+def _evaluate_block(
+    module: torch.nn.Module,
+    samples: dict[tuple[int, int], Sample],
+    todo: dict[tuple[int, int], list[Metric]],
+    no_mask: Sequence[str],
+    stages: Stages,
+) -> Iterator[tuple[tuple[int, int], list[tuple[Metric, MetricResult]]]]:
+    """Every metric of ``todo`` on its sample, yielded one (image, row) at a time in ``todo``'s order.
+
+    The queued metrics' passes of the whole block run first, in one :class:`ScoreQueue`; the other
+    metrics are called one sample at a time as their (image, row) comes. A missing mask or an error
+    is a NaN result that says why (``no_mask[i]``: why image ``i`` has no mask), as in
+    :func:`evaluate_metric`.
+    """
+    queue = ScoreQueue(module)
+    pending: dict[tuple[int, int, str], Callable[[], MetricResult] | MetricResult] = {}
+    for (i, r), metrics in todo.items():
+        for metric in metrics:
+            if "mask" in metric.needs and samples[i, r].mask is None:
+                continue
+            finish: Callable[[], MetricResult] | MetricResult | None
+            with stages.timed(f"metric: {metric.name}"):
+                try:
+                    finish = metric.queue(samples[i, r], queue)
+                except (CnnlensError, ValueError, TypeError, RuntimeError) as err:
+                    log.error("metric %s failed: %s", metric.name, err)
+                    finish = nan_result(f"error: {err}")
+            if finish is not None:
+                pending[i, r, metric.name] = finish
+    failed = ""
+    if len(queue):
+        with stages.timed("perturbation passes"):
+            try:
+                queue.run()
+            except (CnnlensError, ValueError, TypeError, RuntimeError) as err:
+                log.error("the perturbation passes failed: %s", err)
+                failed = f"error: {err}"
+        stages.forwards += queue.forwards
+    for (i, r), metrics in todo.items():
+        found = []
+        for metric in metrics:
+            with stages.timed(f"metric: {metric.name}"):
+                queued = pending.get((i, r, metric.name))
+                found.append((metric, _finish(metric, samples[i, r], queued, no_mask[i], failed)))
+        yield (i, r), found
+
+
+def _finish(
+    metric: Metric,
+    sample: Sample,
+    queued: Callable[[], MetricResult] | MetricResult | None,
+    no_mask: str,
+    failed: str,
+) -> MetricResult:
+    """The result of ``metric`` on ``sample``: its queued one finished (``failed``: why the queue did
+    not run), or the metric called now."""
+    if queued is None:
+        return evaluate_metric(metric, sample, no_mask)
+    if isinstance(queued, MetricResult):
+        return queued
+    if failed:
+        return nan_result(failed)
+    try:
+        return queued()
+    except (CnnlensError, ValueError, TypeError, RuntimeError) as err:
+        log.error("metric %s failed: %s", metric.name, err)
+        return nan_result(f"error: {err}")
 
 
 def _record(key: ImageKey, row: Attribution | str, metric: Metric, result: MetricResult) -> dict[str, Any]:

@@ -3,8 +3,9 @@
 Deletion removes pixels from the image in the order of the map (most important first) and records the
 target score; insertion starts from a baseline image and puts the pixels back in the same order. The
 area under the curve (AUC, trapezoidal, x in [0, 1]) summarises it: low for deletion, high for
-insertion means a faithful map. All perturbed images are evaluated in batches under
-``torch.inference_mode``; the model's train/eval state is restored afterwards.
+insertion means a faithful map. All perturbed images are evaluated in batches through a
+:class:`~cnnlens.evaluation.passes.ScoreQueue` (float32, the pass runner), which the benchmark shares
+between images, methods and metrics; the model's train/eval state is restored afterwards.
 
 References:
     Petsiuk, Das, Saenko. RISE: Randomized Input Sampling for Explanation of Black-box Models.
@@ -22,7 +23,6 @@ import numpy as np
 import torch
 from torchvision.transforms import functional as TF
 
-from cnnlens.attribution.core.base import target_scores
 from cnnlens.data.transforms import Preprocessing
 from cnnlens.errors import InputError
 from cnnlens.evaluation.metrics import (
@@ -34,7 +34,7 @@ from cnnlens.evaluation.metrics import (
     register_metric,
     required,
 )
-from cnnlens.models.hooks import preserved_state
+from cnnlens.evaluation.passes import ScoreQueue, check_queue_model
 from cnnlens.validation import check_fraction, check_positive_int, check_score
 
 BASELINES = ("blur", "black", "mean")
@@ -96,6 +96,9 @@ def perturbation_curve(
 ) -> list[float]:
     """Target scores after removing (deletion) or inserting (insertion) the top pixels.
 
+    One image's curve; the benchmark queues many images' curves in one
+    :class:`~cnnlens.evaluation.passes.ScoreQueue` (the same images, the same passes).
+
     Args:
         model: The classifier.
         inputs: ``(1, C, H, W)`` image.
@@ -110,20 +113,25 @@ def perturbation_curve(
     Returns:
         One score per fraction.
     """
+    queue = ScoreQueue(model, batch_size=batch_size)
+    rows = queue_curve(queue, inputs, ranks, baseline, fractions, mode)
+    queue.run()
+    return queue.scores(rows, target, score)
+
+
+def queue_curve(
+    queue: ScoreQueue,
+    inputs: torch.Tensor,
+    ranks: torch.Tensor,
+    baseline: torch.Tensor,
+    fractions: list[float],
+    mode: str,
+) -> list[int]:
+    """Queue the images of :func:`perturbation_curve` (one per fraction); their row indices."""
     if mode not in MODES:
         raise InputError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
     start, end = (inputs, baseline) if mode == "deletion" else (baseline, inputs)
-    device = next((p.device for p in model.parameters()), inputs.device)
-    start, end, ranks = start.to(device), end.to(device), ranks.to(device)
-    counts = torch.tensor([round(f * ranks.numel()) for f in fractions], device=device)
-    scores: list[float] = []
-    with preserved_state(model, freeze_parameters=False), torch.inference_mode():
-        for chunk in counts.split(batch_size):
-            changed = (ranks[None] < chunk.view(-1, 1, 1))[:, None]
-            batch = torch.where(changed, end, start)
-            t = torch.full((len(batch),), target, device=device)
-            scores += target_scores(model(batch), t, score).tolist()
-    return scores
+    return [queue.blend(start, end, ranks, round(f * ranks.numel())) for f in fractions]
 
 
 def curve_auc(x: list[float] | np.ndarray, y: list[float] | np.ndarray) -> float:
@@ -150,23 +158,50 @@ def _check_common(baseline: str, score: str, batch_size: int, blur_sigma: float)
 
 
 class _RemovalMetric(Metric):
-    """A faithfulness metric: the target score as the map's top pixels are replaced by a baseline."""
+    """A faithfulness metric: the target score as the map's top pixels are replaced by a baseline.
+
+    Its passes can be queued with other samples' (:meth:`queue`); called on one sample it runs a queue
+    of its own.
+    """
 
     category = "faithfulness"
     needs = ("inputs", "model")
     baseline: str
     blur_sigma: float
+    #: Perturbed images per forward pass when the metric runs its own queue.
+    own_batch_size: int = 16
 
     def _evaluate(self, sample: Sample) -> MetricResult:
+        queue = ScoreQueue(required(sample.model, "model"), batch_size=self.own_batch_size)
+        done = self.queue(sample, queue)
+        queue.run()
+        return done()
+
+    def queue(self, sample: Sample, queue: ScoreQueue) -> Callable[[], MetricResult]:
+        """Queue this sample's images on ``queue`` (whose model must be the sample's); returns what
+        computes the result once ``queue`` has run."""
+        self.check_needs(sample)
+        check_queue_model(queue, required(sample.model, "model"))
+        inputs = required(sample.inputs, "inputs")
         a = as_map(sample.attribution)
-        x = as_input(sample.inputs, tuple(a.shape))
-        base = baseline_image(x, self.baseline, sample.preprocessing, self.blur_sigma)
-        model = required(sample.model, "model")
-        return self._score(partial(perturbation_curve, model, x, sample.target, pixel_ranks(a), base))
+        x = queue.shared(inputs, as_input(inputs, tuple(a.shape)))
+        ranks = queue.ranks(sample.attribution, lambda: pixel_ranks(a))
+        base = queue.baseline(
+            inputs,
+            self.baseline,
+            sample.preprocessing,
+            self.blur_sigma,
+            lambda: baseline_image(x, self.baseline, sample.preprocessing, self.blur_sigma),
+        )
+        curve = partial(queue_curve, queue, x, ranks, base)
+        return self._queue(curve, partial(queue.scores, target=sample.target))
 
     @abstractmethod
-    def _score(self, curve: Callable[..., list[float]]) -> MetricResult:
-        """The metric from ``curve(fractions, **options)``: :func:`perturbation_curve` of this sample."""
+    def _queue(
+        self, curve: Callable[[list[float], str], list[int]], scores: Callable[..., list[float]]
+    ) -> Callable[[], MetricResult]:
+        """Queue the rows with ``curve(fractions, mode)`` (:func:`queue_curve` of this sample) and
+        return what computes the metric from ``scores(rows, kind=...)`` once the queue has run."""
 
 
 class _CurveMetric(_RemovalMetric):
@@ -191,11 +226,19 @@ class _CurveMetric(_RemovalMetric):
         self.score = score
         self.blur_sigma = blur_sigma
         self.batch_size = batch_size
+        self.own_batch_size = batch_size
 
-    def _score(self, curve: Callable[..., list[float]]) -> MetricResult:
+    def _queue(
+        self, curve: Callable[[list[float], str], list[int]], scores: Callable[..., list[float]]
+    ) -> Callable[[], MetricResult]:
         fractions = [k / self.steps for k in range(self.steps + 1)]
-        ys = curve(fractions, mode=self.mode, score=self.score, batch_size=self.batch_size)
-        return MetricResult(curve_auc(fractions, ys), curve=(fractions, ys))
+        rows = curve(fractions, self.mode)
+
+        def done() -> MetricResult:
+            ys = scores(rows, kind=self.score)
+            return MetricResult(curve_auc(fractions, ys), curve=(fractions, ys))
+
+        return done
 
 
 @register_metric
@@ -248,6 +291,13 @@ class TopKDrop(_RemovalMetric):
         self.baseline = baseline
         self.blur_sigma = blur_sigma
 
-    def _score(self, curve: Callable[..., list[float]]) -> MetricResult:
-        full, removed = curve([0.0, self.fraction])
-        return MetricResult((full - removed) / full, extras={"score": full, "score_removed": removed})
+    def _queue(
+        self, curve: Callable[[list[float], str], list[int]], scores: Callable[..., list[float]]
+    ) -> Callable[[], MetricResult]:
+        rows = curve([0.0, self.fraction], "deletion")
+
+        def done() -> MetricResult:
+            full, removed = scores(rows, kind="probability")
+            return MetricResult((full - removed) / full, extras={"score": full, "score_removed": removed})
+
+        return done

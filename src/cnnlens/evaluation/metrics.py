@@ -13,7 +13,7 @@ import math
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, TypeVar
+from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
 import numpy as np
 import torch
@@ -21,6 +21,9 @@ from torch import nn
 
 from cnnlens.data.transforms import Preprocessing
 from cnnlens.errors import InputError, InputTypeError, unknown
+
+if TYPE_CHECKING:
+    from cnnlens.evaluation.passes import ScoreQueue
 
 #: Recomputes the map of one input for a (possibly changed) model: ``(module, x (1,C,H,W), target)``.
 ExplainFn = Callable[[nn.Module, torch.Tensor, int], torch.Tensor]
@@ -122,10 +125,23 @@ class Metric(ABC):
         Raises:
             ValueError, TypeError: A missing field, a shape mismatch, an empty mask or a non-finite map.
         """
+        self.check_needs(sample)
+        return self._evaluate(sample)
+
+    def check_needs(self, sample: Sample) -> None:
+        """Raise an InputError naming the first field of :attr:`needs` that ``sample`` lacks."""
         for need in self.needs:
             if getattr(sample, need) is None:
                 raise InputError(f"metric {self.name!r} needs Sample.{need}, which is None")
-        return self._evaluate(sample)
+
+    def queue(self, sample: Sample, queue: ScoreQueue) -> Callable[[], MetricResult] | None:
+        """Queue this sample's forward passes on ``queue`` and return what computes the result once
+        it has run; ``None`` (the default): the metric has no queued form, call it instead.
+
+        Metrics whose passes are perturbed images of the sample (deletion, insertion, top-k drop)
+        override it, so the benchmark runs many samples' and metrics' passes in large batches.
+        """
+        return None
 
     @abstractmethod
     def _evaluate(self, sample: Sample) -> MetricResult:

@@ -253,6 +253,17 @@ class PassRunner:
                 out.append(self.target_scores(logits, t, kind))
         return torch.cat(out) if out else torch.empty(0)
 
+    def scores_of_targets(self, batch: torch.Tensor, targets: list[int], kind: str = "logit") -> torch.Tensor:
+        """Several targets' scores of one batch from a single pass: ``(len(targets), B)``.
+
+        For a method that explains the same input for several classes (the benchmark's grid cells
+        share their grid): the pass is :meth:`scores`'s, the targets only pick columns of its logits.
+        """
+        with torch.inference_mode():
+            logits = self._infer(to_memory_format(batch, self.layout(gradients=False)), self.precision)
+            rows = [torch.full((len(batch),), t) for t in targets]
+            return torch.stack([self.target_scores(logits, t, kind) for t in rows])
+
     # -- gradients ----------------------------------------------------------------------------------
 
     def gradient_passes(
