@@ -27,18 +27,23 @@ from __future__ import annotations
 
 import argparse
 import cProfile
+import itertools
+import json
 import logging
 import math
 import pickle
 import pstats
+import resource
 import shutil
 import statistics
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from cnnlens import capabilities
@@ -48,8 +53,9 @@ from cnnlens.cli.common import console, progress_bar
 from cnnlens.data.folders import ImageSet, Sample, read_data
 from cnnlens.data.stream import default_workers, stream_batches
 from cnnlens.data.synthetic import SynthConfig, generate
-from cnnlens.dataset_explain import Job, Recipe, explain_dataset
+from cnnlens.dataset_explain import Job, Recipe, explain_dataset, ray_engine
 from cnnlens.dataset_explain.engine import explain_batch
+from cnnlens.dataset_explain.ray_engine import BatchExplainer
 from cnnlens.dataset_explain.store import Store
 from cnnlens.models import LoadedModel, load_model
 
@@ -74,16 +80,24 @@ def pipeline(
     engine: str = "local",
     workers: int | None = None,
 ) -> list[float]:
-    """Timestamps: start, then after each batch written, then the end (merge and class means)."""
-    stamps = [time.perf_counter()]
+    """Timestamps (``time.time()``, which Ray's actors share): start, then after each batch written,
+    then the end (merge and class means)."""
+    stamps = [time.time()]
 
     def advance(n: int) -> None:
-        stamps.append(time.perf_counter())
+        stamps.append(time.time())
         tick(n)
 
     explain_dataset(job, out, built=built, engine=engine, advance=advance, ray_workers=workers)
-    stamps.append(time.perf_counter())
+    stamps.append(time.time())
     return stamps
+
+
+def cpu() -> np.ndarray:
+    """CPU seconds (user + system) of this process and of its finished child processes (the
+    decoding workers, counted once the pipeline has joined them)."""
+    me, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return np.array([me.ru_utime + me.ru_stime, children.ru_utime + children.ru_stime])
 
 
 def manifest_of(samples: Sequence[Sample], data: ImageSet, path: Path) -> Path:
@@ -115,6 +129,7 @@ def local_part(args: argparse.Namespace, data: ImageSet, model: LoadedModel, roo
         samples = data.samples[:count]
         recipe = Recipe.of([method], model=args.model, pretrained=args.pretrained)
         pairs: list[tuple[float, float]] = []
+        cpus: list[tuple[np.ndarray, np.ndarray]] = []
         warm = next(iter(stream_batches(samples[: args.batch_size], model.preprocessing, workers=0)))
         floor(model, method, [warm.inputs], lambda n: None)  # warm-up
         with progress_bar(f"{name}: floor + pipeline", 2 * count) as advance:
@@ -131,16 +146,20 @@ def local_part(args: argparse.Namespace, data: ImageSet, model: LoadedModel, roo
                 )
                 store = root / f"store-{name}-{k}"
                 tick = lambda n: advance(n=n)  # noqa: E731
-                if k % 2 == 0:
-                    t_floor = floor(model, method, batches, tick)
-                    stamps = pipeline(job, (model, [method]), store, tick)
-                else:
-                    stamps = pipeline(job, (model, [method]), store, tick)
-                    t_floor = floor(model, method, batches, tick)
+                for step in (0, 1) if k % 2 == 0 else (1, 0):
+                    before = cpu()
+                    if step == 0:
+                        t_floor = floor(model, method, batches, tick)
+                        cpu_floor = cpu() - before
+                    else:
+                        stamps = pipeline(job, (model, [method]), store, tick)
+                        cpu_pipe = cpu() - before
                 pairs.append((t_floor, stamps[-1] - stamps[0]))
+                cpus.append((cpu_floor, cpu_pipe))
                 console.print(
                     f"  chunk {k}: {len(part)} images, floor {t_floor:.1f} s, pipeline "
-                    f"{pairs[-1][1]:.1f} s, ratio {pairs[-1][1] / t_floor:.2f}"
+                    f"{pairs[-1][1]:.1f} s, ratio {pairs[-1][1] / t_floor:.2f}; CPU s: floor "
+                    f"{cpu_floor[0]:.1f}, pipeline {cpu_pipe[0]:.1f} + decoding workers {cpu_pipe[1]:.1f}"
                 )
                 shutil.rmtree(store)
                 del batches
@@ -151,6 +170,12 @@ def local_part(args: argparse.Namespace, data: ImageSet, model: LoadedModel, roo
         print(
             f"{name:10} {count:6d} {count / t_floor:12.2f} {count / t_pipe:15.2f} {t_pipe / t_floor:6.2f} "
             f"{spread:>24}  {verdict}"
+        )
+        c_floor, c_pipe = sum(f[0] for f, _ in cpus), np.sum([p for _, p in cpus], axis=0)
+        print(
+            f"{'':10} CPU ms/image: floor {c_floor / count * 1000:.1f}; pipeline: this process "
+            f"{c_pipe[0] / count * 1000:.1f} ({c_pipe[0] / c_floor:.2f}x the floor's), decoding processes "
+            f"{c_pipe[1] / count * 1000:.1f} (all together {c_pipe.sum() / c_floor:.2f}x the floor's)"
         )
         if args.profile:
             profile(args, data, model, method, recipe, root)
@@ -174,6 +199,41 @@ def profile(
     prof.disable()
     shutil.rmtree(root / "store-profile")
     pstats.Stats(prof).sort_stats("tottime").print_stats(18)
+
+
+class _TimedExplainer(BatchExplainer):
+    """The Ray engine's actor, logging its wall-clock times to the file :attr:`path` (a class
+    attribute: Ray ships this class, defined in ``__main__``, by value)."""
+
+    path = ""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        created = time.time()
+        super().__init__(*args, **kwargs)
+        self._log({"created": created, "built": time.time()})
+
+    def __call__(self, batch: dict[str, Any]) -> dict[str, Any]:
+        begin = time.time()
+        out = super().__call__(batch)
+        self._log({"begin": begin, "end": time.time()})
+        return out
+
+    @staticmethod
+    def _log(entry: dict[str, float]) -> None:
+        with open(_TimedExplainer.path, "a") as f:
+            f.write(json.dumps(entry) + "\n")
+
+
+@contextmanager
+def timed_actors(path: Path) -> Iterator[None]:
+    """Run the Ray engine with :class:`_TimedExplainer`, logging into ``path``."""
+    _TimedExplainer.path = str(path)
+    saved = ray_engine.BatchExplainer
+    ray_engine.BatchExplainer = _TimedExplainer  # type: ignore[misc]
+    try:
+        yield
+    finally:
+        ray_engine.BatchExplainer = saved  # type: ignore[misc]
 
 
 def ray_part(args: argparse.Namespace, data: ImageSet, model: LoadedModel, root: Path) -> None:
@@ -226,48 +286,58 @@ def ray_part(args: argparse.Namespace, data: ImageSet, model: LoadedModel, root:
         return first, rest, st[-1] - st[0]
 
     l_first, _, l_total = show("local", local)
-    one_job = Job(data=str(manifest_of(samples[:s], data, root / "ray-1.csv")), recipe=recipe, batch_size=s)
     runs: dict[int, tuple[float, float, float]] = {}
+    timeline = root / "ray-times.jsonl"
+    spans: dict[int, list[dict[str, float]]] = {}
+    merges: dict[int, float] = {}
     try:
-        single = show(
-            "ray, 1 batch", pipeline(one_job, (model, [method]), root / "ray-one", engine="ray", workers=1)
-        )
         for workers in args.ray_workers:
-            st = pipeline(job, (model, [method]), root / f"ray-{workers}", engine="ray", workers=workers)
+            timeline.unlink(missing_ok=True)
+            with timed_actors(timeline):
+                st = pipeline(job, (model, [method]), root / f"ray-{workers}", engine="ray", workers=workers)
             runs[workers] = show(f"ray, {workers} actor{'s' * (workers > 1)}", st)
+            merges[workers] = st[-1] - st[-2]
+            spans[workers] = [{k: v - st[0] for k, v in json.loads(x).items()} for x in timeline.open()]
     finally:
         ray.shutdown()
 
-    # Ray Data hands results over in bursts, so batches are not timed one by one: the start-up is the
-    # one-batch run less its batch's work, the cost per batch the difference of the two 1-actor runs.
-    t_actor = single[0] - (c + d)  # the pool's start-up (processes, imports, model load)
-    per_batch = {n: (r[0] + (n_b - 1) * r[1] - single[0]) / (n_b - 1) for n, r in runs.items()}
-    o = per_batch[1] - (c + d) if 1 in per_batch else float("nan")  # Ray's cost per batch
-    print(
-        f"\nconstants: ray.init t_init={t_init:.2f} s; actor start-up (model load included) "
-        f"t_actor={t_actor:.2f} s; per batch of {s}: compute c={c:.3f} s ({c / s * 1000:.1f} ms/image), "
-        f"decoding d={d:.3f} s, Ray o={o:+.3f} s, driver write w={w:.3f} s + unpickle u={u:.4f} s; "
-        f"merge {t_finish / n_img * 1000:.2f} ms/image"
-    )
-    for n, t in per_batch.items():
-        label = f"{n} actor{'s' * (n > 1)}"
-        print(f"  {label}: {t:.3f} s per batch after the first ({t / s * 1000:.1f} ms/image)")
+    # Ray Data hands results over in bursts, so the driver's clock does not time batches: the actors
+    # log (wall clock, shared by the processes of one machine) when they start, are built, and begin
+    # and end each batch.
+    one = spans[min(spans)]
+    calls = sorted((e for e in one if "begin" in e), key=lambda e: e["begin"])
+    built = [e for e in one if "built" in e]
+    t_actor = min(e["built"] for e in built)  # from the run's start: pool, processes, imports, model
+    t_model = statistics.median(e["built"] - e["created"] for e in built)
+    a = statistics.median(e["end"] - e["begin"] for e in calls)  # decode + explain + pickle, in an actor
+    gaps = [q["begin"] - p["end"] for p, q in itertools.pairwise(calls)]
+    o = statistics.median(gaps) if gaps else float("nan")  # the actor idle between batches
+    t_first = calls[0]["begin"] - t_actor  # the first call waits for the pool to be ready
     local_per_batch = (l_total - l_first - t_finish) / max(1, n_b - 1)
+    merge = merges[min(merges)] / n_img  # the merge after the Ray engine (the local one also waits
+    # for its decoding processes to exit)
     print(
-        f"overhead against the local engine: fixed {t_init + single[0] - l_first:.1f} s "
-        f"(ray.init + actor start-up), then {(per_batch[1] - local_per_batch) / s * 1000:+.1f} ms/image "
-        f"(1 actor: {per_batch[1] / local_per_batch:.2f}x the local engine's time per batch)"
+        f"\nconstants: ray.init t_init={t_init:.2f} s; actor pool ready t_actor={t_actor:.2f} s after "
+        f"the run's start (model build in the actor {t_model:.2f} s; first call {t_first:.2f} s later); "
+        f"per batch of {s}: in an actor a={a:.3f} s ({a / s * 1000:.1f} ms/image; here: compute "
+        f"c={c:.3f} s + decoding d={d:.3f} s), Ray's gap between calls o={o:.3f} s, driver write "
+        f"w={w:.3f} s + unpickle u={u:.4f} s; merge {merge * 1000:.2f} ms/image"
     )
-    print("model: T(N) = t_init + t_actor + n_b * max((c + d + o) / N, w + u) + n_img * merge")
-    bound = (c + d + max(o, 0.0)) / (w + u)
-    print(f"the single writer becomes the bound at N = (c + d + o) / (w + u) = {bound:.0f} workers")
+    print(
+        f"overhead against the local engine: fixed {t_init + runs[min(runs)][0] - l_first:.1f} s "
+        f"(ray.init + pool start-up), then {(a + o - local_per_batch) / s * 1000:+.1f} ms/image "
+        f"((a + o) / local time per batch = {(a + o) / local_per_batch:.2f})"
+    )
+    print("model: T(N) = t_init + t_actor + n_b * max((a + o) / N, w + u) + n_img * merge")
+    bound = (a + o) / (w + u)
+    print(f"the single writer becomes the bound at N = (a + o) / (w + u) = {bound:.0f} workers")
     counts = (n_img, args.predict_images)
     print(f"{'N':>3} " + " ".join(f"{f'T s, {n} img':>16}" for n in counts) + f"{'measured s':>12}")
     for n in (1, 2, 4, 8, 16):
         cells = []
         for images in counts:
             nb = math.ceil(images / s)
-            t = t_init + t_actor + nb * max((c + d + max(o, 0.0)) / n, w + u) + images * t_finish / n_img
+            t = t_init + t_actor + nb * max((a + o) / n, w + u) + images * merge
             cells.append(f"{t:16.1f}")
         measured = f"{t_init + runs[n][2]:12.1f}" if n in runs else ""
         print(f"{n:3d} " + " ".join(cells) + measured)
