@@ -9,18 +9,20 @@ overhead and a scaling model. Prints ratios and measured constants (no timed tes
    (``--chunk``); each chunk runs floor then pipeline, or pipeline then floor (alternately), so a change
    in the machine's load hits both alike. Each chunk's pipeline is a whole run into its own store, so
    worker start-up, store creation and the merge are paid once per chunk (more often than by one run
-   over all the images: the ratio is an upper bound). Target: at most 1.2x the floor.
+   over all the images: the ratio is an upper bound). Target: at most 1.2x the floor. Also printed:
+   CPU seconds (``getrusage``) of the floor, of the pipeline's process and of its decoding workers.
 2. ``--ray``: the Ray engine (local Ray; 1 and 2 actors) against the local engine on the same images,
    and the constants of the scaling model of docs/decisions.md (issue 19): ``ray.init``, actor start-up
    (model load included), Ray's cost per batch, compute and decoding per batch, the driver's write and
    unpickling per batch, the final merge; then the predicted time for N = 1, 2, 4, 8, 16 workers.
+   The actors' times come from their own clocks (a logging subclass of the engine's actor).
 
 Data: ``cnnlens data synth`` shapes (2 classes) at 224 px, generated into ``--data`` (reused when it
 already holds a manifest).
 
 Run: ``PYTHONPATH=src python bench/explain_dataset.py [--images 2000] [--chunk 500]
 [--model mobilenet_v3_small] [--methods gradcam,saliency,occlusion] [--occlusion 56,56] [--profile]
-[--ray] [--data DIR]``.
+[--ray | --ray-only] [--threads 1] [--data DIR]``.
 """
 
 from __future__ import annotations
