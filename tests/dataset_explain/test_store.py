@@ -19,6 +19,7 @@ from cnnlens.data.folders import read_data
 from cnnlens.data.stream import stream_batches
 from cnnlens.data.synthetic import SynthConfig, generate
 from cnnlens.dataset_explain import Job, Recipe, explain_dataset
+from cnnlens.dataset_explain.store import cast
 from cnnlens.dataset_explain.summaries import map_entropy
 from cnnlens.errors import CnnlensError, InputError
 from cnnlens.evaluation.localisation import energy_in_mask
@@ -89,6 +90,26 @@ def test_entropy_closed_forms() -> None:
     half[:2] = 1.0  # 8 of 16 pixels equal: log 8 / log 16
     assert map_entropy(half) == pytest.approx(math.log(8) / math.log(16))
     assert math.isnan(map_entropy(np.zeros((4, 4))))
+
+
+def test_float16_cast_has_numpys_bits() -> None:
+    """The store's float16 conversion (through torch) rounds as NumPy's ``astype``: ties to even,
+    subnormals, underflow to ±0, overflow to inf, NaN kept; over magnitudes from 1e-12 to 1e6."""
+    tiny = np.float32(2.0**-24)  # the smallest float16 subnormal
+    edges = np.array(
+        [0.0, -0.0, tiny, tiny / 2, tiny * 0.75, -tiny * 1.5, 2.0**-14, 65504.0, 65519.0, 65520.0, -7e4,
+         1 + 2.0**-11, 1 + 3 * 2.0**-11, np.inf, -np.inf, np.nan],
+        dtype=np.float32,
+    )  # fmt: skip
+    rng = np.random.default_rng(0)
+    spread = (rng.standard_normal(200_000) * 10.0 ** rng.uniform(-12, 6, 200_000)).astype(np.float32)
+    values = np.concatenate([edges, spread]).reshape(-1, 8)
+    with np.errstate(over="ignore"):  # 65520 and 7e4 overflow to inf, on purpose
+        expected = values.astype(np.float16)
+    assert cast(values, "float16").tobytes() == expected.tobytes()
+    flat = cast(values, "float16").ravel()  # ties to even: 1 + 2^-11 -> 1, 1 + 3 * 2^-11 -> 1 + 2^-9
+    assert (flat[3], flat[9], flat[11], flat[12]) == (0, np.inf, 1, 1 + 2.0**-9)
+    assert cast(values, "float32").tobytes() == values.tobytes()
 
 
 def test_true_and_fixed_targets_are_explained(tmp_path: Path) -> None:

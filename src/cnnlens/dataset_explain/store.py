@@ -33,6 +33,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
+import torch
 import zarr
 
 from cnnlens.dataset_explain.summaries import MAP_NUMBERS
@@ -202,7 +203,7 @@ class Store:
         if [r["index"] for r in rows] != list(span):
             raise CnnlensError(f"batch {batch}: got rows {[r['index'] for r in rows]}, expected {list(span)}")
         for m in self.layout.methods:
-            chunk = np.asarray(maps[m])[order].astype(self.layout.dtype)
+            chunk = cast(np.asarray(maps[m])[order], self.layout.dtype)
             self.group[m][span.start : span.stop] = chunk  # type: ignore[index]
         table = pa.Table.from_pylist(rows, schema=self.schema)
         write_with(self.part(batch), lambda f: pq.write_table(table, f))
@@ -256,7 +257,8 @@ class Store:
             np.add.at(counts, cls[good], 1)
             for m in lay.methods:
                 chunk = np.asarray(self.group[m][span.start : span.stop], dtype=np.float64)  # type: ignore[index]
-                np.add.at(sums[m], cls[good], chunk[good])
+                for i in np.flatnonzero(good):  # in order, as np.add.at adds (30x faster on whole maps)
+                    sums[m][cls[i]] += chunk[i]
         means = self.group.require_group("class_mean")
         for m in lay.methods:
             with np.errstate(invalid="ignore", divide="ignore"):
@@ -293,6 +295,15 @@ class Store:
                     row[f"{m}_{n}"] = _mean(np.array(frame[f"{m}_{n}"], dtype=float)[sel])
             rows.append(row)
         return pa.Table.from_pylist(rows)
+
+
+def cast(maps: np.ndarray, dtype: str) -> np.ndarray:
+    """``maps`` as ``dtype``, the same bits as ``maps.astype(dtype)``. float32 to float16 goes through
+    torch's vectorised conversion (both round to nearest even): NumPy converts one value at a time,
+    ~6 ms per 224 px map when the values are tiny (1e-10: random weights) against ~0.02 ms."""
+    if maps.dtype == np.float32 and dtype == "float16":
+        return torch.from_numpy(np.ascontiguousarray(maps)).to(torch.float16).numpy()
+    return maps.astype(dtype)
 
 
 def _mean(values: np.ndarray) -> float | None:
