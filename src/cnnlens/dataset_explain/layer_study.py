@@ -27,6 +27,7 @@ from typing import Any
 
 import numpy as np
 
+from cnnlens.attribution.methods.layer import select_layers
 from cnnlens.data.folders import Sample, scan_dataset
 from cnnlens.data.split import DEFAULT_FRACTIONS, check_fractions, run_split
 from cnnlens.data.stream import stream_batches
@@ -149,10 +150,18 @@ def prepare_run(cfg: LayerStudyConfig, out: Path) -> tuple[Trainer | None, Path]
 
 def check_study(cfg: LayerStudyConfig) -> None:
     """The checks that need no model: the data exists and the run (when reused) is a run."""
+    if not isinstance(cfg.layers, str):  # named blocks: checked on the backbone before any training
+        named = (
+            load_model(cfg.run or cfg.backbone, pretrained=False) if cfg.run is None else load_model(cfg.run)
+        )
+        select_layers(named.module, list(cfg.layers))
     if cfg.run is None:
         scan_dataset(cfg.data)
-    else:
-        run_split(cfg.run, "test")
+        return
+    run_split(cfg.run, "test")
+    trained_on = TrainConfig.load(Path(cfg.run) / "config.json").data
+    if Path(trained_on).resolve() != Path(cfg.data).resolve():
+        raise InputError(f"{cfg.run} was trained on {trained_on}, not on {cfg.data}; give its data as DATA")
 
 
 def run_layer_study(
