@@ -69,6 +69,7 @@ def test_block_sums_match_the_closed_form(name: str) -> None:
     targets = torch.tensor([0, 1, 0, 1, 0, 1])
     totals = block_totals(study_method(name, model, **PARAMS[name]), constant_images(values), targets)
     assert totals.blocks == ["blocks.0", "blocks.1"]
+    assert totals.units == [3 * SIDE * SIDE] * 2
     np.testing.assert_allclose(totals.l1, expected_l1(values), rtol=1e-5, atol=1e-6)
     sign = np.where(targets.numpy() == 0, 1.0, -1.0)
     signed = sign * (values[:, 0] + values[:, 1])
@@ -85,6 +86,13 @@ def test_the_top_class_is_explained_when_no_target_is_given() -> None:
     totals = block_totals(study_method("layer_gradxact", TwoBlocks()), constant_images(values))
     np.testing.assert_array_equal(totals.targets, [0, 1])  # logit 0 = x1 + x2: positive, then negative
     np.testing.assert_allclose(totals.signed[:, 1], [3.0, 1.5], rtol=1e-6)  # the top logit: |x1 + x2|
+
+
+def test_blocks_come_in_the_order_the_network_runs_them() -> None:
+    method = study_method("layer_gradxact", TwoBlocks())
+    totals = block_totals(method, constant_images(np.ones((1, 3))), layers=["blocks.1", "blocks.0"])
+    assert totals.blocks == ["blocks.0", "blocks.1"]
+    np.testing.assert_allclose(totals.l1[0], [2.0, 2.0], rtol=1e-6)
 
 
 def test_the_model_is_left_as_found() -> None:

@@ -308,18 +308,29 @@ def layer_study_table(result: dict[str, Any]) -> Table:
     classes = list(dict.fromkeys(r["class"] for r in result["rows"]))
     table = Table(title="share of attribution per block", title_justify="left", box=box.SIMPLE_HEAD)
     table.add_column("block")
+    table.add_column("units", justify="right")
     for name in classes:
         table.add_column(f"{name} (n={next(r['images'] for r in result['rows'] if r['class'] == name)})")
     at = {(r["class"], r["block"]): r for r in result["rows"]}
-    for block in result["blocks"]:
-        table.add_row(block, *(fmt_share(at[c, block]) if (c, block) in at else "" for c in classes))
+    for block, units in zip(result["blocks"], result["units"], strict=True):
+        cells = (fmt_share(at[c, block]) if (c, block) in at else "" for c in classes)
+        table.add_row(block, f"{units:,}", *cells)
     return table
 
 
 def write_layer_study_section(out: Path, result: dict[str, Any]) -> Path:
     level = round(100 * result["confidence"])
     rows = [
-        [r["class"], r["block"], r["images"], r["share"], r["ci_low"], r["ci_high"], r["mean_signed"]]
+        [
+            r["class"],
+            r["block"],
+            r["units"],
+            r["images"],
+            r["share"],
+            r["ci_low"],
+            r["ci_high"],
+            r["mean_signed"],
+        ]
         for r in result["rows"]
     ]
     section = Section(
@@ -334,7 +345,7 @@ def write_layer_study_section(out: Path, result: dict[str, Any]) -> Path:
         figures=[Figure("blocks.png", "share of |attribution| per block and class, with error bars")],
         tables=[
             PageTable(
-                ["class", "block", "images", "share", "CI low", "CI high", "mean signed sum"],
+                ["class", "block", "units", "images", "share", "CI low", "CI high", "mean signed sum"],
                 rows,
                 "per class and block",
             )

@@ -212,6 +212,7 @@ def run_layer_study(
         raise InputError(f"no image of the test split of {run} could be read ({failed[0][1]})")
     totals = BlockTotals(
         blocks=parts[0].blocks,
+        units=parts[0].units,
         l1=np.concatenate([p.l1 for p in parts]),
         signed=np.concatenate([p.signed for p in parts]),
         targets=np.concatenate([p.targets for p in parts]),
@@ -258,6 +259,7 @@ def summarise(
         g = group_names.index(row["class"])
         sel = totals.targets == g if g < len(names) else np.ones(n, dtype=bool)
         b = row["block_index"]
+        row["units"] = totals.units[b]
         row["mean_abs"] = float(totals.l1[sel, b].mean())
         row["mean_signed"] = float(totals.signed[sel, b].mean())
     preds = totals.logits.argmax(1)
@@ -266,6 +268,7 @@ def summarise(
         "method": cfg.method,
         "target": cfg.target,
         "blocks": totals.blocks,
+        "units": totals.units,
         "class_names": names,
         "images": len(samples),
         "failed": [{"index": i, "error": e} for i, e in failed],
@@ -283,6 +286,7 @@ SHARE_COLUMNS = (
     "share",
     "ci_low",
     "ci_high",
+    "units",
     "mean_abs",
     "mean_signed",
 )

@@ -55,7 +55,8 @@ class BlockTotals:
     """Per image and block: the absolute and the signed sum of the unit attributions.
 
     Attributes:
-        blocks: Dotted block names, in the order given.
+        blocks: Dotted block names, in the order the network runs them.
+        units: Units (channels x positions) of each block.
         l1: ``(N, B)`` sum of ``|phi_u|`` over the units (channels x positions) of each block.
         signed: ``(N, B)`` sum of ``phi_u``.
         targets: ``(N,)`` the explained class of each image.
@@ -63,6 +64,7 @@ class BlockTotals:
     """
 
     blocks: list[str]
+    units: list[int]
     l1: np.ndarray
     signed: np.ndarray
     targets: np.ndarray
@@ -106,11 +108,12 @@ def block_totals(
             return logits.argmax(1) if target is None else target.to(logits.device)
 
         attributions, targets, logits = method.attribute_layers(x, choose, chosen, batch_size)
-    names = list(chosen)
+    names = [n for n in attributions if n in chosen]  # the order the network ran them
     l1 = torch.stack([attributions[n].abs().flatten(1).sum(1) for n in names], dim=1)
     signed = torch.stack([attributions[n].flatten(1).sum(1) for n in names], dim=1)
     return BlockTotals(
         blocks=names,
+        units=[int(np.prod(attributions[n].shape[1:])) for n in names],
         l1=l1.double().cpu().numpy(),
         signed=signed.double().cpu().numpy(),
         targets=targets.cpu().numpy().astype(np.int64),
