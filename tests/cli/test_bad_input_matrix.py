@@ -362,6 +362,7 @@ CASES = [
         says=("nolayer",),
         new_out=True,
     ),
+    Case("ls-param-bad", LS + " -p n_samples=0 {good}", says=("n_samples", "0"), new_out=True),
     Case("ls-split-no-test", LS + " --split 0.8,0.2,0 {good}", says=("split",), new_out=True),
     Case("ls-split-text", LS + " --split most {good}", says=("split", "most"), new_out=True),
     Case("ls-confidence", LS + " --confidence 2 {good}", says=("confidence", "2"), new_out=True),

@@ -149,12 +149,14 @@ def prepare_run(cfg: LayerStudyConfig, out: Path) -> tuple[Trainer | None, Path]
 
 
 def check_study(cfg: LayerStudyConfig) -> None:
-    """The checks that need no model: the data exists and the run (when reused) is a run."""
-    if not isinstance(cfg.layers, str):  # named blocks: checked on the backbone before any training
-        named = (
-            load_model(cfg.run or cfg.backbone, pretrained=False) if cfg.run is None else load_model(cfg.run)
-        )
-        select_layers(named.module, list(cfg.layers))
+    """Everything that can be checked before training: the data exists, the run (when reused) is a
+    run trained on it, named blocks exist and the method takes its parameters (on the backbone with
+    random weights, which has the trained model's feature layers)."""
+    if cfg.params or not isinstance(cfg.layers, str):
+        probe = load_model(cfg.backbone, pretrained=False) if cfg.run is None else load_model(cfg.run)
+        study_method(cfg.method, probe, **cfg.params)
+        if not isinstance(cfg.layers, str):
+            select_layers(probe.module, list(cfg.layers))
     if cfg.run is None:
         scan_dataset(cfg.data)
         return
