@@ -92,8 +92,15 @@ class LayerStudyConfig:
     workers: int | None = None
 
     def __post_init__(self) -> None:
-        for name in ("epochs", "train_batch", "batch_size", "pass_batch", "n_resamples"):
-            check_positive_int(f"--{name.replace('_', '-')}", getattr(self, name))
+        flags = {
+            "epochs": "--epochs",
+            "train_batch": "--train-batch-size",
+            "batch_size": "--batch-size",
+            "pass_batch": "--pass-batch",
+            "n_resamples": "--resamples",
+        }
+        for name, flag in flags.items():
+            check_positive_int(flag, getattr(self, name))
         if self.method not in STUDY_METHODS:
             raise InputError(
                 f"--method must be a layer attribution method ({', '.join(STUDY_METHODS)}), "
