@@ -212,6 +212,7 @@ TINY = " --model tinycnn --no-pretrained"
 XDS = "explain-dataset --model tinycnn --no-pretrained -m saliency -o {out}"
 SRV = "serve --model tinycnn --no-pretrained"
 TR = "train --model tinycnn --no-pretrained --freeze none --epochs 1 --image-size 24 -o {out}"
+LS = "experiment layer-study -o {out}"
 EV = "evaluate -o {out}"
 
 CASES = [
@@ -351,6 +352,28 @@ CASES = [
         says=("resnet999",),
         new_out=True,
     ),
+    # experiment layer-study: every case ends before a run is trained
+    Case("ls-data-missing", LS + " {out}/nodata", says=("nodata",), new_out=True),
+    Case("ls-method-not-layer", LS + " --method saliency {good}", says=("saliency",), new_out=True),
+    Case("ls-backbone-unknown", LS + " --backbone resnet999 {good}", says=("resnet999",), new_out=True),
+    Case(
+        "ls-layer-unknown",
+        LS + " --backbone tinycnn --layers nolayer {good}",
+        says=("nolayer",),
+        new_out=True,
+    ),
+    Case("ls-param-bad", LS + " -p n_samples=0 {good}", says=("n_samples", "0"), new_out=True),
+    Case("ls-split-no-test", LS + " --split 0.8,0.2,0 {good}", says=("split",), new_out=True),
+    Case("ls-split-text", LS + " --split most {good}", says=("split", "most"), new_out=True),
+    Case("ls-confidence", LS + " --confidence 2 {good}", says=("confidence", "2"), new_out=True),
+    Case("ls-target", LS + " --target zebra {good}", says=("target", "zebra"), new_out=True),
+    Case("ls-batch-zero", LS + " --batch-size 0 {good}", says=("batch", "0"), new_out=True),
+    Case("ls-resamples-zero", LS + " --resamples 0 {good}", says=("resamples", "0"), new_out=True),
+    Case("ls-lr-negative", LS + " --lr -1 {good}", says=("lr", "-1"), new_out=True),
+    Case("ls-model-not-a-run", LS + " --model {good} {good}", says=("training run",), new_out=True),
+    Case("ls-run-other-data", LS + " --model {run} {manifest}", says=("trained on",), new_out=True),
+    Case("ls-run-bad-config", LS + " --model {run_badconfig} {good}", says=("config.json",), new_out=True),
+    Case("ls-run-bad-split", LS + " --model {run_badsplit} {good}", says=("split.json",), new_out=True),
     Case("demo-sample-unknown", "demo --samples zebra -o {out}", says=("zebra",)),
     # ---- data folders and manifests ----
     Case("data-missing", TR + " {out}/nodata", says=("nodata",), new_out=True),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import zarr
@@ -51,5 +52,52 @@ def class_means_figure(store: str | Path, path: str | Path) -> Path:
     fig.tight_layout()
     try:
         return write_with(Path(path), lambda f: fig.savefig(f, format="png", dpi=90))
+    finally:
+        plt.close(fig)
+
+
+def block_share_figure(rows: list[dict[str, Any]], path: str | Path, *, title: str = "") -> Path:
+    """A PNG bar chart of each block's share per class (one bar per class and block, in network
+    order), with the confidence interval of each mean as an error bar.
+
+    ``rows`` are :func:`~cnnlens.probing.block_shares.share_table` rows (``class``, ``block_index``,
+    ``block``, ``share``, ``ci_low``, ``ci_high``, ``images``).
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    classes = list(dict.fromkeys(str(r["class"]) for r in rows))
+    blocks = list(dict.fromkeys(str(r["block"]) for r in rows))
+    at = {(str(r["class"]), str(r["block"])): r for r in rows}
+    x = np.arange(len(blocks))
+    width = 0.8 / max(1, len(classes))
+    fig, ax = plt.subplots(figsize=(max(5.0, 0.55 * len(blocks) * max(1, len(classes)) ** 0.5 + 2), 3.6))
+    for k, name in enumerate(classes):
+        got = [at.get((name, b)) for b in blocks]
+        mean = np.array([r["share"] if r else np.nan for r in got], dtype=float)
+        low = np.array([r["ci_low"] if r else np.nan for r in got], dtype=float)
+        high = np.array([r["ci_high"] if r else np.nan for r in got], dtype=float)
+        err = np.nan_to_num(np.stack([mean - low, high - mean]), nan=0.0)
+        n = next((r["images"] for r in got if r), 0)
+        ax.bar(
+            x + (k - (len(classes) - 1) / 2) * width,
+            mean,
+            width,
+            yerr=err,
+            capsize=2,
+            label=f"{name} (n={n})",
+        )
+    ax.set_xticks(x)
+    ax.set_xticklabels(blocks, rotation=45, ha="right", fontsize=7)
+    ax.set_ylabel("share of |attribution|")
+    ax.set_ylim(bottom=0)
+    ax.legend(fontsize=7)
+    if title:
+        ax.set_title(title, fontsize=8)
+    fig.tight_layout()
+    try:
+        return write_with(Path(path), lambda f: fig.savefig(f, format="png", dpi=100))
     finally:
         plt.close(fig)
