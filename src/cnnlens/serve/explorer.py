@@ -32,7 +32,7 @@ from torch import nn
 from cnnlens.attribution import create, get_method, method_names
 from cnnlens.attribution.core.explanation import _view
 from cnnlens.data.images import load_image
-from cnnlens.errors import CnnlensError, InputError, unknown
+from cnnlens.errors import CnnlensError, InputError, UnknownNameError, closest
 from cnnlens.models.loaded import LoadedModel
 from cnnlens.viz.overlay import ColorScale, choose_scale
 
@@ -375,7 +375,12 @@ class Explorer:
         lowered = [n.lower() for n in lm.class_names]
         if target.strip().lower() in lowered:
             return lowered.index(target.strip().lower())
-        raise unknown("class", target, lm.class_names, f"{label} has no class of that name")
+        near = closest(target, lm.class_names)
+        if near:
+            hint = "closest: " + ", ".join(near)
+        else:
+            hint = "its classes: " + ", ".join(lm.class_names[:10]) + (" ..." if lm.num_classes > 10 else "")
+        raise UnknownNameError(f"{label} has no class {target!r}; {hint}")
 
     def _cost_key(self, spec: dict[str, Any]) -> str:
         return json.dumps(
