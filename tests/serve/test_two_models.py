@@ -153,3 +153,25 @@ def test_serve_names_the_second_model_that_fails_to_load(
     assert main(["serve", "--model", "tinycnn", "--no-pretrained", "--model", str(junk)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "model B" in err[0] and "other.pt" in err[0], err
+
+
+def test_serve_loads_two_models_a_name_and_a_checkpoint(tmp_path: Path) -> None:
+    import argparse
+
+    from cnnlens.cli.serve import load_models
+    from cnnlens.models import load_model
+    from cnnlens.models.checkpoint import save_checkpoint
+
+    saved = load_model("tinycnn", pretrained=False)
+    save_checkpoint(saved, tmp_path / "tiny.pt")
+    args = argparse.Namespace(
+        model=["tinycnn", str(tmp_path / "tiny.pt")], weights=None, no_pretrained=True, device=None
+    )
+    a, b = load_models(args)
+    assert a.name == "tinycnn" and b.class_names == saved.class_names
+    state = saved.module.state_dict()
+    assert all(torch.equal(v, state[k]) for k, v in b.module.state_dict().items())  # B: the file
+    assert (
+        load_models(argparse.Namespace(model=None, weights=None, no_pretrained=True, device=None))[0].name
+        == "efficientnet_lite0"
+    )  # no --model: the default, one model
