@@ -453,6 +453,10 @@ CASES = [
     Case("serve-missing-data", SRV + " --data {out}/nodata", says=("nodata",)),
     Case("serve-bad-port", SRV + " --port 70000", says=("port", "70000")),
     Case("serve-bad-limit", SRV + " --max-pixels 0", says=("max-pixels", "0")),
+    Case("serve-second-model-junk", SRV + " --model {junk_pt}", says=("model B", "junk.pt")),
+    Case("serve-second-model-missing", SRV + " --model {out}/norun", says=("model B", "norun")),
+    Case("serve-three-models", SRV + " --model tinycnn --model tinycnn", says=("--model", "3 times")),
+    Case("serve-weights-two-models", SRV + " --model {ckpt} --weights {ckpt}", says=("--weights",)),
     # probing units
     Case(
         "probe-deconv-layer-unknown",

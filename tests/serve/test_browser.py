@@ -1,6 +1,7 @@
 """The explorer driven as a person would, in headless Chromium (Debian's ``chromium`` through
 Playwright): open the page, upload chelsea, run Grad-CAM and occlusion, read the top-1 class, see the
-overlay change with the target, and get the message for an oversized upload.
+overlay change with the target, and get the message for an oversized upload; with two models (A and
+B), run Grad-CAM on both and see two different overlays on one colour scale.
 
 Skipped, with the reason, where Playwright or ``/usr/bin/chromium`` is missing (``.ci/run`` installs
 chromium with the system package manager when it can). Set ``CNNLENS_SCREENSHOTS=DIR`` to keep a
@@ -108,10 +109,11 @@ def test_explorer_in_chromium(server: tuple[str, object], browser: object, tmp_p
     page.goto(url)
     page.wait_for_selector('input[name="method"][value="gradcam"]')
     page.set_input_files("#upload", str(chelsea))
-    page.wait_for_selector("#top5 li")
+    page.wait_for_selector("#top5-0 li")
     model = explorer.model  # type: ignore[attr-defined]
     top = model.top_k(model.prepare(Image.open(chelsea).convert("RGB")), 5)[0]
-    assert page.inner_text("#top5 li:first-child .cls") == top[0][1]
+    assert page.inner_text("#top5-0 li:first-child .cls") == top[0][1]
+    assert page.is_hidden("#which")  # one model: no model choice
     assert page.is_checked('input[value="gradcam"]') and page.is_checked('input[value="occlusion"]')
     page.click("#run")
     for method in ("gradcam", "occlusion"):
@@ -140,4 +142,68 @@ def test_explorer_in_chromium(server: tuple[str, object], browser: object, tmp_p
     page.set_input_files("#upload", str(big))
     page.wait_for_function("() => document.getElementById('error').textContent.length > 0")
     assert "larger than the limit of 1 MB" in page.inner_text("#error")
+    page.close()
+
+
+@pytest.fixture(scope="module")
+def two_servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, object]]:
+    """An explorer of two tinycnns (seeds 0 and 1: different weights, the same classes)."""
+    import uvicorn
+
+    from cnnlens.serve import Explorer, create_app
+    from tests.conftest import tiny_loaded
+
+    explorer = Explorer([tiny_loaded(seed=0, classes=5), tiny_loaded(seed=1, classes=5)])
+    port = free_port()
+    server = uvicorn.Server(
+        uvicorn.Config(create_app(explorer), host="127.0.0.1", port=port, log_level="warning")
+    )
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    end = time.monotonic() + 20
+    while not server.started and time.monotonic() < end:
+        time.sleep(0.05)
+    yield f"http://127.0.0.1:{port}/", explorer
+    server.should_exit = True
+    thread.join(10)
+    explorer.close()
+
+
+def test_two_models_in_chromium(two_servers: tuple[str, object], browser: object, tmp_path: Path) -> None:
+    from cnnlens.data.samples import load_sample
+
+    url, explorer = two_servers
+    chelsea = tmp_path / "chelsea.jpg"
+    load_sample("chelsea").save(chelsea, quality=90)
+    page = browser.new_page()  # type: ignore[attr-defined]
+    page.goto(url)
+    page.wait_for_selector('input[name="method"][value="gradcam"]')
+    assert page.is_visible("#which") and page.input_value("#models") == "both"
+    page.set_input_files("#upload", str(chelsea))
+    page.wait_for_selector("#top5-1 li")
+    image = Image.open(chelsea).convert("RGB")
+    for m, model in enumerate(explorer.models):  # type: ignore[attr-defined]
+        top = model.top_k(model.prepare(image), 5)[0]
+        assert page.inner_text(f"#top5-{m} li:first-child .cls") == top[0][1]
+    page.uncheck('input[value="occlusion"]')
+    page.click("#run")
+    overlays = '.result[data-method="gradcam"] canvas.overlay'
+    page.wait_for_function(
+        f"() => [...document.querySelectorAll('{overlays}')].filter((c) => c.dataset.drawn).length === 2",
+        timeout=60_000,
+    )
+    assert [page.get_attribute(f"{overlays}[data-model='{m}']", "data-model") for m in (0, 1)] == ["0", "1"]
+    keys = page.eval_on_selector_all(overlays, "cs => cs.map((c) => c.dataset.key)")
+    assert len(set(keys)) == 2
+    pictures = page.eval_on_selector_all(overlays, "cs => cs.map((c) => c.toDataURL())")
+    assert pictures[0] != pictures[1]  # two models, two different maps
+    maps = [explorer.result(k).attribution for k in keys]  # type: ignore[attr-defined]
+    assert not np.allclose(maps[0], maps[1])
+    # one colour bar for both, stated as shared
+    assert page.locator('.result[data-method="gradcam"] .bar').count() == 1
+    assert "shared by these 2 maps" in page.inner_text('.result[data-method="gradcam"] .scale')
+    if os.environ.get("CNNLENS_SCREENSHOTS"):
+        page.screenshot(
+            path=str(Path(os.environ["CNNLENS_SCREENSHOTS"]) / "explorer_two_models.png"), full_page=True
+        )
     page.close()

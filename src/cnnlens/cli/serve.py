@@ -6,20 +6,39 @@ import argparse
 import time
 from pathlib import Path
 
-from cnnlens.cli.common import add_command, console, model_from_args
-from cnnlens.errors import InputError
+from cnnlens.cli.common import add_command, console
+from cnnlens.errors import CnnlensError, InputError
+from cnnlens.models import DEFAULT_MODEL, LoadedModel, load_model
 from cnnlens.validation import check_int_at_least
 
 DESCRIPTION = (
     "Serves a page at http://HOST:PORT/: pick an image from --data or upload one, see the top-5, run "
     "methods (in a background queue, cancellable) for one or two targets and a layer, and compare the "
-    "maps with opacity and threshold controls. Binds 127.0.0.1 (this machine only) unless --host says "
-    "otherwise. Needs the 'serve' extra (fastapi, uvicorn, python-multipart)."
+    "maps with opacity and threshold controls. Give --model twice to compare two models (A and B) on "
+    "the same image: each model's top-5, and each method's maps side by side on one colour scale. "
+    "Binds 127.0.0.1 (this machine only) unless --host says otherwise. Needs the 'serve' extra "
+    "(fastapi, uvicorn, python-multipart)."
 )
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    p = add_command(sub, "serve", run, model=True, help="a local web explorer", description=DESCRIPTION)
+    p = add_command(sub, "serve", run, help="a local web explorer", description=DESCRIPTION)
+    p.add_argument(
+        "--model",
+        action="append",
+        metavar="MODEL",
+        help="model name (see `cnnlens models`), checkpoint file or run folder; give it twice to "
+        f"compare two models, A and B (default: {DEFAULT_MODEL})",
+    )
+    p.add_argument(
+        "--weights", help="local state-dict file to load into the named architecture (one model only)"
+    )
+    p.add_argument(
+        "--no-pretrained",
+        action="store_true",
+        help="random weights instead of downloading pretrained ones (for every named model)",
+    )
+    p.add_argument("--device", default=None, help="torch device, e.g. cpu or cuda (default: cpu)")
     p.add_argument("--data", type=Path, help="a folder of images to pick from (searched recursively)")
     p.add_argument("--port", type=int, default=8765, help="port (default 8765)")
     p.add_argument(
@@ -48,16 +67,46 @@ def run(args: argparse.Namespace) -> int:
     if args.data is not None and not args.data.is_dir():
         raise InputError(f"--data {args.data} is not a folder of images")
     start = time.perf_counter()
-    model = model_from_args(args)
+    models = load_models(args)
     limits = Limits(max_bytes=int(args.max_upload_mb * 2**20), max_pixels=args.max_pixels)
-    explorer = Explorer(model, args.data, limits=limits)
+    explorer = Explorer(models, args.data, limits=limits)
     app = create_app(explorer)
+    names = " and ".join(f"{label}: {m.name}" for label, m in zip("AB", models, strict=False))
     console.print(
-        f"cnnlens explorer for {model.name} on http://{args.host}:{args.port}/ "
-        f"(ready in {time.perf_counter() - start:.1f} s; Ctrl-C stops it)"
+        f"cnnlens explorer for {names if len(models) > 1 else models[0].name} on "
+        f"http://{args.host}:{args.port}/ (ready in {time.perf_counter() - start:.1f} s; Ctrl-C stops it)"
     )
     try:
         uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
     finally:
         explorer.close()
     return 0
+
+
+def load_models(args: argparse.Namespace) -> list[LoadedModel]:
+    """The one or two models of ``--model``; a model that fails to load is named (A or B) in the
+    one error line."""
+    specs = args.model or [DEFAULT_MODEL]
+    if len(specs) > 2:
+        raise InputError(
+            f"--model given {len(specs)} times ({', '.join(specs)}); the explorer compares at most two models"
+        )
+    if args.weights is not None and len(specs) > 1:
+        raise InputError(
+            "--weights loads into one named model; to compare two models give each as a checkpoint "
+            "file or run folder"
+        )
+    models = []
+    for label, spec in zip("AB", specs, strict=False):
+        with console.status(f"loading {spec}"):
+            try:
+                models.append(
+                    load_model(
+                        spec, weights=args.weights, pretrained=not args.no_pretrained, device=args.device
+                    )
+                )
+            except CnnlensError as err:
+                if len(specs) == 1:
+                    raise
+                raise type(err)(f"model {label} (--model {spec}): {err}") from None
+    return models

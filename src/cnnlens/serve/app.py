@@ -3,15 +3,18 @@ page (``static/index.html``, plain HTML and JavaScript, no build step).
 
 API (JSON unless said otherwise):
 
-- ``GET /api/info``: model, classes, methods, layers, the images of ``--data``, upload limits.
+- ``GET /api/info``: ``models`` (one or two: ``A``, ``B``), each with its classes, methods and
+  layers (model ``A``'s also at the top level), the images of ``--data``, upload limits.
 - ``POST /api/images`` (multipart ``file``): upload an image; ``POST /api/images/pick``
-  ``{"name"}``: take one of ``--data``. Both answer ``{"id", "name", "top"}`` (the top-5).
-- ``GET /api/images/{id}/view.png``: the part of the image the model sees.
-- ``POST /api/jobs`` ``{"image", "method", "target", "layer", "params"}``: queue an explanation;
-  ``GET /api/jobs/{id}``: its status and progress; ``DELETE /api/jobs/{id}``: cancel it.
+  ``{"name"}``: take one of ``--data``. Both answer ``{"id", "name", "top", "tops"}``: the top-5 of
+  model ``A`` and of each model.
+- ``GET /api/images/{id}/view.png?model=0``: the part of the image that model sees.
+- ``POST /api/jobs`` ``{"image", "method", "target", "layer", "params", "model"}``: queue an
+  explanation on ``model`` (0: ``A``, 1: ``B``); ``target`` is a class index or name of that
+  model; ``GET /api/jobs/{id}``: its status and progress; ``DELETE /api/jobs/{id}``: cancel it.
 - ``GET /api/results/{key}``: a finished map's facts and colour scale; ``GET
   /api/results/{key}.png?scale_with=k1,k2``: the map as RGBA (alpha = strength), on one colour
-  scale shared with the maps ``scale_with`` (maps compared side by side).
+  scale shared with the maps ``scale_with`` (maps compared side by side: two targets or two models).
 
 A bad request is a 4xx with ``{"detail": message}``; an unexpected error is a 500 with the same
 shape, and the server goes on.
@@ -30,7 +33,7 @@ from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
 
 from cnnlens.errors import CnnlensError
-from cnnlens.serve.explorer import Explorer, StoredImage, scale_info
+from cnnlens.serve.explorer import LABELS, Explorer, StoredImage, scale_info
 
 log = logging.getLogger(__name__)
 
@@ -42,17 +45,20 @@ class Pick(BaseModel):
 class JobRequest(BaseModel):
     image: str
     method: str
-    target: int | None = None
+    target: int | str | None = None
     layer: str | None = None
     params: dict[str, Any] = Field(default_factory=dict)
+    model: int = 0
 
 
 def _image_body(stored: StoredImage) -> dict[str, Any]:
+    tops = [[{"index": i, "name": n, "probability": round(p, 6)} for i, n, p in top] for top in stored.tops]
     return {
         "id": stored.id,
         "name": stored.name,
         "size": list(stored.image.size),
-        "top": [{"index": i, "name": n, "probability": round(p, 6)} for i, n, p in stored.top],
+        "top": tops[0],
+        "tops": [{"model": m, "label": LABELS[m], "top": top} for m, top in enumerate(tops)],
     }
 
 
@@ -103,13 +109,13 @@ def create_app(explorer: Explorer) -> FastAPI:
         return _image_body(await run_in_threadpool(explorer.add_data_image, body.name))
 
     @app.get("/api/images/{image_id}/view.png")
-    async def view(image_id: str) -> Response:
-        return _png(await run_in_threadpool(explorer.view, image_id))
+    async def view(image_id: str, model: int = 0) -> Response:
+        return _png(await run_in_threadpool(explorer.view, image_id, 384, model))
 
     @app.post("/api/jobs")
     async def submit(body: JobRequest) -> dict[str, Any]:
         job = await run_in_threadpool(
-            explorer.submit, body.image, body.method, body.target, body.layer, body.params
+            explorer.submit, body.image, body.method, body.target, body.layer, body.params, body.model
         )
         return job.info()
 

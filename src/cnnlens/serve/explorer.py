@@ -1,11 +1,11 @@
 """The explorer's state, without the web: models, images, a job queue and a result cache.
 
-One worker thread runs the explanations one after another (the model is shared: an attribution
-method hooks it for the length of a call), so any number of browsers can queue jobs at once. A job
-counts the model's forward passes (a forward hook installed for the length of the job), which
-gives its progress, and is cancelled by raising :class:`Cancelled` from that hook at the next pass;
-the method's own ``with`` blocks put the model back as it was. Results are cached by (model,
-image, method, target, layer, parameters).
+One or two models (``A`` and ``B``, compared side by side). One worker thread runs the explanations
+of both one after another (a model is shared: an attribution method hooks it for the length of a
+call), so any number of browsers can queue jobs at once. A job counts its model's forward passes (a
+forward hook installed for the length of the job), which gives its progress, and is cancelled by
+raising :class:`Cancelled` from that hook at the next pass; the method's own ``with`` blocks put the
+model back as it was. Results are cached by (model, image, method, target, layer, parameters).
 """
 
 from __future__ import annotations
@@ -32,9 +32,12 @@ from torch import nn
 from cnnlens.attribution import create, get_method, method_names
 from cnnlens.attribution.core.explanation import _view
 from cnnlens.data.images import load_image
-from cnnlens.errors import CnnlensError, InputError
+from cnnlens.errors import CnnlensError, InputError, UnknownNameError, closest
 from cnnlens.models.loaded import LoadedModel
 from cnnlens.viz.overlay import ColorScale, choose_scale
+
+#: The labels of the explorer's models, in order (at most two models).
+LABELS = ("A", "B")
 
 #: Image file suffixes listed from ``--data``.
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
@@ -58,7 +61,12 @@ class StoredImage:
     id: str
     name: str
     image: Image.Image
-    top: list[tuple[int, str, float]]
+    tops: list[list[tuple[int, str, float]]]  # the top-5 of each model
+
+    @property
+    def top(self) -> list[tuple[int, str, float]]:
+        """The first model's top-5."""
+        return self.tops[0]
 
 
 @dataclass
@@ -74,11 +82,14 @@ class Result:
     seconds: float
     attribution: np.ndarray
     image_id: str
+    model: int = 0
 
     def info(self) -> dict[str, Any]:
         scale = choose_scale(self.attribution)
         return {
             "key": self.key,
+            "model": self.model,
+            "model_label": LABELS[self.model],
             "method": self.method,
             "target": self.target,
             "target_name": self.target_name,
@@ -121,6 +132,7 @@ class Job:
             "elapsed": round(time.monotonic() - self.started, 2) if self.started else 0.0,
             "error": self.error,
             "method": self.spec["method"],
+            "model": self.spec["model"],
         }
 
 
@@ -128,7 +140,8 @@ class Explorer:
     """Models, images, jobs and results of one explorer server.
 
     Args:
-        model: The classifier to explore.
+        model: The classifier to explore, or two (``[A, B]``) to compare: each keeps its own
+            preprocessing, classes, layers and methods; jobs name the model they run on.
         data: A folder of images to pick from (searched recursively), or ``None``.
         limits: Upload limits.
         cache_size: Results kept (least recently used dropped first).
@@ -136,13 +149,15 @@ class Explorer:
 
     def __init__(
         self,
-        model: LoadedModel,
+        model: LoadedModel | Sequence[LoadedModel],
         data: str | os.PathLike[str] | None = None,
         *,
         limits: Limits | None = None,
         cache_size: int = 256,
     ) -> None:
-        self.model = model
+        self.models = [model] if isinstance(model, LoadedModel) else list(model)
+        if not 1 <= len(self.models) <= len(LABELS):
+            raise InputError(f"the explorer takes one or two models, got {len(self.models)}")
         self.limits = limits or Limits()
         self.data = Path(data) if data is not None else None
         if self.data is not None and not self.data.is_dir():
@@ -158,8 +173,21 @@ class Explorer:
         self._data_names = self._scan_data()
 
     # ------------------------------------------------------------------ model and data
-    def info(self) -> dict[str, Any]:
-        m = self.model
+    @property
+    def model(self) -> LoadedModel:
+        """The first model (``A``)."""
+        return self.models[0]
+
+    def get_model(self, index: int) -> LoadedModel:
+        """Model ``index`` (0 for ``A``, 1 for ``B``)."""
+        if isinstance(index, bool) or not isinstance(index, int) or not 0 <= index < len(self.models):
+            known = ", ".join(f"{i} ({LABELS[i]})" for i in range(len(self.models)))
+            raise InputError(f"model must be one of {known}, got {index!r}")
+        return self.models[index]
+
+    def model_info(self, index: int) -> dict[str, Any]:
+        """What the page needs of model ``index``: names, classes, layers and the methods it takes."""
+        m = self.get_model(index)
         methods = [
             {"name": n, "family": get_method(n).family, "uses_layer": get_method(n).uses_layer}
             for n in method_names()
@@ -174,12 +202,28 @@ class Explorer:
             and layer.output_shape[1] * layer.output_shape[2] > 1  # a feature map, not a pooled vector
         ]
         return {
-            "model": {"name": m.name, "arch": m.arch, "source": m.source, "classes": m.num_classes},
+            "index": index,
+            "label": LABELS[index],
+            "name": m.name,
+            "arch": m.arch,
+            "source": m.source,
+            "classes": m.num_classes,
             "class_names": m.class_names,
             "input_size": list(m.preprocessing.input_size),
             "default_layer": m.default_layer,
             "layers": layers,
             "methods": methods,
+        }
+
+    def info(self) -> dict[str, Any]:
+        """Every model (``models``; the first one's facts also at the top level), the images of
+        ``--data`` and the upload limits."""
+        models = [self.model_info(i) for i in range(len(self.models))]
+        first = models[0]
+        return {
+            "model": {k: first[k] for k in ("name", "arch", "source", "classes")},
+            **{k: first[k] for k in ("class_names", "input_size", "default_layer", "layers", "methods")},
+            "models": models,
             "data": self._data_names,
             "limits": {"max_bytes": self.limits.max_bytes, "max_pixels": self.limits.max_pixels},
         }
@@ -224,8 +268,8 @@ class Explorer:
 
     def _store(self, image: Image.Image, name: str, digest: str) -> StoredImage:
         with self._lock:
-            top = self.model.top_k(self.model.prepare(image), min(5, self.model.num_classes))[0]
-        stored = StoredImage(digest, name, image, top)
+            tops = [m.top_k(m.prepare(image), min(5, m.num_classes))[0] for m in self.models]
+        stored = StoredImage(digest, name, image, tops)
         with self._state:
             self.images[digest] = stored
             self.images.move_to_end(digest)
@@ -240,17 +284,20 @@ class Explorer:
             raise KeyError(f"no image {image_id!r}: upload or pick it again")
         return stored
 
-    def view(self, image_id: str, max_side: int = 384) -> Image.Image:
-        """The part of the image the model sees."""
-        return _view(self.image(image_id).image, self.model.preprocessing, max_side).convert("RGB")
+    def view(self, image_id: str, max_side: int = 384, model: int = 0) -> Image.Image:
+        """The part of the image that model ``model`` sees (its own resize and crop)."""
+        pre = self.get_model(model).preprocessing
+        return _view(self.image(image_id).image, pre, max_side).convert("RGB")
 
     # ------------------------------------------------------------------ jobs
     def result_key(self, spec: dict[str, Any]) -> str:
         """The cache key of a job: model, image, method, target, layer and parameters."""
+        model = self.models[spec["model"]]
         body = json.dumps(
             [
-                self.model.name,
-                self.model.source,
+                spec["model"],  # two models may share a name and source (random weights)
+                model.name,
+                model.source,
                 spec["image"],
                 spec["method"],
                 spec.get("target"),
@@ -266,25 +313,36 @@ class Explorer:
         self,
         image: str,
         method: str,
-        target: int | None = None,
+        target: int | str | None = None,
         layer: str | None = None,
         params: dict[str, Any] | None = None,
+        model: int = 0,
     ) -> Job:
-        """Queue a job (or return a finished one at once when its result is cached)."""
+        """Queue a job (or return a finished one at once when its result is cached).
+
+        ``target`` is a class index or name of model ``model`` (``None``: its top class); two models
+        with different class sets are compared by naming the class.
+        """
+        lm = self.get_model(model)
         stored = self.image(image)
         cls = get_method(method)  # an unknown name: UnknownNameError with the closest names
-        if target is None:
-            target = stored.top[0][0]
-        if not 0 <= target < self.model.num_classes:
-            raise InputError(
-                f"target must be a class index in [0, {self.model.num_classes - 1}], got {target}"
-            )
+        why = cls.unsupported(lm.module)
+        if why is not None:
+            raise InputError(f"{method} cannot explain model {LABELS[model]} ({lm.name}): {why}")
+        index = stored.tops[model][0][0] if target is None else self._target(model, target)
         if layer and not cls.uses_layer:
             layer = None
         if layer:
-            self.model.layer(layer)  # an unknown layer: the closest names suggested
+            lm.layer(layer)  # an unknown layer: the closest names suggested
         params = dict(params or {})
-        spec = {"image": image, "method": method, "target": target, "layer": layer or None, "params": params}
+        spec = {
+            "model": model,
+            "image": image,
+            "method": method,
+            "target": index,
+            "layer": layer or None,
+            "params": params,
+        }
         method_obj = self._build(spec)  # bad parameters fail here, in the request
         key = self.result_key(spec)
         job = Job(uuid.uuid4().hex[:12], key, spec, expected=self.pass_counts.get(self._cost_key(spec)))
@@ -302,16 +360,41 @@ class Explorer:
         self._pool.submit(self._run, job, method_obj)
         return job
 
+    def _target(self, model: int, target: int | str) -> int:
+        """A class index of model ``model`` from an index or a class name (case-insensitive)."""
+        lm = self.models[model]
+        label = f"model {LABELS[model]} ({lm.name})"
+        if isinstance(target, bool):
+            raise InputError(f"target must be a class index or name, not {target!r}")
+        if isinstance(target, int):
+            if not 0 <= target < lm.num_classes:
+                raise InputError(
+                    f"target must be a class index of {label} in [0, {lm.num_classes - 1}], got {target}"
+                )
+            return target
+        lowered = [n.lower() for n in lm.class_names]
+        if target.strip().lower() in lowered:
+            return lowered.index(target.strip().lower())
+        near = closest(target, lm.class_names)
+        if near:
+            hint = "closest: " + ", ".join(near)
+        else:
+            hint = "its classes: " + ", ".join(lm.class_names[:10]) + (" ..." if lm.num_classes > 10 else "")
+        raise UnknownNameError(f"{label} has no class {target!r}; {hint}")
+
     def _cost_key(self, spec: dict[str, Any]) -> str:
         return json.dumps(
-            [spec["method"], spec.get("layer"), spec.get("params")], sort_keys=True, default=str
+            [spec["model"], spec["method"], spec.get("layer"), spec.get("params")],
+            sort_keys=True,
+            default=str,
         )
 
     def _build(self, spec: dict[str, Any]) -> Any:
         cls = get_method(spec["method"])
         accepted = cls.hyperparameters()
         kwargs: dict[str, Any] = dict(cls.quick_params)
-        side = min(self.model.preprocessing.input_size)
+        model = self.models[spec["model"]]
+        side = min(model.preprocessing.input_size)
         for key in cls.pixel_params:  # a quick window larger than the input would hide all of it
             if isinstance(kwargs.get(key), int) and kwargs[key] >= side:
                 kwargs[key] = max(2, side // 4)
@@ -322,7 +405,7 @@ class Explorer:
         kwargs |= spec["params"]  # the user's: an unknown one is refused by create
         if spec["layer"]:
             kwargs["layer"] = spec["layer"]
-        return create(spec["method"], self.model, **kwargs)
+        return create(spec["method"], model, **kwargs)
 
     def job(self, job_id: str) -> Job:
         with self._state:
@@ -344,6 +427,7 @@ class Explorer:
             return
         spec = job.spec
         stored = self.image(spec["image"])
+        model = self.models[spec["model"]]
 
         def count(module: nn.Module, args: Any) -> None:
             job.passes += 1
@@ -352,9 +436,9 @@ class Explorer:
 
         with self._lock:
             job.status, job.started = "running", time.monotonic()
-            handle = self.model.module.register_forward_pre_hook(count)
+            handle = model.module.register_forward_pre_hook(count)
             try:
-                x = self.model.prepare(stored.image)
+                x = model.prepare(stored.image)
                 exp = method.explain(x, torch.tensor([spec["target"]]))
             except Cancelled:
                 job.status = "cancelled"
@@ -374,6 +458,7 @@ class Explorer:
             exp.seconds,
             exp.numpy(0),
             spec["image"],
+            spec["model"],
         )
         with self._state:
             self.pass_counts[self._cost_key(spec)] = job.passes
@@ -391,7 +476,8 @@ class Explorer:
         return r
 
     def scale(self, keys: Sequence[str]) -> ColorScale:
-        """One colour scale over the maps of ``keys`` (maps compared side by side)."""
+        """One colour scale over the maps of ``keys`` (maps compared side by side: two targets, two
+        models, or both)."""
         return choose_scale(*(self.result(k).attribution for k in keys))
 
     def heat(self, key: str, scale_with: Sequence[str] = ()) -> Image.Image:
@@ -405,7 +491,7 @@ class Explorer:
         strength = np.abs(2 * pos - 1) if scale.kind == "diverging" else pos
         alpha = (strength * 255 + 0.5).astype(np.uint8)
         heat = Image.fromarray(np.dstack([rgb, alpha]), "RGBA")
-        view = self.view(r.image_id)
+        view = self.view(r.image_id, model=r.model)
         return heat.resize(view.size, Image.Resampling.BILINEAR)
 
     def close(self) -> None:
