@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from cnnlens.cli import main
+from cnnlens.cli import common, main
 from cnnlens.data import load_sample
 
 FAST = ["-m", "saliency,gradcam,occlusion", "-p", "window=64", "-p", "stride=64"]
@@ -324,8 +324,11 @@ def test_a_bad_parameter_is_one_line_but_a_bug_shows_its_traceback(
 
 @pytest.mark.slow
 def test_explain_prints_deeplift_and_lrp_checks(
-    chelsea: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    chelsea: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    # The notes must be readable whatever the terminal: at 80 columns (what CI's COLUMNS says) rich
+    # wraps the column, so the check reads the table at a width that keeps each note on one line.
+    monkeypatch.setattr(common.console, "_width", 200)
     out = tmp_path / "out"
     args = ["explain", str(chelsea), "--model", "tinycnn", "-m", "deeplift,lrp,saliency", "--out", str(out)]
     assert main(args) == 0
