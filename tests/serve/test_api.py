@@ -22,12 +22,7 @@ from fastapi.testclient import TestClient
 from cnnlens.data.samples import load_sample
 from cnnlens.serve import Explorer, Limits, create_app
 from tests.conftest import tiny_loaded
-
-
-def png(image: Image.Image) -> bytes:
-    buf = io.BytesIO()
-    image.save(buf, format="PNG")
-    return buf.getvalue()
+from tests.serve import png
 
 
 @pytest.fixture(scope="module")

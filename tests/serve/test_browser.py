@@ -16,7 +16,9 @@ import socket
 import threading
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -59,14 +61,13 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, object]]:
+@contextmanager
+def serving(explorer: Any) -> Iterator[tuple[str, Any]]:
+    """The explorer's app on a free local port in a thread, until the block ends."""
     import uvicorn
 
-    from cnnlens.serve import Explorer, Limits, create_app
-    from tests.conftest import tiny_loaded
+    from cnnlens.serve import create_app
 
-    explorer = Explorer(tiny_loaded(classes=5), limits=Limits(max_bytes=1_000_000))
     port = free_port()
     server = uvicorn.Server(
         uvicorn.Config(create_app(explorer), host="127.0.0.1", port=port, log_level="warning")
@@ -76,10 +77,21 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, obje
     end = time.monotonic() + 20
     while not server.started and time.monotonic() < end:
         time.sleep(0.05)
-    yield f"http://127.0.0.1:{port}/", explorer
-    server.should_exit = True
-    thread.join(10)
-    explorer.close()
+    try:
+        yield f"http://127.0.0.1:{port}/", explorer
+    finally:
+        server.should_exit = True
+        thread.join(10)
+        explorer.close()
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, object]]:
+    from cnnlens.serve import Explorer, Limits
+    from tests.conftest import tiny_loaded
+
+    with serving(Explorer(tiny_loaded(classes=5), limits=Limits(max_bytes=1_000_000))) as served:
+        yield served
 
 
 @pytest.fixture(scope="module")
@@ -148,25 +160,11 @@ def test_explorer_in_chromium(server: tuple[str, object], browser: object, tmp_p
 @pytest.fixture(scope="module")
 def two_servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, object]]:
     """An explorer of two tinycnns (seeds 0 and 1: different weights, the same classes)."""
-    import uvicorn
-
-    from cnnlens.serve import Explorer, create_app
+    from cnnlens.serve import Explorer
     from tests.conftest import tiny_loaded
 
-    explorer = Explorer([tiny_loaded(seed=0, classes=5), tiny_loaded(seed=1, classes=5)])
-    port = free_port()
-    server = uvicorn.Server(
-        uvicorn.Config(create_app(explorer), host="127.0.0.1", port=port, log_level="warning")
-    )
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    end = time.monotonic() + 20
-    while not server.started and time.monotonic() < end:
-        time.sleep(0.05)
-    yield f"http://127.0.0.1:{port}/", explorer
-    server.should_exit = True
-    thread.join(10)
-    explorer.close()
+    with serving(Explorer([tiny_loaded(seed=0, classes=5), tiny_loaded(seed=1, classes=5)])) as served:
+        yield served
 
 
 def test_two_models_in_chromium(two_servers: tuple[str, object], browser: object, tmp_path: Path) -> None:

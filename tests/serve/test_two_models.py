@@ -28,12 +28,7 @@ from cnnlens.errors import InputError
 from cnnlens.serve import Explorer, create_app
 from cnnlens.viz.overlay import choose_scale
 from tests.conftest import tiny_loaded
-
-
-def png(image: Image.Image) -> bytes:
-    buf = io.BytesIO()
-    image.save(buf, format="PNG")
-    return buf.getvalue()
+from tests.serve import png
 
 
 @pytest.fixture
