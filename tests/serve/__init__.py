@@ -3,8 +3,13 @@
 from __future__ import annotations
 
 import io
+import time
+from typing import TYPE_CHECKING, Any
 
 from PIL import Image
+
+if TYPE_CHECKING:
+    from fastapi.testclient import TestClient
 
 
 def png(image: Image.Image) -> bytes:
@@ -12,3 +17,12 @@ def png(image: Image.Image) -> bytes:
     buf = io.BytesIO()
     image.save(buf, format="PNG")
     return buf.getvalue()
+
+
+def wait(client: TestClient, job: dict[str, Any], timeout: float = 30.0) -> dict[str, Any]:
+    """The job's state once it has finished (or after ``timeout`` seconds)."""
+    end = time.monotonic() + timeout
+    while job["status"] in ("queued", "running") and time.monotonic() < end:
+        time.sleep(0.02)
+        job = client.get(f"/api/jobs/{job['id']}").json()
+    return job

@@ -8,7 +8,6 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pytest
@@ -22,7 +21,7 @@ from fastapi.testclient import TestClient
 from cnnlens.data.samples import load_sample
 from cnnlens.serve import Explorer, Limits, create_app
 from tests.conftest import tiny_loaded
-from tests.serve import png
+from tests.serve import png, wait
 
 
 @pytest.fixture(scope="module")
@@ -40,14 +39,6 @@ def client(data: Path) -> Iterator[TestClient]:
     with TestClient(create_app(explorer)) as c:
         yield c
     explorer.close()
-
-
-def wait(client: TestClient, job: dict[str, Any], timeout: float = 30.0) -> dict[str, Any]:
-    end = time.monotonic() + timeout
-    while job["status"] in ("queued", "running") and time.monotonic() < end:
-        time.sleep(0.02)
-        job = client.get(f"/api/jobs/{job['id']}").json()
-    return job
 
 
 def test_info_page_and_top5(client: TestClient) -> None:

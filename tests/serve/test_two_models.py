@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import dataclasses
 import io
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -28,7 +27,7 @@ from cnnlens.errors import InputError
 from cnnlens.serve import Explorer, create_app
 from cnnlens.viz.overlay import choose_scale
 from tests.conftest import tiny_loaded
-from tests.serve import png
+from tests.serve import png, wait
 
 
 @pytest.fixture
@@ -46,14 +45,6 @@ def pair() -> Iterator[TestClient]:
     with TestClient(create_app(explorer)) as c:
         yield c
     explorer.close()
-
-
-def wait(client: TestClient, job: dict[str, Any], timeout: float = 30.0) -> dict[str, Any]:
-    end = time.monotonic() + timeout
-    while job["status"] in ("queued", "running") and time.monotonic() < end:
-        time.sleep(0.02)
-        job = client.get(f"/api/jobs/{job['id']}").json()
-    return job
 
 
 def run(client: TestClient, **body: Any) -> dict[str, Any]:
