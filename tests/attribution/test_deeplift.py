@@ -306,3 +306,53 @@ def test_lrp_merges_batch_norm_into_the_convolution() -> None:
         b = create("lrp", folded, composite=composite).explain(x, target=0).attributions
         assert torch.allclose(a, b, atol=1e-5), composite
     assert_same(before, snapshot(with_bn))
+
+
+class TimmResidual(nn.Module):
+    """Bias-free stem, one timm ``InvertedResidual`` with its skip (batch norms are timm's
+    ``BatchNormAct2d``, eps 1e-3 as in its TensorFlow ports, zero mean and bias so that merging them
+    adds no bias), and a bias-free linear head: LRP's rules conserve relevance on it exactly."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        from timm.models._efficientnet_blocks import InvertedResidual
+
+        torch.manual_seed(0)
+        self.stem = nn.Sequential(nn.Conv2d(3, 6, 3, padding=1, bias=False), nn.ReLU())
+        self.block = InvertedResidual(6, 6, exp_ratio=2.0, act_layer=nn.ReLU, norm_layer=nn.BatchNorm2d)
+        for bn in (m for m in self.block.modules() if isinstance(m, nn.BatchNorm2d)):
+            bn.eps = 1e-3
+            with torch.no_grad():
+                bn.running_var.uniform_(0.5, 1.5)
+                bn.weight.uniform_(0.5, 1.5)
+        self.fc = nn.Linear(6 * 8 * 8, 3, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.block(self.stem(x)).flatten(1))
+
+
+def test_lrp_splits_timms_residual_add_and_merges_its_batch_norms() -> None:
+    """Planted: on a bias-free network with a timm residual block, the epsilon rule conserves the
+    logit only if the add is split by contribution (zennit's ``Sum``); without the canonizer the add
+    hands its whole relevance to both inputs. The block's ``BatchNormAct2d`` must be merged (its
+    activation is a child, which a plain leaf walk steps into) with eps 0 afterwards, or the
+    canonized model's output moves and LRP stops with one line."""
+    from cnnlens.attribution.methods.lrp import units
+
+    model = TimmResidual().eval()
+    assert model.block.has_skip
+    assert [type(m).__name__ for m in units(model, nn.BatchNorm2d)].count("BatchNormAct2d") == 3
+    before = snapshot(model)
+    x = torch.randn(3, 3, 8, 8, generator=torch.Generator().manual_seed(0))
+    # Without the split the sums come out at about twice the logit, for both composites (checked by
+    # switching the canonizer off). z+ is exact only where a layer's output is not negative (the
+    # block's last convolution, before the add, is not): within 2% here.
+    for composite, rtol in (("epsilon", 1e-4), ("epsilon_plus_flat", 0.02)):
+        exp = create("lrp", model, composite=composite, epsilon=1e-9).explain(x)
+        with torch.no_grad():
+            logit = model(x).gather(1, exp.targets[:, None])[:, 0]
+        assert torch.allclose(exp.extras["relevance_sum"], logit, rtol=rtol), composite
+    assert_same(before, snapshot(model))
+    assert model.block.has_skip and all(
+        m.eps == 1e-3 for m in model.block.modules() if isinstance(m, nn.BatchNorm2d)
+    )

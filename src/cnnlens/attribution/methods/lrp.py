@@ -21,13 +21,14 @@ The output relevance is the target's logit, so conservative rules give relevance
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any
 
 import torch
 from torch import nn
 from torchvision.models.resnet import BasicBlock, Bottleneck
 from zennit.attribution import Gradient
-from zennit.canonizers import Canonizer, CompositeCanonizer, SequentialMergeBatchNorm
+from zennit.canonizers import AttributeCanonizer, Canonizer, CompositeCanonizer, SequentialMergeBatchNorm
 from zennit.composites import (
     Composite,
     EpsilonAlpha2Beta1,
@@ -35,7 +36,7 @@ from zennit.composites import (
     EpsilonPlusFlat,
     LayerMapComposite,
 )
-from zennit.core import collect_leaves
+from zennit.layer import Sum
 from zennit.rules import Epsilon, Norm, Pass
 from zennit.torchvision import ResNetBasicBlockCanonizer, ResNetBottleneckCanonizer
 from zennit.types import Activation, AvgPool, Convolution
@@ -58,11 +59,24 @@ class CheckedMergeBatchNorm(SequentialMergeBatchNorm):
     Here a pair whose channels differ is left alone, and merges made before any error are undone.
     """
 
+    def register(self, linears: Any, batch_norm: nn.Module) -> None:
+        """zennit's merge leaves the batch norm computing ``x / sqrt(1 + eps)``: negligible at
+        torchvision's eps of 1e-5, but timm's TensorFlow ports use 1e-3, and over lite0's 49 batch
+        norms the logits moved by 2e-3 of their range. The merged norm gets eps 0 (restored on remove),
+        so it is exactly the identity."""
+        super().register(linears, batch_norm)
+        self.batch_norm_eps = float(getattr(batch_norm, "eps"))  # noqa: B009 (a batch norm's float)
+        setattr(batch_norm, "eps", 0.0)  # noqa: B010
+
+    def remove(self) -> None:
+        super().remove()
+        self.batch_norm.eps = self.batch_norm_eps
+
     def apply(self, root_module: nn.Module) -> list[Any]:
         instances: list[Any] = []
         last = None
         try:
-            for leaf in collect_leaves(root_module):
+            for leaf in units(root_module, self.batch_norm_type):
                 width = getattr(last, "out_channels", getattr(last, "out_features", None))
                 if (
                     isinstance(last, self.linear_type)
@@ -80,15 +94,66 @@ class CheckedMergeBatchNorm(SequentialMergeBatchNorm):
         return instances
 
 
+def units(root: nn.Module, kinds: Any) -> Iterator[nn.Module]:
+    """The leaves of ``root`` in registration order, except that a module of ``kinds`` counts as one
+    unit with whatever it holds: timm's ``BatchNormAct2d`` is a batch norm with its activation as a
+    child, which zennit's leaf walk would step into and so never merge."""
+    for child in root.children():
+        if isinstance(child, kinds) or not any(True for _ in child.children()):
+            yield child
+        else:
+            yield from units(child, kinds)
+
+
+def _timm_skip_blocks() -> tuple[type[nn.Module], ...]:
+    try:
+        from timm.models._efficientnet_blocks import DepthwiseSeparableConv, InvertedResidual
+    except ImportError:  # another timm layout: those blocks keep the gradient's add
+        return ()
+    return (DepthwiseSeparableConv, InvertedResidual)
+
+
+class TimmSkipCanonizer(AttributeCanonizer):
+    """The residual add of timm's EfficientNet / MobileNet blocks (``InvertedResidual``,
+    ``DepthwiseSeparableConv`` with ``has_skip``) made a zennit ``Sum``, which the composites give
+    the ``Norm`` rule: relevance is split between the branch and the shortcut in proportion to their
+    contributions, as zennit's ResNet canonizers do for torchvision's blocks. Without it the add passes
+    the whole relevance to both inputs and it grows with every block. The block's own forward runs
+    with the skip switched off (restored in ``finally``), so the canonizer does not copy timm's code.
+    """
+
+    def __init__(self) -> None:
+        super().__init__(self._attribute_map)
+
+    @classmethod
+    def _attribute_map(cls, name: str, module: nn.Module) -> dict[str, Any] | None:
+        blocks = _timm_skip_blocks()
+        if blocks and isinstance(module, blocks) and getattr(module, "has_skip", False):
+            return {"forward": cls.forward.__get__(module), "canonizer_sum": Sum()}
+        return None
+
+    @staticmethod
+    def forward(self: Any, x: torch.Tensor) -> torch.Tensor:
+        self.has_skip = False
+        try:
+            branch = type(self).forward(self, x)
+        finally:
+            self.has_skip = True
+        return self.canonizer_sum(torch.stack([x, self.drop_path(branch)], dim=-1))
+
+
 def canonizers(module: nn.Module) -> list[Canonizer]:
-    """Batch norms merged into the preceding convolution; for torchvision ResNets also the residual add
-    made a module the rules see (zennit's ResNet canonizers)."""
+    """Batch norms merged into the preceding convolution; for torchvision ResNets and timm's
+    EfficientNet / MobileNet blocks also the residual add made a module the rules see (zennit's ResNet
+    canonizers, :class:`TimmSkipCanonizer`)."""
+    adds: list[Canonizer] = []
     if any(isinstance(m, (BasicBlock, Bottleneck)) for m in module.modules()):
-        return [
-            CompositeCanonizer(
-                (CheckedMergeBatchNorm(), ResNetBottleneckCanonizer(), ResNetBasicBlockCanonizer())
-            )
-        ]
+        adds += [ResNetBottleneckCanonizer(), ResNetBasicBlockCanonizer()]
+    blocks = _timm_skip_blocks()
+    if blocks and any(isinstance(m, blocks) and getattr(m, "has_skip", False) for m in module.modules()):
+        adds.append(TimmSkipCanonizer())
+    if adds:
+        return [CompositeCanonizer((CheckedMergeBatchNorm(), *adds))]
     return [CheckedMergeBatchNorm()]
 
 
@@ -107,6 +172,7 @@ def composite(
     layer_map: list[tuple[Any, Any]] = [
         (Activation, Pass()),
         (AvgPool, Norm()),
+        (Sum, Norm()),
         (Convolution, Epsilon(epsilon=epsilon)),
         (nn.Linear, Epsilon(epsilon=epsilon)),
     ]
