@@ -338,8 +338,7 @@ def check_feature_map_layer(model: LoadedModel, layer: str, *, tokens: bool = Fa
     shape = shapes.get(name)
     if shape is None:
         raise InputError(f"--layer {name}: the layer does not run in the forward pass; choose one that does")
-    layout = TokenLayout.of(model.module, pre.input_size)
-    if tokens and len(shape) == 2 and layout.grid_for(shape[0]) is not None:
+    if tokens and len(shape) == 2 and TokenLayout.of(model.module, pre.input_size).grid_for(shape[0]):
         return  # a vision transformer's tokens, read as their grid of patches
     if len(shape) != 3:
         accepted = " or tokens on a grid of patches" if tokens else ""
