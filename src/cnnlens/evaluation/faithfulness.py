@@ -168,11 +168,12 @@ class _RemovalMetric(Metric):
     needs = ("inputs", "model")
     baseline: str
     blur_sigma: float
-    #: Perturbed images per forward pass when the metric runs its own queue.
-    own_batch_size: int = 16
+    #: Perturbed images per forward pass when the metric runs its own queue (deletion and insertion
+    #: take it as a parameter).
+    batch_size: int = 16
 
     def _evaluate(self, sample: Sample) -> MetricResult:
-        queue = ScoreQueue(required(sample.model, "model"), batch_size=self.own_batch_size)
+        queue = ScoreQueue(required(sample.model, "model"), batch_size=self.batch_size)
         done = self.queue(sample, queue)
         queue.run()
         return done()
@@ -226,7 +227,6 @@ class _CurveMetric(_RemovalMetric):
         self.score = score
         self.blur_sigma = blur_sigma
         self.batch_size = batch_size
-        self.own_batch_size = batch_size
 
     def _queue(
         self, curve: Callable[[list[float], str], list[int]], scores: Callable[..., list[float]]
