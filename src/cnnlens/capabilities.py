@@ -15,6 +15,10 @@ Capabilities (see :data:`CAPABILITIES`):
   (``torch.ops.mkldnn._convolution_pointwise``, the op PyTorch's inductor emits when it freezes a
   network), in float32: the fused inference network's kernel.
 * ``fused_conv_bf16``: the same op on bfloat16 inputs and weights (float32 bias).
+* ``compiled_kernels``: ``torch.compile`` (inductor) of an elementwise function with dynamic shapes,
+  which on the CPU needs a working C++ compiler: DeepLIFT's one-pass rescale kernel
+  (:mod:`cnnlens.attribution.engine.kernels`). Its probe compiles, which takes seconds, so it runs
+  only when asked: by a method that wants the kernels, or by :func:`report`.
 
 Any capability can be switched off by name, for a test of the fallback or to work around a broken
 kernel: ``CNNLENS_DISABLE=bf16_native,fused_conv`` (``all`` for every one) in the environment, or
@@ -45,6 +49,7 @@ CAPABILITIES: dict[str, str] = {
     "AVX-NE-CONVERT or AMX; CUDA: a bf16-capable GPU)",
     "fused_conv": "oneDNN convolution with a fused activation (mkldnn._convolution_pointwise), float32",
     "fused_conv_bf16": "oneDNN convolution with a fused activation on bfloat16 inputs",
+    "compiled_kernels": "torch.compile (inductor) of elementwise kernels (on the CPU: a C++ compiler)",
 }
 
 
@@ -142,11 +147,38 @@ def _pointwise(device: torch.device, dtype: torch.dtype) -> None:
     _close(got, ref, 1e-5 if dtype == torch.float32 else 0.05)
 
 
+def start_autograd_before_compiling() -> None:
+    """Run one tiny backward pass before the first ``torch.compile`` of the process.
+
+    Measured with torch 2.14 on the CPU: when inductor compiles before the process's first backward
+    pass, that backward starts autograd's per-device threads and registers a fork handler, after which
+    every backward pass in a fork-started child fails ("Unable to handle autograd's threading in
+    combination with fork-based multiprocessing"); a backward pass first keeps the engine as it is
+    in a process that never compiles. Cheap, and harmless where it does not matter.
+    """
+    point = torch.zeros(1, requires_grad=True)
+    torch.autograd.grad(point.sum(), point)
+
+
+def _compiled(device: torch.device) -> None:
+    def kernel(x: torch.Tensor, x0: torch.Tensor) -> torch.Tensor:
+        dx = x - x0
+        return torch.where(dx == 0, (x > 0).to(x.dtype), (torch.relu(x) - torch.relu(x0)) / dx)
+
+    x, w, _ = _tiny(device)
+    x0 = w[:1, :, :1, :1]
+    start_autograd_before_compiling()
+    with torch.no_grad():
+        got = torch.compile(kernel, dynamic=True, fullgraph=True)(x, x0)
+        _close(got, kernel(x, x0), 1e-6)
+
+
 _PROBES: dict[str, Callable[[torch.device], None]] = {
     "bf16_autocast": _bf16_autocast,
     "bf16_native": _bf16_native,
     "fused_conv": lambda d: _pointwise(d, torch.float32),
     "fused_conv_bf16": lambda d: _pointwise(d, torch.bfloat16),
+    "compiled_kernels": _compiled,
 }
 
 

@@ -187,9 +187,9 @@ def test_later_calls_reuse_the_trace_and_reference_until_the_model_or_baseline_c
     method = create("deeplift", model, baseline="zero")
     original = RuledGraph.__init__
 
-    def counting(self: RuledGraph, *args: Any) -> None:
+    def counting(self: RuledGraph, *args: Any, **kwargs: Any) -> None:
         traces.append(1)
-        original(self, *args)
+        original(self, *args, **kwargs)
 
     def run(m: Any = method) -> torch.Tensor:
         images.clear()

@@ -30,6 +30,7 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
+from cnnlens.attribution.engine.kernels import Kernel
 from cnnlens.models.hooks import Handles
 
 Grads = tuple[torch.Tensor | None, ...]
@@ -73,6 +74,14 @@ class Rule:
         """The gradients sent to ``call.inputs``, given ``grad`` at the output."""
         raise NotImplementedError
 
+    def kernel(self, kind: type, op: Any) -> Kernel | None:
+        """A compiled backward kernel ``(grad, x, x', y') -> grad * m`` for one call of ``op`` (of kind
+        ``kind``) with one input ``x`` and the reference's input ``x'`` and output ``y'``: the product
+        with the :meth:`multiplier` in one pass, ``m`` never stored; ``None`` (the default) where the
+        rule has none. :class:`RuledGraph` uses it in place of :meth:`multiplier` when asked to
+        (:meth:`RuledGraph.use_kernels`)."""
+        return None
+
     def multiplier(self, call: Call) -> torch.Tensor | None:
         """The tensor ``m`` (shape of ``call.inputs[0]``) whose product with the output gradient is the
         gradient of the call's one input, computed in the forward pass (without autograd); ``None``
@@ -112,6 +121,33 @@ class _Scaled(torch.autograd.Function):
         m: torch.Tensor = ctx.m
         ctx.m = None  # the graph is used once: m becomes the gradient (no new tensor) and goes with it
         return None, m.mul_(grad)
+
+
+class _Kerneled(torch.autograd.Function):
+    """The precomputed output in the forward pass, ``kernel(grad, x, x', y')`` to ``x`` in the backward."""
+
+    @staticmethod
+    def forward(ctx: Any, kept: list[Any], x: torch.Tensor) -> torch.Tensor:
+        output, ctx.kernel, ctx.reference = kept
+        ctx.save_for_backward(x)
+        return output
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[Any, ...]:
+        (x,) = ctx.saved_tensors
+        (x0,), y0 = ctx.reference
+        return None, ctx.kernel(grad, x, x0, y0)
+
+
+def kerneled(
+    output: torch.Tensor,
+    x: torch.Tensor,
+    kernel: Kernel,
+    reference: tuple[tuple[torch.Tensor, ...], torch.Tensor],
+) -> torch.Tensor:
+    """``output`` (computed from ``x`` without autograd), whose gradient to ``x`` is
+    ``kernel(grad, x, x', y')`` with the reference's input ``x'`` and output ``y'``."""
+    return _Kerneled.apply([output, kernel, reference], x)
 
 
 def scaled(output: torch.Tensor, x: torch.Tensor, m: torch.Tensor) -> torch.Tensor:

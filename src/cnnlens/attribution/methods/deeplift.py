@@ -32,6 +32,7 @@ only approximately, and ``extras["completeness_gap"]`` says by how much.
 
 from __future__ import annotations
 
+import logging
 import math
 from typing import Any, ClassVar
 
@@ -40,13 +41,17 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.modules.utils import _pair
 
+from cnnlens import capabilities
 from cnnlens.attribution.core.base import Attributed, ModelLike, OnePass, TargetPicker
 from cnnlens.attribution.core.registry import register
+from cnnlens.attribution.engine.kernels import Kernel, clamp_bounds, clamp_kernel
 from cnnlens.attribution.engine.ruled_graph import Product, RuledGraph
 from cnnlens.attribution.engine.rules import Call, Grads, Rule
 from cnnlens.attribution.methods.gradient import check_baseline, make_baselines, pixel_bounds, seeded
 from cnnlens.errors import InputError
 from cnnlens.validation import check_positive_int
+
+logger = logging.getLogger(__name__)
 
 #: Differences at or below this size use the local gradient instead of the ratio of differences.
 TINY = 1e-6
@@ -102,6 +107,11 @@ class Rescale(Rule):
 
     kinds = ACTIVATIONS + _norm_act_kinds()
     needs_reference = True
+
+    def kernel(self, kind: type, op: Any) -> Kernel | None:
+        """One compiled backward pass (``grad * m``, ``m`` never stored) for a clamp with known bounds."""
+        bounds = clamp_bounds(kind, op) if issubclass(kind, CLAMPS) else None
+        return None if bounds is None else clamp_kernel(*bounds, compiled=True)
 
     def multiplier(self, call: Call) -> torch.Tensor:
         """``(y - y') / (x - x')``, and the local gradient where ``|x - x'| <= TINY``.
@@ -239,7 +249,7 @@ class ReferenceCache:
         signature = model_signature(model)
         if self.graph is None or signature != self.signature:
             self.clear()
-            self.graph, self.signature = RuledGraph(model, DEEPLIFT_RULES), signature
+            self.graph, self.signature = RuledGraph(model, DEEPLIFT_RULES, fold_batch_norm=True), signature
         return self.graph
 
     def reference(self, base: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -269,6 +279,38 @@ class ReferenceCache:
         self.signature = self.graph = self.base = self.logits = None
 
 
+#: Under ``compiled="auto"``, a method object turns to the compiled kernels once it has run this many
+#: image passes (images times baselines): compiling costs about 4 to 11 s once per process on a 2-core
+#: AMD EPYC, and the kernels save 0.01 to 0.03 s per 224 px image on ResNet-50 and DenseNet-121.
+COMPILE_AFTER = 512
+COMPILED_SETTINGS = ("auto", "on", "off")
+
+
+class KernelPolicy:
+    """Whether a DeepLIFT call runs the rules' compiled kernels (:mod:`~cnnlens.attribution.engine.kernels`):
+    ``"on"``, ``"off"``, or ``"auto"`` (once the object has run :data:`COMPILE_AFTER` image passes, where
+    the compilation pays for itself). Either way only where the ``compiled_kernels`` capability is
+    there; ``"on"`` without it says why once (logged) and runs eager."""
+
+    def __init__(self, setting: str):
+        if setting not in COMPILED_SETTINGS:
+            raise InputError(f"compiled must be one of {', '.join(COMPILED_SETTINGS)}, got {setting!r}")
+        self.setting = setting
+        self.passes = 0
+        self.warned = False
+
+    def wants(self, passes: int, device: torch.device) -> bool:
+        """Count ``passes`` more image passes; whether this call uses the kernels."""
+        self.passes += passes
+        if self.setting == "off" or (self.setting == "auto" and self.passes < COMPILE_AFTER):
+            return False
+        found = capabilities.probe("compiled_kernels", device)
+        if not found.available and self.setting == "on" and not self.warned:
+            self.warned = True
+            logger.warning("compiled='on', but the kernels cannot run here (%s): eager passes", found.reason)
+        return found.available
+
+
 def _result(total: torch.Tensor, difference: torch.Tensor) -> Attributed:
     maps = total.sum(dim=1)
     gap = (maps.sum(dim=(1, 2)) - difference).abs()
@@ -288,6 +330,9 @@ class DeepLift(OnePass):
             :class:`~cnnlens.attribution.methods.gradient.IntegratedGradients`.
         blur_sigma: Standard deviation in pixels of the ``"blur"`` baseline.
         seed: Seed of the ``"noise"`` baseline.
+        compiled: ``"auto"``, ``"on"`` or ``"off"``: run the rescale rule of ReLU-like clamps as one
+            compiled kernel (:class:`KernelPolicy`; ``"auto"`` once this object has explained
+            :data:`COMPILE_AFTER` images). The maps are the same to float32 round-off.
 
     A shared reference (``"black"``, ``"zero"``, one image) is run once: the object keeps the traced copy
     and the reference values (about one forward pass of one image in memory) for its later calls, until
@@ -317,6 +362,7 @@ class DeepLift(OnePass):
         baseline: str | torch.Tensor = "black",
         blur_sigma: float = 10.0,
         seed: int = 0,
+        compiled: str = "auto",
         batch_size: int | None = None,
     ):
         super().__init__(model, batch_size=batch_size)
@@ -326,6 +372,8 @@ class DeepLift(OnePass):
         self.baseline = baseline
         self.blur_sigma = blur_sigma
         self.seed = seed
+        self.compiled = compiled
+        self._kernels = KernelPolicy(compiled)
         self._cache = ReferenceCache()
 
     def _shared(self) -> bool:
@@ -346,6 +394,7 @@ class DeepLift(OnePass):
         baselines = make_baselines(self.model, self.baseline, source, self.blur_sigma, self.seed)
         if not shared:
             cache.forget_reference()
+        graph.use_kernels(self._kernels.wants(len(inputs), inputs.device))
         maps, differences = [], []
         for start in range(0, len(inputs), batch_size):
             x = inputs[start : start + batch_size]
@@ -376,6 +425,8 @@ class DeepLiftShap(OnePass):
             ``(K, C, H, W)`` of baseline images in the model's input space (e.g. training images).
         n_baselines: How many baselines are drawn (ignored for a tensor).
         seed: Seed of the baselines' private generator.
+        compiled: ``"auto"``, ``"on"`` or ``"off"``, as for :class:`DeepLift` (``"auto"`` counts
+            images times baselines).
 
     Shape:
         A ``(N, H, W)`` signed map.
@@ -400,6 +451,7 @@ class DeepLiftShap(OnePass):
         n_baselines: int = 16,
         blur_sigma: float = 10.0,
         seed: int = 0,
+        compiled: str = "auto",
         batch_size: int | None = None,
     ):
         super().__init__(model, batch_size=batch_size)
@@ -420,6 +472,8 @@ class DeepLiftShap(OnePass):
         self.n_baselines = n_baselines
         self.blur_sigma = blur_sigma
         self.seed = seed
+        self.compiled = compiled
+        self._kernels = KernelPolicy(compiled)
 
     def _baseline_set(self, x: torch.Tensor) -> torch.Tensor:
         """The ``(K, C, H, W)`` baselines of one input ``(C, H, W)``."""
@@ -442,9 +496,10 @@ class DeepLiftShap(OnePass):
         return blurred + 0.1 * (hi - lo) * noise
 
     def _attribute_picking(self, inputs: torch.Tensor, picker: TargetPicker, batch_size: int) -> Attributed:
-        graph = RuledGraph(self.module, DEEPLIFT_RULES)
+        graph = RuledGraph(self.module, DEEPLIFT_RULES, fold_batch_norm=True)
         sets = torch.stack([self._baseline_set(x) for x in inputs], dim=1)  # (K, N, C, H, W)
         shared = isinstance(self.baselines, torch.Tensor) or self.baselines == "noise"
+        graph.use_kernels(self._kernels.wants(len(inputs) * len(sets), inputs.device))
         total = torch.zeros(inputs.shape, dtype=torch.float64, device=inputs.device)
         difference = torch.zeros(len(inputs), dtype=torch.float64, device=inputs.device)
         for k in range(len(sets)):
