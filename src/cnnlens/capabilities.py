@@ -156,8 +156,9 @@ def start_autograd_before_compiling() -> None:
     combination with fork-based multiprocessing"); a backward pass first keeps the engine as it is
     in a process that never compiles. Cheap, and harmless where it does not matter.
     """
-    point = torch.zeros(1, requires_grad=True)
-    torch.autograd.grad(point.sum(), point)
+    with torch.enable_grad():  # also from inside a backward pass or a no_grad block
+        point = torch.zeros(1, requires_grad=True)
+        torch.autograd.grad(point.sum(), point)
 
 
 def _compiled(device: torch.device) -> None:
