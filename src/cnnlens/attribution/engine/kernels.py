@@ -41,46 +41,53 @@ _FAILED: list[str] = []
 
 
 def clamp_rescale_grad(
-    grad: torch.Tensor, x: torch.Tensor, x0: torch.Tensor, y0: torch.Tensor, lo: float, hi: float
+    grad: torch.Tensor, x: torch.Tensor, x0: torch.Tensor, lo: float, hi: float
 ) -> torch.Tensor:
-    """``grad * m`` for DeepLIFT's multiplier ``m = (y - y0) / (x - x0)`` of ``y = clamp(x, lo, hi)``,
-    which is the local gradient (1 strictly inside ``(lo, hi)``, else 0, as PyTorch's own backward)
-    where ``x == x0``.
+    """``grad * m`` for DeepLIFT's multiplier ``m = (y - y0) / (x - x0)`` of ``y = clamp(x, lo, hi)``
+    and ``y0 = clamp(x0, lo, hi)``, which is the local gradient (1 strictly inside ``(lo, hi)``, else
+    0, as PyTorch's own backward) where ``x == x0``.
 
-    ``x0`` and ``y0`` (the reference's input and output) broadcast against ``x``. For a clamp,
+    ``x0`` (the reference's input) broadcasts against ``x``; the reference's output is computed again
+    from it (the same clamp, so the same bits), which saves the kernel a stream to read. For a clamp,
     ``y - y0`` is ``x - x0`` or 0 to the bit when ``x`` and ``x0`` are on the same piece, so the
     multiplier is exact without a threshold; only ``0 / 0`` needs the local gradient. Compiled, this
-    is one loop that reads ``grad`` and ``x`` and writes the result: the memory traffic of the clamp's
-    own backward (which reads ``grad`` and ``y``).
+    is one loop that reads ``grad``, ``x`` and ``x0`` and writes the result, about the memory traffic
+    of the clamp's own backward (which reads ``grad`` and ``y``).
     """
-    y = torch.clamp(x, lo, hi) if math.isfinite(hi) else torch.clamp_min(x, lo)
+    finite = math.isfinite(hi)
+    y = torch.clamp(x, lo, hi) if finite else torch.clamp_min(x, lo)
+    y0 = torch.clamp(x0, lo, hi) if finite else torch.clamp_min(x0, lo)
     dx = x - x0
     local = ((x > lo) & (x < hi)).to(x.dtype)
     return grad * torch.where(dx == 0, local, (y - y0) / dx)
 
 
-def _compiled_clamp_rescale_grad() -> Callable[..., torch.Tensor]:
-    if "clamp_rescale_grad" not in _COMPILED:
+def _compiled_clamp_rescale_grad(lo: float, hi: float) -> Callable[..., torch.Tensor]:
+    """The compiled kernel of the clamp to ``[lo, hi]`` (the bounds are constants in it: as arguments
+    dynamo would make ``lo`` a tensor on every call)."""
+    key = f"clamp_rescale_grad({lo!r}, {hi!r})"
+    if key not in _COMPILED:
         capabilities.start_autograd_before_compiling()  # fork-started children keep their autograd
+
+        def kernel(grad: torch.Tensor, x: torch.Tensor, x0: torch.Tensor) -> torch.Tensor:
+            return clamp_rescale_grad(grad, x, x0, lo, hi)
+
         # dynamic shapes: one compilation serves every activation size of every network; not fullgraph,
         # so that past dynamo's recompilation limit a call runs eager instead of failing
-        _COMPILED["clamp_rescale_grad"] = torch.compile(clamp_rescale_grad, dynamic=True)
-    return _COMPILED["clamp_rescale_grad"]
+        _COMPILED[key] = torch.compile(kernel, dynamic=True)
+    return _COMPILED[key]
 
 
-def _flat_views(
-    grad: torch.Tensor, x: torch.Tensor, x0: torch.Tensor, y0: torch.Tensor
-) -> tuple[torch.Tensor, ...] | None:
+def _flat_views(grad: torch.Tensor, x: torch.Tensor, x0: torch.Tensor) -> tuple[torch.Tensor, ...] | None:
     """The operands as one dimension (same shapes) or two (``(B, N)`` against a shared ``(1, N)``
     reference), where they are contiguous: inductor's kernel parallelises its outer loop only, which
     for a ``(1, C, H, W)`` activation would be one thread."""
-    tensors = (grad, x, x0, y0)
-    if not all(t.is_contiguous() for t in tensors) or grad.shape != x.shape or x0.shape != y0.shape:
+    if not (grad.is_contiguous() and x.is_contiguous() and x0.is_contiguous()) or grad.shape != x.shape:
         return None
     if x0.shape == x.shape:
-        return tuple(t.view(-1) for t in tensors)
+        return grad.view(-1), x.view(-1), x0.view(-1)
     if x.ndim > 1 and x0.shape[0] == 1 and x0.shape[1:] == x.shape[1:]:
-        return grad.view(len(x), -1), x.view(len(x), -1), x0.view(1, -1), y0.view(1, -1)
+        return grad.view(len(x), -1), x.view(len(x), -1), x0.view(1, -1)
     return None
 
 
@@ -88,19 +95,27 @@ def compiled_clamp_rescale_grad(
     grad: torch.Tensor, x: torch.Tensor, x0: torch.Tensor, y0: torch.Tensor, lo: float, hi: float
 ) -> torch.Tensor:
     """:func:`clamp_rescale_grad` as one compiled kernel, or eager where compiling failed (logged
-    once, eager from then on in this process)."""
+    once, eager from then on in this process). ``y0``, the reference's output, is not read: the
+    kernel computes it from ``x0``."""
     if not _FAILED:
         try:
-            kernel = _compiled_clamp_rescale_grad()
-            flat = _flat_views(grad, x, x0, y0)
+            kernel = _compiled_clamp_rescale_grad(lo, hi)
+            flat = _flat_views(grad, x, x0)
             if flat is None:
-                return kernel(grad, x, x0, y0, lo, hi)
-            return kernel(*flat, lo, hi).view(x.shape)
+                return kernel(grad, x, x0)
+            return kernel(*flat).view(x.shape)
         except Exception as error:  # a missing compiler, an inductor bug: the eager passes still work
             text = str(error).strip().splitlines()
             _FAILED.append(f"{type(error).__name__}: {text[0] if text else ''}"[:300])
             logger.warning("compiled kernels failed, running eager from now on (%s)", _FAILED[0])
-    return clamp_rescale_grad(grad, x, x0, y0, lo, hi)
+    return clamp_rescale_grad(grad, x, x0, lo, hi)
+
+
+def eager_clamp_rescale_grad(
+    grad: torch.Tensor, x: torch.Tensor, x0: torch.Tensor, y0: torch.Tensor, lo: float, hi: float
+) -> torch.Tensor:
+    """:func:`clamp_rescale_grad` in eager passes, with the :data:`Kernel` signature."""
+    return clamp_rescale_grad(grad, x, x0, lo, hi)
 
 
 def clamp_bounds(kind: type, op: object) -> tuple[float, float] | None:
@@ -119,5 +134,5 @@ def clamp_bounds(kind: type, op: object) -> tuple[float, float] | None:
 
 def clamp_kernel(lo: float, hi: float, compiled: bool = True) -> Kernel:
     """The ``(grad, x, x0, y0) -> grad * m`` kernel of a clamp with bounds ``lo, hi``."""
-    fn = compiled_clamp_rescale_grad if compiled else clamp_rescale_grad
+    fn = compiled_clamp_rescale_grad if compiled else eager_clamp_rescale_grad
     return partial(fn, lo=lo, hi=hi)
