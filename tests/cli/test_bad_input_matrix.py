@@ -299,6 +299,11 @@ CASES = [
         "explain --model tinycnn -m smoothgrad -p n_samples=-2 -o {out} {ok}",
         says=("n_samples", "-2"),
     ),
+    Case(
+        "param-compiled-unknown",
+        "explain --model tinycnn -m deeplift -p compiled=sometimes -o {out} {ok}",
+        says=("compiled", "auto, on, off", "sometimes"),
+    ),
     Case("top-zero", EX + " --top 0 {ok}", says=("--top", "0")),
     Case("layers-steps-zero", LAY + " --method ig --steps 0 {ok}", says=("steps", "0")),
     Case("layers-batch-negative", LAY + " --batch-size -1 {ok}", says=("batch", "-1")),
