@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import warnings
 from collections import Counter
 from pathlib import Path
 
@@ -325,3 +326,22 @@ def test_malformed_run_config_is_named(tmp_path: Path) -> None:
     (run / "split.json").write_bytes(b"\xff\xfe")
     with pytest.raises(InputError, match=r"run/split\.json: not UTF-8 text"):
         run_split(run, "val")
+
+
+def test_a_synth_folder_read_as_class_folders_says_to_give_its_manifest(tmp_path: Path) -> None:
+    """``cnnlens data synth`` writes images/, masks/ and manifest.csv: the folder itself reads as two
+    classes, images and masks, which the warning names with the manifest to give instead."""
+    from cnnlens.data.synthetic import SynthConfig, generate
+
+    manifest = generate(tmp_path / "shapes", SynthConfig(classes=2, per_class=4, size=32))
+    root = tmp_path / "shapes"
+    said = r"has a manifest.csv but was read as class folders \(images, masks\)"
+    with pytest.warns(DataWarning, match=said):
+        wrong = read_data(root)
+    assert wrong.class_names == ["images", "masks"]
+    assert read_data(manifest).class_names == ["circle", "triangle"]
+    plain = _folder(tmp_path / "plain", {"a": 2, "b": 2})
+    (plain / "manifest.csv").write_text("path,label\na/0.png,a\nb/0.png,b\n")  # folders and manifest agree
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # not a synth folder: no warning
+        assert read_data(plain).class_names == ["a", "b"]

@@ -181,6 +181,14 @@ def read_data(
         dataset = _manifest_rows(root, split)
     elif labelled:
         dataset = scan_folder(root)
+        if (root / "synth.json").is_file() and (root / "manifest.csv").is_file():  # `data synth`'s
+            classes = ", ".join(dataset.class_names[:4])
+            warnings.warn(
+                f"{root} has a manifest.csv but was read as class folders ({classes}); give "
+                f"{root / 'manifest.csv'} to use the manifest's labels, masks and splits",
+                DataWarning,
+                stacklevel=2,
+            )
     elif masks is not None:
         raise InputError(
             f"{root}: a plain folder of images has its masks in {root / 'masks'}, not in {masks}"
