@@ -107,7 +107,7 @@ def _batch_norm_act() -> type[nn.Module] | None:
     return BatchNormAct2d
 
 
-def _fusable_norm(m: nn.Module) -> tuple[bool, PostOp | None]:
+def fusable_norm(m: nn.Module) -> tuple[bool, PostOp | None]:
     """Whether ``m`` is an eval-mode batch norm with running statistics, and its own activation
     (timm's ``BatchNormAct2d``: norm, dropout, activation in one module)."""
     norm_act = _batch_norm_act()
@@ -235,7 +235,9 @@ def _conv_input_shapes(module: nn.Module, sample: torch.Tensor) -> tuple[torch.T
     return logits, shapes
 
 
-def _single_user(node: fx.Node) -> fx.Node | None:
+def single_user(node: fx.Node) -> fx.Node | None:
+    """The one module call that ``node`` feeds, as its only argument; ``None`` where it feeds
+    anything else too."""
     users = list(node.users)
     if len(users) != 1:
         return None
@@ -263,13 +265,13 @@ def _chains(graph: fx.Graph, modules: dict[str, nn.Module]) -> list[_Chain]:
             continue
         norm = act = None
         op = PostOp("none")
-        user = _single_user(node)
+        user = single_user(node)
         if user is not None and not _has_hooks(modules[str(user.target)]):
-            ok, own = _fusable_norm(modules[str(user.target)])
+            ok, own = fusable_norm(modules[str(user.target)])
             if ok:
                 norm, op = user, own or PostOp("none")
                 if own is None:
-                    nxt = _single_user(user)
+                    nxt = single_user(user)
                     if nxt is not None and not _has_hooks(modules[str(nxt.target)]):
                         found = post_op(modules[str(nxt.target)])
                         if found is not None:

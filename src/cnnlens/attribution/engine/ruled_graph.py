@@ -29,6 +29,7 @@ import torch.nn.functional as F
 from torch import fx, nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
+from cnnlens.attribution.engine.fused import fusable_norm, single_user
 from cnnlens.attribution.engine.kernels import MIN_ELEMENTS
 from cnnlens.attribution.engine.rules import Call, Rule, kerneled, rule_for, ruled, scaled
 from cnnlens.attribution.engine.tracing import LeafTracer, timm_notrace_modules
@@ -161,39 +162,31 @@ class RuledGraph:
             ) from None
         self.module = fx.GraphModule(model, graph)
         self.sites: list[_Site] = []
-        self.folded = self._fold_batch_norms(model) if fold_batch_norm else 0
-        self._rewrite(model, rules)
+        self.folded = self._fold_batch_norms() if fold_batch_norm else 0
+        self._rewrite(rules)
 
-    def _fold_batch_norms(self, model: nn.Module) -> int:
+    def _fold_batch_norms(self) -> int:
         """Fold every eval-mode batch norm whose input is a plain convolution used by nothing else
         into a copy of that convolution (``torch.nn.utils.fusion.fuse_conv_bn_eval``; the user's
         modules are not touched): the same affine map, in one operation instead of two, forward and
         backward. Returns how many were folded."""
         graph, folded = self.module.graph, 0
         for node in list(graph.nodes):
-            if node.op != "call_module" or len(node.args) != 1 or node.kwargs:
+            if node.op != "call_module":
                 continue
-            bn = self.module.get_submodule(str(node.target))
-            source = node.args[0]
-            if (
-                type(bn) is not nn.BatchNorm2d
-                or bn.training
-                or bn.running_mean is None
-                or bn.running_var is None
-                or not isinstance(source, fx.Node)
-                or source.op != "call_module"
-                or len(source.users) != 1
-            ):
+            conv = self.module.get_submodule(str(node.target))
+            user = single_user(node)
+            if type(conv) is not nn.Conv2d or conv.training or user is None:
                 continue
-            conv = self.module.get_submodule(str(source.target))
-            if type(conv) is not nn.Conv2d or conv.training:
-                continue
+            bn = self.module.get_submodule(str(user.target))
+            if type(bn) is not nn.BatchNorm2d or not fusable_norm(bn)[0]:
+                continue  # timm's BatchNormAct2d is an activation site of its own
             fused = fuse_conv_bn_eval(conv, bn).requires_grad_(False)
             name = f"_cnnlens_folded_{folded}"
             self.module.add_submodule(name, fused)
-            source.target = name
-            node.replace_all_uses_with(source)
-            graph.erase_node(node)
+            node.target = name
+            user.replace_all_uses_with(node)
+            graph.erase_node(user)
             folded += 1
         return folded
 
@@ -204,7 +197,7 @@ class RuledGraph:
                 varying.add(node)
         return varying
 
-    def _kind_and_op(self, model: nn.Module, node: fx.Node) -> tuple[type | None, Callable[..., Any] | None]:
+    def _kind_and_op(self, node: fx.Node) -> tuple[type | None, Callable[..., Any] | None]:
         if node.op == "call_module":
             module = self.module.get_submodule(str(node.target))
             return type(module), _out_of_place(module)
@@ -218,7 +211,7 @@ class RuledGraph:
             return METHOD_KINDS[name], lambda x, *a, **k: getattr(x, name)(*a, **k)
         return None, None
 
-    def _rewrite(self, model: nn.Module, rules: tuple[Rule, ...]) -> None:
+    def _rewrite(self, rules: tuple[Rule, ...]) -> None:
         graph = self.module.graph
         for node in graph.nodes:  # in-place operations made out-of-place
             if node.op == "call_function" and node.target in INPLACE_FUNCTIONS:
@@ -231,7 +224,7 @@ class RuledGraph:
         for node in list(graph.nodes):
             if node not in varying or node.op not in ("call_module", "call_function", "call_method"):
                 continue
-            kind, op = self._kind_and_op(model, node)
+            kind, op = self._kind_and_op(node)
             rule = rule_for(rules, kind) if kind is not None else None
             if rule is None or op is None or kind is None:
                 continue
