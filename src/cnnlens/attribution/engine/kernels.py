@@ -30,7 +30,7 @@ from cnnlens import capabilities
 
 logger = logging.getLogger(__name__)
 
-Kernel = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+Kernel = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
 #: Below this many elements an activation takes the eager passes: a compiled call costs about 30 us
 #: of Python (dynamo's guards) before its loop starts, more than the eager passes of a small tensor.
@@ -92,11 +92,10 @@ def _flat_views(grad: torch.Tensor, x: torch.Tensor, x0: torch.Tensor) -> tuple[
 
 
 def compiled_clamp_rescale_grad(
-    grad: torch.Tensor, x: torch.Tensor, x0: torch.Tensor, y0: torch.Tensor, lo: float, hi: float
+    grad: torch.Tensor, x: torch.Tensor, x0: torch.Tensor, lo: float, hi: float
 ) -> torch.Tensor:
     """:func:`clamp_rescale_grad` as one compiled kernel, or eager where compiling failed (logged
-    once, eager from then on in this process). ``y0``, the reference's output, is not read: the
-    kernel computes it from ``x0``."""
+    once, eager from then on in this process)."""
     if not _FAILED:
         try:
             kernel = _compiled_clamp_rescale_grad(lo, hi)
@@ -108,13 +107,6 @@ def compiled_clamp_rescale_grad(
             text = str(error).strip().splitlines()
             _FAILED.append(f"{type(error).__name__}: {text[0] if text else ''}"[:300])
             logger.warning("compiled kernels failed, running eager from now on (%s)", _FAILED[0])
-    return clamp_rescale_grad(grad, x, x0, lo, hi)
-
-
-def eager_clamp_rescale_grad(
-    grad: torch.Tensor, x: torch.Tensor, x0: torch.Tensor, y0: torch.Tensor, lo: float, hi: float
-) -> torch.Tensor:
-    """:func:`clamp_rescale_grad` in eager passes, with the :data:`Kernel` signature."""
     return clamp_rescale_grad(grad, x, x0, lo, hi)
 
 
@@ -133,6 +125,6 @@ def clamp_bounds(kind: type, op: object) -> tuple[float, float] | None:
 
 
 def clamp_kernel(lo: float, hi: float, compiled: bool = True) -> Kernel:
-    """The ``(grad, x, x0, y0) -> grad * m`` kernel of a clamp with bounds ``lo, hi``."""
-    fn = compiled_clamp_rescale_grad if compiled else eager_clamp_rescale_grad
+    """The ``(grad, x, x0) -> grad * m`` kernel of a clamp with bounds ``lo, hi``."""
+    fn = compiled_clamp_rescale_grad if compiled else clamp_rescale_grad
     return partial(fn, lo=lo, hi=hi)

@@ -108,7 +108,7 @@ class _Site(nn.Module):
             and self.reference is not None
             and inputs[0].numel() >= MIN_ELEMENTS
         ):
-            return kerneled(out, inputs[0], self.kernel, self.reference)
+            return kerneled(out, inputs[0], self.kernel, self.reference[0][0])
 
         def compute(*xs: torch.Tensor) -> Any:
             given = list(args)

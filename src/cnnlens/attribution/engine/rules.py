@@ -75,10 +75,10 @@ class Rule:
         raise NotImplementedError
 
     def kernel(self, kind: type, op: Any) -> Kernel | None:
-        """A compiled backward kernel ``(grad, x, x', y') -> grad * m`` for one call of ``op`` (of kind
-        ``kind``) with one input ``x`` and the reference's input ``x'`` and output ``y'``: the product
-        with the :meth:`multiplier` in one pass, ``m`` never stored; ``None`` (the default) where the
-        rule has none. :class:`RuledGraph` uses it in place of :meth:`multiplier` when asked to
+        """A compiled backward kernel ``(grad, x, x') -> grad * m`` for one call of ``op`` (of kind
+        ``kind``) with one input ``x`` and the reference's input ``x'``: the product with the
+        :meth:`multiplier` in one pass, ``m`` never stored; ``None`` (the default) where the rule has
+        none. :class:`RuledGraph` uses it in place of :meth:`multiplier` when asked to
         (:meth:`RuledGraph.use_kernels`)."""
         return None
 
@@ -124,30 +124,24 @@ class _Scaled(torch.autograd.Function):
 
 
 class _Kerneled(torch.autograd.Function):
-    """The precomputed output in the forward pass, ``kernel(grad, x, x', y')`` to ``x`` in the backward."""
+    """The precomputed output in the forward pass, ``kernel(grad, x, x')`` to ``x`` in the backward."""
 
     @staticmethod
     def forward(ctx: Any, kept: list[Any], x: torch.Tensor) -> torch.Tensor:
-        output, ctx.kernel, ctx.reference = kept
+        output, ctx.kernel, ctx.x0 = kept
         ctx.save_for_backward(x)
         return output
 
     @staticmethod
     def backward(ctx: Any, grad: torch.Tensor) -> tuple[Any, ...]:
         (x,) = ctx.saved_tensors
-        (x0,), y0 = ctx.reference
-        return None, ctx.kernel(grad, x, x0, y0)
+        return None, ctx.kernel(grad, x, ctx.x0)
 
 
-def kerneled(
-    output: torch.Tensor,
-    x: torch.Tensor,
-    kernel: Kernel,
-    reference: tuple[tuple[torch.Tensor, ...], torch.Tensor],
-) -> torch.Tensor:
+def kerneled(output: torch.Tensor, x: torch.Tensor, kernel: Kernel, x0: torch.Tensor) -> torch.Tensor:
     """``output`` (computed from ``x`` without autograd), whose gradient to ``x`` is
-    ``kernel(grad, x, x', y')`` with the reference's input ``x'`` and output ``y'``."""
-    return _Kerneled.apply([output, kernel, reference], x)
+    ``kernel(grad, x, x0)`` with the reference's input ``x0``."""
+    return _Kerneled.apply([output, kernel, x0], x)
 
 
 def scaled(output: torch.Tensor, x: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
