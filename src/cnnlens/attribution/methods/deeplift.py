@@ -49,7 +49,6 @@ from cnnlens.attribution.engine.ruled_graph import Product, RuledGraph
 from cnnlens.attribution.engine.rules import Call, Grads, Rule
 from cnnlens.attribution.methods.gradient import check_baseline, make_baselines, pixel_bounds, seeded
 from cnnlens.errors import InputError
-from cnnlens.models.hooks import walk
 from cnnlens.validation import check_positive_int
 
 logger = logging.getLogger(__name__)
@@ -223,10 +222,11 @@ def model_signature(model: nn.Module) -> tuple[Any, ...]:
     every parameter's and buffer's storage, shape and version counter, which every in-place update
     bumps (an optimiser step, ``load_state_dict``, ``reset_parameters``, a running-statistics update).
     Not seen: writes through ``tensor.data``, which bypass the version counter."""
-    modules, params, buffers = walk(model)
-    kinds = tuple((id(m), type(m), m.training) for m in modules)
-    tensors = tuple((t.data_ptr(), t._version, t.dtype, t.shape) for t in (*params, *buffers))
-    return kinds, tensors
+    modules = tuple((id(m), type(m), m.training) for m in model.modules())
+    tensors = tuple(
+        (t.data_ptr(), t._version, t.dtype, t.shape) for t in (*model.parameters(), *model.buffers())
+    )
+    return modules, tensors
 
 
 class ReferenceCache:
