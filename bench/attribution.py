@@ -59,6 +59,7 @@ from cnnlens.attribution.methods.gradient import make_baselines
 from cnnlens.attribution.methods.surrogate import superpixels
 from cnnlens.data import load_sample
 from cnnlens.models import LoadedModel, load_model
+from cnnlens.models.hooks import preserved_state
 
 # Identical settings for cnnlens and the peers; modest so the whole bench runs in minutes on 2 cores.
 SETTINGS: dict[str, dict[str, Any]] = {
@@ -223,19 +224,13 @@ class Floor:
     def time(self, batch: int, kind: str) -> float:
         """Seconds of one pass of ``batch`` images."""
         if (batch, kind) not in self.seconds:
-            frozen = [p for p in self.module.parameters() if p.requires_grad]
-            for p in frozen:
-                p.requires_grad_(False)
-            try:
+            with preserved_state(self.module, freeze_parameters=True):
                 self._run(batch, kind)  # the first call at a batch shape pays one-off set-up costs
                 runs = []
                 for _ in range(self.repeats):
                     start = time.perf_counter()
                     self._run(batch, kind)
                     runs.append(time.perf_counter() - start)
-            finally:
-                for p in frozen:
-                    p.requires_grad_(True)
             self.seconds[batch, kind] = min(runs)
         return self.seconds[batch, kind]
 
@@ -561,15 +556,12 @@ def bench_deeplift(model_name: str, args: argparse.Namespace) -> None:
         f"{'compiled':>9}{'batch':>6}{'first s':>9}{'x floor':>9}{'deeplift s':>12}{'floor s':>9}"
         f"{'best x':>8}{'x floor':>9}{'cpu x':>7}{'target':>8}{'':>6}{'gap / |diff|':>14}"
     )
-    frozen = [p for p in module.parameters() if p.requires_grad]
-    for p in frozen:  # as every cnnlens gradient method runs the model
-        p.requires_grad_(False)
 
     def floor_pass(xb: torch.Tensor) -> None:
         xg = xb.detach().requires_grad_(True)
         torch.autograd.grad(module(xg)[:, 0].sum(), xg)
 
-    try:
+    with preserved_state(module, freeze_parameters=True):  # as every cnnlens gradient method runs it
         for setting, batch in itertools.product(args.compiled.split(","), (1, 8)):
             xb = x.expand(batch, -1, -1, -1).contiguous()
             method = create("deeplift", model, batch_size=batch, compiled=setting)
@@ -600,9 +592,6 @@ def bench_deeplift(model_name: str, args: argparse.Namespace) -> None:
                 f"{seconds / floor:8.2f}{ratio:9.2f}{float(np.median(cpus)):7.2f}{bound:8.2f}{verdict:>6}"
                 f"{relative:14.1e}"
             )
-    finally:
-        for p in frozen:
-            p.requires_grad_(True)
 
 
 def main() -> None:
